@@ -1,0 +1,1 @@
+"""Dataset registry (filled in by the data modules)."""

@@ -1,0 +1,191 @@
+"""The Method contract: what a distillation method declares and computes.
+
+A method file registers one class::
+
+    class KDHParams(HParams):
+        temperature: PositiveFloat = 4.0
+        ...
+
+    @register_method
+    class KD(Method):
+        '''Hinton et al. 2015: L = w_ce·CE + w_kd·T²·KL(p_t‖p_s).'''
+        name = "kd"
+        HParams = KDHParams
+
+        def loss(self, student, teacher, batch, epoch):
+            return {"ce": ..., "kd": ...}
+
+The engine reads ``needs`` (teacher or not, which intermediate stages), calls ``setup``
+once with the shapes a method may need to build its own modules (CRD heads, FreeKD
+projectors), and then ``loss`` every step; the returned terms are already weighted, are
+summed for the backward pass and are each logged under their name. A Method is an
+``nn.Module``: its parameters train with the student and its buffers (CRD's memory) are
+saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from hashlib import sha1
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pydantic
+from torch import Tensor, nn
+
+from .errors import ConfigError, did_you_mean
+from .models.base import ModelOutput
+from .registry import Registry
+
+ENTRY_POINT_GROUP = "kdbench.methods"
+
+
+class HParams(pydantic.BaseModel):
+    """Base of every method's typed hyperparameters: unknown keys are rejected."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method asks the engine for beyond logits, final feature map and embedding
+    (those three come with every forward at no extra cost)."""
+
+    teacher: bool = True
+    stages: tuple[str, ...] = ()  # intermediate stages of both models, e.g. ("stage3",)
+    # The teacher's logits on every training sample (eval transform), computed once before
+    # training, for methods that calibrate on them (FiGKD's teacher class order).
+    teacher_train_logits: bool = False
+
+
+@dataclass
+class Batch:
+    images: Tensor
+    labels: Tensor
+    index: Tensor  # position of each sample in the training set
+
+
+@dataclass
+class TrainContext:
+    """Facts a method may build its modules from, given once before training."""
+
+    num_classes: int
+    train_labels: Tensor  # label of every training sample, in dataset order
+    epochs: int
+    seed: int
+    student: ModelOutput  # outputs on a probe batch: shapes of logits, stages, embedding
+    teacher: ModelOutput | None
+    teacher_train_logits: Tensor | None = None  # filled when ``Needs.teacher_train_logits``
+
+
+class Method(nn.Module, ABC):
+    name: ClassVar[str]
+    HParams: ClassVar[type[HParams]] = HParams
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__()
+        self.hparams = parse_hparams(type(self), hparams)
+
+    @property
+    def needs(self) -> Needs:
+        return Needs()
+
+    def setup(self, context: TrainContext) -> None:
+        """Build the method's own modules; the default method has none."""
+
+    @abstractmethod
+    def loss(
+        self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch, epoch: int
+    ) -> dict[str, Tensor]:
+        """Named, weighted loss terms; ``epoch`` counts from 1."""
+
+    def extra_repr(self) -> str:
+        return repr(self.hparams)
+
+
+def parse_hparams(method: type[Method], values: dict[str, Any]) -> HParams:
+    try:
+        return method.HParams(**values)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_explain(method, exc)) from None
+
+
+def _explain(method: type[Method], exc: pydantic.ValidationError) -> str:
+    known = list(method.HParams.model_fields)
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(hyperparameters)"
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(key, known) or f"; it takes {', '.join(known) or 'none'}"
+            lines.append(f"unknown hyperparameter '{key}'{hint}")
+        else:
+            lines.append(f"hyperparameter '{key}': {err['msg']} (got {err.get('input')!r})")
+    return f"method '{method.name}': " + "; ".join(lines)
+
+
+def warmup(epoch: int, epochs: int) -> float:
+    """Linear warm-up factor min(epoch / epochs, 1), epochs counted from 1 (DKD, PCD)."""
+    return 1.0 if epochs <= 0 else min(epoch / epochs, 1.0)
+
+
+# --- the registry ------------------------------------------------------------------------
+
+
+def _discover_methods() -> None:
+    """Import the bundled methods, then every method an installed package declares."""
+    from . import methods as bundled
+
+    for module in pkgutil.iter_modules(bundled.__path__):
+        importlib.import_module(f"{bundled.__name__}.{module.name}")
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
+
+
+METHODS: Registry[type[Method]] = Registry("method", discover=_discover_methods)
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: register ``cls`` under ``cls.name``."""
+    return METHODS.register(cls.name, cls)
+
+
+def create_method(name: str, **hparams: Any) -> Method:
+    return METHODS.get(name)(**hparams)
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    return METHODS.names(pattern)
+
+
+def load_method_files(*paths: str | Path) -> list[str]:
+    """Import method files (or every ``*.py`` in a folder) from outside the package.
+
+    Returns the names they registered. A file loaded twice is imported once.
+    """
+    before = set(list_methods())
+    for path in paths:
+        path = Path(path).expanduser().resolve()
+        if not path.exists():
+            raise ConfigError(f"method file or folder '{path}' does not exist")
+        files = sorted(path.glob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            module_name = f"kdbench_user_methods.{file.stem}_{sha1(str(file).encode()).hexdigest()[:8]}"
+            if module_name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(module_name, file)
+            if spec is None or spec.loader is None:
+                raise ConfigError(f"cannot import method file '{file}'")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception:
+                del sys.modules[module_name]
+                raise
+    return sorted(set(list_methods()) - before)

@@ -1,0 +1,1 @@
+"""The CIFAR KD zoo (filled in by the zoo modules)."""
