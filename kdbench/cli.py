@@ -1,0 +1,119 @@
+"""The ``kdbench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, KDBenchError
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs, values read as YAML scalars (``T=4`` gives an int)."""
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"hyperparameter override '{pair}' is not of the form key=value")
+        values[key] = yaml.safe_load(raw)
+    return values
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import list_methods, list_models
+    from .data import list_datasets
+
+    names = {"methods": list_methods, "models": list_models, "datasets": list_datasets}[args.what]()
+    print("\n".join(names))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .method import load_method_files
+    from .spec import DataSpec, Recipe, RunSpec, TeacherRef
+    from .training import EngineOptions
+    from .runs import ensure_run
+
+    if args.method_file:
+        load_method_files(*args.method_file)
+    recipe = Recipe(**{k: v for k, v in {
+        "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": args.schedule,
+        "optimizer": args.optimizer, "weight_decay": args.weight_decay,
+    }.items() if v is not None})
+    dataset = DataSpec(name=args.dataset, options=parse_overrides(args.data_option))
+    options = EngineOptions(device=args.device, data_root=args.data_root, workers=args.workers, progress=not args.quiet)
+    out = Path(args.out)
+    teacher = None
+    if args.teacher:
+        if args.teacher_checkpoint:
+            teacher = TeacherRef(model=args.teacher, checkpoint=str(Path(args.teacher_checkpoint).resolve()))
+        else:
+            teacher_spec = RunSpec(dataset=dataset, student=args.teacher, method="none", recipe=recipe, seed=args.seed)
+            print(f"teacher: {teacher_spec.describe()} [{teacher_spec.run_id}]")
+            teacher_record = ensure_run(teacher_spec, out, options)
+            print(f"teacher test top-1: {teacher_record['summary']['test_top1_last']:.2f}")
+            teacher = TeacherRef(model=args.teacher, run_id=teacher_spec.run_id)
+    spec = RunSpec(dataset=dataset, student=args.student, method=args.method,
+                   hparams=parse_overrides(args.hparams), teacher=teacher, recipe=recipe, seed=args.seed)
+    print(f"student: {spec.describe()} [{spec.run_id}]")
+    record = ensure_run(spec, out, options)
+    summary = record["summary"]
+    print(f"student test top-1: {summary['test_top1_last']:.2f} (last epoch), "
+          f"{summary['test_top1_best_val']:.2f} (best val epoch {summary['best_val_epoch']})")
+    print(f"record: {out / spec.run_id / 'record.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdbench", description="Benchmark and ablation harness for knowledge distillation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered methods, models or datasets")
+    p.add_argument("what", choices=["methods", "models", "datasets"])
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("train", help="train one teacher→student run (the teacher first, unless given a checkpoint)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", required=True, help="a registered dataset (kdbench list datasets)")
+    p.add_argument("--student", required=True, help="student model (kdbench list models, or timm:<name>)")
+    p.add_argument("--teacher", help="teacher model; omit for a run without distillation")
+    p.add_argument("--teacher-checkpoint", help="teacher weights ({'model': state_dict}); else the teacher is trained")
+    p.add_argument("--method", default="kd", help="distillation method (kdbench list methods)")
+    p.add_argument("hparams", nargs="*", metavar="key=value", help="method hyperparameters, e.g. temperature=2")
+    p.add_argument("--data-option", action="append", default=[], metavar="key=value", help="dataset option, e.g. image_size=16")
+    p.add_argument("--method-file", action="append", default=[], help="extra method file or folder to load")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"])
+    p.add_argument("--schedule", choices=["step", "cosine", "constant"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    p.add_argument("--workers", type=int, help="data-loader processes (default: 0 on CPU, up to 8 on CUDA)")
+    p.add_argument("--data-root", help="where real data sets live (default: $KDBENCH_DATA)")
+    p.add_argument("--out", default="results/train", help="results folder; each run gets <out>/<run id>/")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(fn=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KDBenchError as exc:
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdbench: interrupted; finished runs are kept and the rest resume from their checkpoints",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
