@@ -68,6 +68,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import ONLY_KEYS, RunnerOptions, run_suite, suite_dir
+    from .suite import load_suite
+    from .training import EngineOptions
+
+    only = {}
+    for key, value in parse_overrides(args.only).items():
+        if key not in ONLY_KEYS:
+            raise ConfigError(f"--only {key}=…: unknown key; use one of {', '.join(ONLY_KEYS)}")
+        only[key] = str(value)
+    suite = load_suite(args.suite)
+    options = RunnerOptions(
+        out=Path(args.out), dry_run=args.dry_run, smoke=args.smoke, only=only, retry_failed=args.retry_failed,
+        workers=args.workers, engine=EngineOptions(device=args.device, data_root=args.data_root, progress=False),
+    )
+    outcome = run_suite(suite, options)
+    if args.dry_run:
+        return 0
+    directory = suite_dir(suite, options)
+    print(f"[{suite.name}] {len(outcome.finished)} trained, {len(outcome.skipped)} already done, "
+          f"{len(outcome.failed)} failed; results in {directory}")
+    for run_id, reason in outcome.failed.items():
+        print(f"  failed {run_id}: {reason.splitlines()[0] if reason else ''}")
+    if outcome.finished or outcome.skipped:
+        print(f"next: kdbench report {directory}")
+    return 0 if outcome.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdbench", description="Benchmark and ablation harness for knowledge distillation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/train", help="results folder; each run gets <out>/<run id>/")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("run", help="run a suite: datasets × pairs × methods × seeds, resumable",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("suite", help="suite YAML file, e.g. suites/quick.yaml")
+    p.add_argument("--out", default="results", help="results root; the suite writes <out>/<suite name>/")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and what is already done; train nothing")
+    p.add_argument("--smoke", action="store_true", help="every run for one epoch on a tiny subset, into <name>-smoke/")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep runs with dataset/method/student/teacher/seed/pair = VALUE (repeatable)")
+    p.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
+    p.add_argument("--workers", type=int, help="parallel jobs (default: one per GPU, else half the CPU cores)")
+    p.add_argument("--device", default="auto", help="auto, cpu, or cuda")
+    p.add_argument("--data-root", help="where real data sets live (default: the suite's data_root, else $KDBENCH_DATA)")
+    p.set_defaults(fn=cmd_run)
     return parser
 
 

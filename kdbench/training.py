@@ -16,14 +16,14 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import records
 from .checkpoints import atomic_torch_save, load_weights
@@ -50,6 +50,7 @@ class EngineOptions:
     workers: int | None = None  # data-loader processes; None: 0 on CPU, min(8, cores) on CUDA
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
     progress: bool = True
+    subset: int | None = None  # use only the first N samples of each split (smoke runs)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -166,10 +167,7 @@ def train_run(
     records.write_json(run_dir / records.SPEC, {"run_id": spec.run_id, "spec": spec.model_dump(mode="json")})
 
     seed_everything(spec.seed)
-    data = create_dataset(
-        spec.dataset.name, options.data_root, seed=SPLIT_SEED, val_fraction=spec.dataset.val_fraction,
-        augment=recipe.augment, **spec.dataset.options,
-    )
+    data = open_data(spec, options, augment=recipe.augment)
     method = create_method(spec.method, **spec.hparams)
     needs = method.needs
     teacher = build_teacher(spec, data.num_classes, teacher_weights, device)
@@ -183,7 +181,7 @@ def train_run(
     eval_batch = max(recipe.batch_size, 256)
     val_loader = _loader(data.val, eval_batch, workers, device)
     test_loader = _loader(data.test, eval_batch, workers, device)
-    method.setup(_context(spec, data, method, student, teacher, device, workers, options.data_root))
+    method.setup(_context(spec, data, method, student, teacher, device, workers, options))
     method.to(device)
 
     optimizer = _optimizer(recipe, list(student.parameters()) + list(method.parameters()))
@@ -286,7 +284,7 @@ def summarise(history: list[dict[str, Any]], teacher_test: float | None) -> dict
 
 
 def _context(spec: RunSpec, data: DataSplits, method: Method, student: Backbone, teacher: Backbone | None,
-             device: torch.device, workers: int, data_root: str | None) -> TrainContext:
+             device: torch.device, workers: int, options: EngineOptions) -> TrainContext:
     probe_images = torch.stack([data.val[i][0] if len(data.val) else data.train[i][0] for i in range(2)]).to(device)
     probes = []
     for model in (student, teacher):
@@ -299,12 +297,25 @@ def _context(spec: RunSpec, data: DataSplits, method: Method, student: Backbone,
         model.train(was_training)
     teacher_train_logits = None
     if method.needs.teacher_train_logits and teacher is not None:
-        plain = create_dataset(spec.dataset.name, data_root, seed=SPLIT_SEED, val_fraction=spec.dataset.val_fraction,
-                               augment=False, **spec.dataset.options).train
+        plain = open_data(spec, options, augment=False).train
         teacher_train_logits = _predict(teacher, _loader(plain, 256, workers, device), device)
     train_labels = torch.as_tensor(data.train_labels, dtype=torch.long)
     return TrainContext(data.num_classes, train_labels, spec.recipe.epochs, spec.seed, probes[0], probes[1],
                         teacher_train_logits)
+
+
+def open_data(spec: RunSpec, options: EngineOptions, augment: bool) -> DataSplits:
+    data = create_dataset(spec.dataset.name, options.data_root, seed=SPLIT_SEED,
+                          val_fraction=spec.dataset.val_fraction, augment=augment, **spec.dataset.options)
+    return _first(data, options.subset) if options.subset else data
+
+
+def _first(data: DataSplits, n: int) -> DataSplits:
+    def head(split: Dataset) -> Dataset:
+        return Subset(split, range(min(n, len(split))))
+
+    return replace(data, train=head(data.train), val=head(data.val), test=head(data.test),
+                   train_labels=data.train_labels[:n])
 
 
 @torch.no_grad()

@@ -1,0 +1,350 @@
+"""Executes a suite's job graph: teachers before the students that need them, on every GPU
+of the machine (one job each), a bounded pool of CPU processes, or Slurm via submitit.
+
+Safe to kill at any moment and to run twice at once on the same results folder:
+- a finished run has ``record.json`` and is never redone;
+- a run in progress holds an exclusive ``flock`` on ``runs/<id>.lock`` (released by the
+  kernel when its process dies, even by SIGKILL), so a second runner skips it and waits;
+- an interrupted run resumes from its last epoch checkpoint;
+- a failed run writes ``failed.json`` with its reason and is not retried unless asked
+  (``--retry-failed``); its students fail with "teacher failed"; the rest go on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import records
+from .errors import DataError, KDBenchError
+from .results import MANIFEST, RUNS
+from .runs import FAILED, ensure_run
+from .spec import RunSpec
+from .suite import Job, Suite
+from .training import EngineOptions
+
+POLL_SECONDS = 1.0
+SMOKE_SAMPLES = 128  # per split: a smoke run checks that everything runs, not what it learns
+
+
+class Handle(Protocol):
+    """What both a concurrent.futures Future and a submitit Job offer."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> Any: ...
+
+
+def execute_job(spec_json: dict[str, Any], runs_dir: str, options: EngineOptions, method_files: list[str]) -> dict[str, Any]:
+    """Run one job in this process, under its lock. Returns {"status", "reason"}."""
+    import torch
+
+    from .method import load_method_files
+
+    if method_files:
+        load_method_files(*method_files)
+    if options.device == "cpu" or not torch.cuda.is_available():
+        torch.set_num_threads(max(1, int(os.environ.get("KDBENCH_THREADS", "1"))))
+    spec = RunSpec(**spec_json)
+    runs = Path(runs_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    with open(runs / f"{spec.run_id}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return {"status": "busy", "reason": "running in another kdbench process"}
+        try:
+            ensure_run(spec, runs, options)
+        except Exception as exc:  # recorded in failed.json by ensure_run
+            return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    return {"status": "finished", "reason": ""}
+
+
+@dataclass
+class RunnerOptions:
+    out: Path = Path("results")
+    dry_run: bool = False
+    smoke: bool = False
+    only: dict[str, str] = field(default_factory=dict)
+    retry_failed: bool = False
+    workers: int | None = None
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    printer: Callable[[str], None] = print
+
+
+@dataclass
+class Outcome:
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # already finished before this call
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def suite_dir(suite: Suite, options: RunnerOptions) -> Path:
+    return Path(options.out) / (f"{suite.name}-smoke" if options.smoke else suite.name)
+
+
+def select_jobs(suite: Suite, options: RunnerOptions) -> list[Job]:
+    """The suite's jobs after ``--only`` filters and ``--smoke``, plus the teachers they need."""
+    jobs = suite.jobs
+    if options.smoke:
+        jobs = [replace(j, spec=_smoke(j.spec)) for j in jobs]
+        ids = {old.run_id: new.run_id for old, new in zip(suite.jobs, jobs)}
+        jobs = [replace(j, spec=_rebind_teacher(j.spec, ids), depends_on=tuple(ids[d] for d in j.depends_on)) for j in jobs]
+    if options.only:
+        wanted = [j for j in jobs if j.is_teacher or all(_matches(j, k, v) for k, v in options.only.items())]
+        needed = {d for j in wanted if not j.is_teacher for d in j.depends_on}
+        jobs = [j for j in wanted if not j.is_teacher or j.run_id in needed]
+    return jobs
+
+
+def _smoke(spec: RunSpec) -> RunSpec:
+    return spec.model_copy(update={"recipe": spec.recipe.model_copy(update={"epochs": 1, "warmup_epochs": 0})})
+
+
+def _rebind_teacher(spec: RunSpec, ids: dict[str, str]) -> RunSpec:
+    if spec.teacher is None or spec.teacher.run_id is None:
+        return spec
+    return spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"run_id": ids[spec.teacher.run_id]})})
+
+
+ONLY_KEYS = ("dataset", "method", "student", "teacher", "seed", "pair")
+
+
+def _matches(job: Job, key: str, value: str) -> bool:
+    spec = job.spec
+    actual = {
+        "dataset": spec.dataset.name,
+        "method": job.label,
+        "student": spec.student,
+        "teacher": spec.teacher.model if spec.teacher else "",
+        "seed": str(spec.seed),
+        "pair": job.pair,
+    }[key]
+    return actual == value
+
+
+def write_manifest(suite: Suite, jobs: list[Job], directory: Path) -> None:
+    records.write_json(directory / MANIFEST, {
+        "suite": suite.name,
+        "source": str(suite.path),
+        "selection": suite.file.selection,
+        "paper": suite.file.paper,
+        "jobs": [{"run_id": j.run_id, "label": j.label, "pair": j.pair, "role": "teacher" if j.is_teacher else "student",
+                  "depends_on": list(j.depends_on)} for j in jobs],
+    })
+
+
+def check_data(jobs: Iterable[Job], data_root: str | None) -> list[str]:
+    """One message per data set that cannot be opened."""
+    from .data import create_dataset
+
+    problems = {}
+    for spec in {j.spec.dataset.model_dump_json(): j.spec for j in jobs}.values():
+        if spec.dataset.name in problems:
+            continue
+        try:
+            create_dataset(spec.dataset.name, data_root, val_fraction=spec.dataset.val_fraction, **spec.dataset.options)
+        except DataError as exc:
+            problems[spec.dataset.name] = f"{spec.dataset.name}: {exc}"
+    return list(problems.values())
+
+
+def status_of(runs: Path, run_id: str) -> str:
+    if (runs / run_id / records.RECORD).exists():
+        return "done"
+    if (runs / run_id / FAILED).exists():
+        return "failed"
+    if (runs / run_id / records.CHECKPOINT).exists():
+        return "partial"
+    return "todo"
+
+
+def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
+    say = options.printer
+    directory = suite_dir(suite, options)
+    runs = directory / RUNS
+    jobs = select_jobs(suite, options)
+    engine = replace(options.engine, data_root=options.engine.data_root or suite.file.data_root,
+                     subset=SMOKE_SAMPLES if options.smoke else options.engine.subset)
+    problems = check_data(jobs, engine.data_root)
+    if options.dry_run:
+        counts: dict[str, int] = {}
+        for job in jobs:
+            status = status_of(runs, job.run_id)
+            counts[status] = counts.get(status, 0) + 1
+            say(f"{status:<8} {job.run_id}  {job.describe()}")
+        say(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" (results in {directory})")
+        for problem in problems:
+            say(f"missing data: {problem}")
+        return Outcome()
+    if problems:
+        raise DataError("cannot run, data sets are missing:\n  " + "\n  ".join(problems))
+    runs.mkdir(parents=True, exist_ok=True)
+    write_manifest(suite, jobs, directory)
+    return Scheduler(suite, jobs, runs, engine, options).run()
+
+
+class Scheduler:
+    def __init__(self, suite: Suite, jobs: list[Job], runs: Path, engine: EngineOptions, options: RunnerOptions) -> None:
+        self.suite, self.jobs, self.runs, self.engine, self.options = suite, jobs, runs, engine, options
+        self.say = options.printer
+        self.by_id = {j.run_id: j for j in jobs}
+        self.outcome = Outcome()
+        self.devices = _devices(engine.device, options.workers)
+        self.started_at: dict[str, float] = {}
+        self.durations: list[float] = []
+
+    def run(self) -> Outcome:
+        pending: list[Job] = []
+        for job in self.jobs:
+            status = status_of(self.runs, job.run_id)
+            if status == "done":
+                self.outcome.skipped.append(job.run_id)
+            elif status == "failed" and not self.options.retry_failed:
+                self.outcome.failed[job.run_id] = json.loads((self.runs / job.run_id / FAILED).read_text())["error"]
+            else:
+                if status == "failed":
+                    (self.runs / job.run_id / FAILED).unlink()
+                pending.append(job)
+        if not pending:
+            self.say(f"[{self.suite.name}] nothing to do: {len(self.outcome.skipped)} runs already finished"
+                     + (f", {len(self.outcome.failed)} failed (--retry-failed reruns them)" if self.outcome.failed else ""))
+            return self.outcome
+        self.say(f"[{self.suite.name}] {len(pending)} runs to do ({len(self.outcome.skipped)} already finished) "
+                 f"on {len(self.devices)} worker(s): {', '.join(self.devices)}")
+        submit, close = self._executor()
+        running: dict[str, tuple[Handle, str]] = {}
+        free = list(self.devices)
+        last_report = 0.0
+        try:
+            while pending or running:
+                for job in list(pending):
+                    blocked = self._blocked(job)
+                    if blocked is None and free:
+                        device = free.pop(0)
+                        options = replace(self.engine, device=device, progress=False)
+                        running[job.run_id] = (submit(execute_job, job.spec.model_dump(mode="json"), str(self.runs),
+                                                      options, [str(p) for p in self.suite.method_files()]), device)
+                        self.started_at[job.run_id] = time.time()
+                        pending.remove(job)
+                    elif blocked:
+                        self._record_failure(job, blocked)
+                        pending.remove(job)
+                for run_id, (handle, device) in list(running.items()):
+                    if not handle.done():
+                        continue
+                    del running[run_id]
+                    free.append(device)
+                    self._finish(self.by_id[run_id], handle, pending)
+                if time.time() - last_report > 10 or not (pending or running):
+                    self._report(pending, running)
+                    last_report = time.time()
+                if running:
+                    time.sleep(POLL_SECONDS)
+        finally:
+            close()
+        return self.outcome
+
+    def _blocked(self, job: Job) -> str | None:
+        """None when the job can start, '' while it waits, else why it can never run."""
+        for dependency in job.depends_on:
+            status = status_of(self.runs, dependency)
+            if status == "done":
+                continue
+            if status == "failed" or dependency in self.outcome.failed:
+                return f"teacher run {dependency} failed"
+            return ""
+        return None
+
+    def _finish(self, job: Job, handle: Handle, pending: list[Job]) -> None:
+        try:
+            result = handle.result()
+        except Exception as exc:  # the worker process itself died
+            result = {"status": "failed", "reason": f"worker died: {type(exc).__name__}: {exc}"}
+        if result["status"] == "busy":  # another runner has it: wait for its record
+            self._wait_elsewhere(job, pending)
+            return
+        if result["status"] == "finished":
+            self.outcome.finished.append(job.run_id)
+            self.durations.append(time.time() - self.started_at[job.run_id])
+            return
+        self.outcome.failed[job.run_id] = result["reason"]
+        if not (self.runs / job.run_id / FAILED).exists():
+            self._record_failure(job, result["reason"])
+        self.say(f"FAILED {job.describe()}: {result['reason']}")
+
+    def _wait_elsewhere(self, job: Job, pending: list[Job]) -> None:
+        status = status_of(self.runs, job.run_id)
+        if status == "done":
+            self.outcome.finished.append(job.run_id)
+        elif status == "failed":
+            self.outcome.failed[job.run_id] = "failed in another kdbench process"
+        else:
+            time.sleep(POLL_SECONDS)
+            pending.append(job)
+
+    def _record_failure(self, job: Job, reason: str) -> None:
+        self.outcome.failed[job.run_id] = reason
+        records.write_json(self.runs / job.run_id / FAILED, {
+            "run_id": job.run_id, "status": "failed", "spec": job.spec.model_dump(mode="json"), "error": reason,
+        })
+
+    def _report(self, pending: list[Job], running: dict[str, Any]) -> None:
+        done = len(self.outcome.finished) + len(self.outcome.skipped)
+        left = len(pending)
+        eta = ""
+        if self.durations and (left or running):
+            per_job = sum(self.durations) / len(self.durations)
+            eta = f", about {_duration(per_job * (left + len(running)) / len(self.devices))} left"
+        lines = [f"[{self.suite.name}] {done}/{len(self.jobs)} done, {len(running)} running, "
+                 f"{len(self.outcome.failed)} failed, {left} waiting{eta}"]
+        for run_id in running:
+            rows = records.read_metrics(self.runs / run_id)
+            job = self.by_id[run_id]
+            state = (f"epoch {rows[-1]['epoch']}/{job.spec.recipe.epochs} val {rows[-1]['val_top1']:.1f}"
+                     if rows else "starting")
+            lines.append(f"    {job.describe()} {state}")
+        self.say("\n".join(lines))
+
+    def _executor(self) -> tuple[Callable[..., Handle], Callable[[], None]]:
+        executor = self.suite.file.executor
+        if executor.kind == "slurm":
+            import submitit
+
+            slurm = dict(executor.slurm)
+            cluster = slurm.pop("cluster", None)  # "local" / "debug" run submitit without Slurm
+            pool = submitit.AutoExecutor(folder=self.runs.parent / "slurm", cluster=cluster)
+            if slurm:
+                pool.update_parameters(**slurm)
+            return pool.submit, lambda: None
+        processes = ProcessPoolExecutor(max_workers=len(self.devices), mp_context=get_context("spawn"))
+        return processes.submit, lambda: processes.shutdown(wait=True, cancel_futures=True)
+
+
+def _devices(device: str, workers: int | None) -> list[str]:
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return gpus[: workers or len(gpus)]
+    if device not in ("auto", "cpu"):
+        return [device] * (workers or 1)
+    return ["cpu"] * (workers or max(1, (os.cpu_count() or 2) // 2))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

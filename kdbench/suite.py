@@ -1,0 +1,281 @@
+"""Suites: a YAML file of datasets × teacher/student pairs × methods × seeds, validated
+before anything runs and expanded into a job graph of RunSpecs (teachers first).
+
+A suite file::
+
+    name: quick                      # results go to <out>/<name>/
+    seeds: [0, 1]
+    selection: best_val              # or last: which epoch's test accuracy reports use
+    recipe: {epochs: 6, lr: 0.05}    # student recipe (kdbench.spec.Recipe)
+    teacher_recipe: {epochs: 10}     # optional; default: the student recipe
+    datasets:
+      digits: {options: {image_size: 16}, recipe: {batch_size: 32}}
+    pairs:
+      - {dataset: digits, teacher: resnet20, student: resnet8,
+         hparams: {dkd: {beta: 2}}}                       # per-pair overrides by method label
+      - {dataset: cifar100, teacher: resnet32x4, student: resnet8x4,
+         teacher_checkpoint: ckpts/resnet32x4.pth}       # a published teacher instead of training one
+    methods:                          # label: hyperparameters
+      none: {}
+      kd: {temperature: 4}
+      figkd_random: {method: figkd, class_order: random}  # a label that is not a method names one
+    paper:                            # published numbers, printed beside ours by reports
+      digits/resnet20/resnet8: {kd: 90.1}
+    executor: {kind: local, workers: 2}
+    method_files: [my_methods/]       # extra method files to load (paths relative to the suite)
+
+Errors name the file, the key path, the line where known, and a suggestion.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import Field, NonNegativeInt, PositiveInt
+
+from .errors import ConfigError, KDBenchError, did_you_mean
+from .spec import DataSpec, Recipe, RunSpec, Strict, TeacherRef
+
+
+class DatasetEntry(Strict):
+    options: dict[str, Any] = Field(default_factory=dict)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    recipe: dict[str, Any] = Field(default_factory=dict)  # overrides of the suite recipe
+    teacher_recipe: dict[str, Any] = Field(default_factory=dict)
+
+
+class PairEntry(Strict):
+    dataset: str | list[str]
+    teacher: str
+    student: str
+    teacher_checkpoint: str | None = None
+    teacher_seed: NonNegativeInt = 0
+    hparams: dict[str, dict[str, Any]] = Field(default_factory=dict)  # method label → overrides
+    recipe: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def datasets(self) -> list[str]:
+        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
+
+
+class ExecutorEntry(Strict):
+    kind: Literal["local", "slurm"] = "local"
+    workers: PositiveInt | None = None  # local: parallel jobs (default: one per GPU, else cores/2)
+    cohort: bool = True
+    slurm: dict[str, Any] = Field(default_factory=dict)  # submitit parameters (partition, timeout_min, …)
+
+
+class SuiteFile(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    data_root: str | None = None
+    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
+    selection: Literal["best_val", "last"] = "best_val"
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    teacher_recipe: dict[str, Any] | None = None
+    datasets: dict[str, DatasetEntry] = Field(min_length=1)
+    pairs: list[PairEntry] = Field(min_length=1)
+    methods: dict[str, dict[str, Any]] = Field(min_length=1)
+    paper: dict[str, dict[str, float]] = Field(default_factory=dict)
+    executor: ExecutorEntry = Field(default_factory=ExecutorEntry)
+    method_files: list[str] = Field(default_factory=list)
+    ablation: dict[str, Any] | None = None  # read by analysis.ablation
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of a suite: its spec, the label its method goes by, what it waits for."""
+
+    spec: RunSpec
+    label: str  # method label, or "teacher"
+    pair: str  # "teacher→student"
+    depends_on: tuple[str, ...] = ()
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.label == "teacher"
+
+    def describe(self) -> str:
+        return f"{self.spec.dataset.name:<14} {self.pair:<24} {self.label:<16} seed={self.spec.seed}"
+
+
+@dataclass
+class Suite:
+    path: Path
+    file: SuiteFile
+    jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    def method_files(self) -> list[Path]:
+        return [(self.path.parent / p).resolve() for p in self.file.method_files]
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read, validate and expand a suite file; raises ConfigError naming file, key and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"suite file '{path}' does not exist")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a suite is a YAML mapping with keys {', '.join(SuiteFile.model_fields)}")
+    try:
+        file = SuiteFile(**raw)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_explain(path, text, exc, raw)) from None
+    suite = Suite(path, file)
+    suite.jobs = _expand(suite, text)
+    return suite
+
+
+def _explain(path: Path, text: str, exc: pydantic.ValidationError, raw: dict) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "list[str]"))]
+        key = ".".join(str(p) for p in loc)
+        where = _line_of(text, loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            hint = did_you_mean(str(loc[-1]), allowed) or f"; allowed: {', '.join(allowed)}"
+            lines.append(f"{path}{where}: unknown key '{key}'{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"{path}: missing key '{key}'")
+        else:
+            lines.append(f"{path}{where}: '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _allowed_keys(loc: list) -> list[str]:
+    model: type[pydantic.BaseModel] = SuiteFile
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        nested = _model_in(annotation)
+        if nested is None:
+            continue
+        model = nested
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[pydantic.BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _line_of(text: str, loc: list) -> str:
+    """' (line N)' of the deepest string key of ``loc`` found in order in the text."""
+    position, line = 0, None
+    for part in loc:
+        if not isinstance(part, str):
+            continue
+        match = re.compile(rf"^\s*-?\s*['\"]?{re.escape(part)}['\"]?\s*:", re.M).search(text, position)
+        if match is None:
+            match = re.compile(rf"[{{,]\s*['\"]?{re.escape(part)}['\"]?\s*:").search(text, position)
+        if match is None:
+            break
+        position = match.start()
+        line = text.count("\n", 0, position) + 1
+    return f" (line {line})" if line else ""
+
+
+def _fail(suite: Suite, text: str, loc: list, message: str) -> KDBenchError:
+    return ConfigError(f"{suite.path}{_line_of(text, loc)}: '{'.'.join(map(str, loc))}': {message}")
+
+
+def _recipe(suite: Suite, text: str, loc: list, *layers: dict[str, Any]) -> Recipe:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    try:
+        return Recipe(**merged)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(map(str, err["loc"]))
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(key, Recipe.model_fields) or f"; allowed: {', '.join(Recipe.model_fields)}"
+            raise _fail(suite, text, loc, f"unknown recipe key '{key}'{hint}") from None
+        raise _fail(suite, text, [*loc, key], f"{err['msg']} (got {err.get('input')!r})") from None
+
+
+def _expand(suite: Suite, text: str) -> list[Job]:
+    from .data import DATASETS
+    from .method import METHODS, load_method_files
+    from .models import is_model
+
+    file = suite.file
+    for method_file in suite.method_files():
+        load_method_files(method_file)
+    for name in file.datasets:
+        if name not in DATASETS:
+            raise _fail(suite, text, ["datasets", name], f"unknown dataset{did_you_mean(name, DATASETS.names()) or '; known: ' + ', '.join(DATASETS.names())}")
+    method_of = {}
+    for label, hparams in file.methods.items():
+        method = hparams.get("method", label)
+        if method not in METHODS:
+            raise _fail(suite, text, ["methods", label],
+                        f"unknown method '{method}'{did_you_mean(method, METHODS.names()) or '; known: ' + ', '.join(METHODS.names())}"
+                        + ("" if "method" in hparams else "; a label that is not a method needs 'method: <name>'"))
+        method_of[label] = method
+    jobs: dict[str, Job] = {}
+    for i, pair in enumerate(file.pairs):
+        for role in ("teacher", "student"):
+            model = getattr(pair, role)
+            if not is_model(model):
+                from .models import list_models
+
+                raise _fail(suite, text, ["pairs", i, role], f"unknown model '{model}'{did_you_mean(model, list_models())}")
+        for label in pair.hparams:
+            if label not in file.methods:
+                raise _fail(suite, text, ["pairs", i, "hparams", label], f"no method labelled '{label}' in 'methods'{did_you_mean(label, file.methods)}")
+        pair_name = f"{pair.teacher}→{pair.student}"
+        for dataset_name in pair.datasets:
+            entry = file.datasets.get(dataset_name)
+            if entry is None:
+                raise _fail(suite, text, ["pairs", i, "dataset"],
+                            f"dataset '{dataset_name}' is not in 'datasets'{did_you_mean(dataset_name, file.datasets)}")
+            data = DataSpec(name=dataset_name, val_fraction=entry.val_fraction, options=entry.options)
+            recipe = _recipe(suite, text, ["recipe"], file.recipe, entry.recipe, pair.recipe)
+            teacher_recipe = _recipe(suite, text, ["teacher_recipe"], file.teacher_recipe if file.teacher_recipe is not None else file.recipe,
+                                     entry.teacher_recipe)
+            if pair.teacher_checkpoint:
+                checkpoint = (suite.path.parent / pair.teacher_checkpoint).expanduser().resolve()
+                teacher_ref = TeacherRef(model=pair.teacher, checkpoint=str(checkpoint))
+                teacher_deps: tuple[str, ...] = ()
+            else:
+                teacher_spec = RunSpec(dataset=data, student=pair.teacher, method="none", recipe=teacher_recipe, seed=pair.teacher_seed)
+                jobs.setdefault(teacher_spec.run_id, Job(teacher_spec, "teacher", pair_name))
+                teacher_ref = TeacherRef(model=pair.teacher, run_id=teacher_spec.run_id)
+                teacher_deps = (teacher_spec.run_id,)
+            for label, base in file.methods.items():
+                hparams = {k: v for k, v in {**base, **pair.hparams.get(label, {})}.items() if k != "method"}
+                method_cls = METHODS.get(method_of[label])
+                try:
+                    needs_teacher = method_cls(**hparams).needs.teacher
+                except KDBenchError as exc:
+                    raise _fail(suite, text, ["methods", label], str(exc)) from None
+                for seed in file.seeds:
+                    spec = RunSpec(dataset=data, student=pair.student, method=method_of[label], hparams=hparams,
+                                   teacher=teacher_ref if needs_teacher else None, recipe=recipe, seed=seed)
+                    jobs.setdefault(spec.run_id, Job(spec, label, pair_name, teacher_deps if needs_teacher else ()))
+    return sorted(jobs.values(), key=lambda j: not j.is_teacher)

@@ -1,0 +1,113 @@
+import json
+import math
+
+import pytest
+import torch
+
+from kdbench import records
+from kdbench.errors import ConfigError
+from kdbench.runs import FAILED, ensure_run
+from kdbench.spec import Recipe
+from kdbench.training import EngineOptions, TrainingDiverged, learning_rate, train_run
+
+from conftest import TINY_RECIPE, student_spec
+
+QUIET = EngineOptions(progress=False)
+
+
+def comparable(record):
+    """A record without what legitimately differs between two executions (timing, host)."""
+    return [{k: v for k, v in row.items() if k not in ("images_per_s", "epoch_seconds")} for row in record["metrics"]]
+
+
+def test_teacher_run_writes_record_weights_and_logits(teacher_out):
+    out, spec = teacher_out
+    run_dir = out / spec.run_id
+    record = json.loads((run_dir / records.RECORD).read_text())
+    assert record["status"] == "finished" and record["run_id"] == spec.run_id
+    assert [row["epoch"] for row in record["metrics"]] == [1, 2]
+    assert [row["epoch"] for row in records.read_metrics(run_dir)] == [1, 2]
+    assert record["summary"]["test_top1_last"] == record["metrics"][-1]["test_top1"]
+    assert record["summary"]["test_top1_last"] > 40  # 10 classes: chance is 10%
+    assert {"torch", "device", "git_commit"} <= set(record["environment"])
+    assert record["timing"]["images_per_s"] > 0
+    assert set(torch.load(run_dir / records.WEIGHTS, weights_only=True)) == {"model"}
+    logits = torch.load(run_dir / records.TEST_LOGITS, weights_only=True)
+    assert logits["logits"].dtype == torch.float16 and logits["logits"].shape[1] == 10
+    assert not (run_dir / records.CHECKPOINT).exists()
+
+
+def test_kd_student_trains_and_finished_runs_are_not_redone(teacher_out, monkeypatch):
+    out, teacher = teacher_out
+    spec = student_spec(teacher)
+    record = ensure_run(spec, out, QUIET)
+    assert set(record["metrics"][0]) >= {"loss_ce", "loss_kd", "val_top1", "test_top5"}
+    assert record["summary"]["teacher_test_top1"] > 40
+    monkeypatch.setattr("kdbench.runs.train_run", lambda *a, **k: pytest.fail("finished run trained again"))
+    assert ensure_run(spec, out, QUIET) == record
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(teacher_out, tmp_path):
+    out, teacher = teacher_out
+    a = train_run(student_spec(teacher), tmp_path / "a", QUIET, out / teacher.run_id / records.WEIGHTS)
+    b = train_run(student_spec(teacher), tmp_path / "b", QUIET, out / teacher.run_id / records.WEIGHTS)
+    c = train_run(student_spec(teacher, seed=1), tmp_path / "c", QUIET, out / teacher.run_id / records.WEIGHTS)
+    assert comparable(a) == comparable(b)
+    assert comparable(a) != comparable(c)
+
+
+def test_resume_after_interruption_equals_uninterrupted(teacher_out, tmp_path, monkeypatch):
+    out, teacher = teacher_out
+    weights = out / teacher.run_id / records.WEIGHTS
+    spec = student_spec(teacher, recipe=TINY_RECIPE.model_copy(update={"epochs": 3}))
+    whole = train_run(spec, tmp_path / "whole", QUIET, weights)
+
+    real_write = records.write_metrics
+
+    def die_after_second_epoch(run_dir, rows):
+        real_write(run_dir, rows)
+        if len(rows) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(records, "write_metrics", die_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(spec, tmp_path / "cut", QUIET, weights)
+    monkeypatch.setattr(records, "write_metrics", real_write)
+    assert (tmp_path / "cut" / records.CHECKPOINT).exists()
+    assert not (tmp_path / "cut" / records.RECORD).exists()
+    resumed = train_run(spec, tmp_path / "cut", QUIET, weights)
+    assert comparable(resumed) == comparable(whole)
+    assert resumed["summary"] == whole["summary"]
+
+
+def test_nan_loss_fails_with_its_reason_recorded(teacher_out, tmp_path):
+    out, teacher = teacher_out
+    spec = student_spec(teacher, recipe=Recipe(epochs=1, lr=1e6, batch_size=64))
+    with pytest.raises(TrainingDiverged, match="not finite in epoch 1"):
+        ensure_run(spec, out, QUIET)
+    failure = json.loads((out / spec.run_id / FAILED).read_text())
+    assert failure["status"] == "failed" and "TrainingDiverged" in failure["error"]
+
+
+def test_distillation_without_a_teacher_is_a_config_error(tmp_path):
+    from conftest import TINY_DIGITS
+    from kdbench.spec import RunSpec
+
+    spec = RunSpec(dataset=TINY_DIGITS, student="resnet8", method="kd", recipe=TINY_RECIPE)
+    with pytest.raises(ConfigError, match="method 'kd' distils from a teacher"):
+        train_run(spec, tmp_path, QUIET)
+
+
+@pytest.mark.parametrize(
+    "recipe, epoch, fraction, expected",
+    [
+        (Recipe(epochs=240, lr=0.05), 150, 0.5, 0.05),  # mdistiller: decay once epoch > 150
+        (Recipe(epochs=240, lr=0.05), 151, 0.0, 0.005),
+        (Recipe(epochs=240, lr=0.05), 240, 0.9, 0.05 * 0.1**3),
+        (Recipe(epochs=8, lr=0.1), 6, 0.0, 0.01),  # default milestones scale: 5, 6, 7 of 8
+        (Recipe(epochs=10, lr=0.1, schedule="cosine"), 6, 0.0, 0.05),
+        (Recipe(epochs=10, lr=0.1, schedule="constant", warmup_epochs=2), 2, 0.0, 0.1 * (1 + 1e-3) / 2),
+    ],
+)
+def test_learning_rate_schedule(recipe, epoch, fraction, expected):
+    assert math.isclose(learning_rate(recipe, epoch, fraction), expected, rel_tol=1e-9)
