@@ -84,7 +84,7 @@ class RunnerOptions:
 class Outcome:
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)  # already finished before this call
+    skipped: list[str] = field(default_factory=list)  # finished before this call, or by another runner
 
     @property
     def ok(self) -> bool:
@@ -161,6 +161,19 @@ def check_data(jobs: Iterable[Job], data_root: str | None) -> list[str]:
     return list(problems.values())
 
 
+def check_teachers(jobs: Iterable[Job]) -> list[str]:
+    """One message per teacher checkpoint file that does not exist."""
+    missing = {}
+    for job in jobs:
+        teacher = job.spec.teacher
+        if teacher is not None and teacher.checkpoint and not Path(teacher.checkpoint).is_file():
+            missing[teacher.checkpoint] = (
+                f"teacher {teacher.model}: checkpoint {teacher.checkpoint} does not exist "
+                "(set the variables its path names, e.g. KDBENCH_CHECKPOINTS, or fix teacher_checkpoint)"
+            )
+    return list(missing.values())
+
+
 def status_of(runs: Path, run_id: str) -> str:
     if (runs / run_id / records.RECORD).exists():
         return "done"
@@ -178,7 +191,7 @@ def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
     jobs = select_jobs(suite, options)
     engine = replace(options.engine, data_root=options.engine.data_root or suite.file.data_root,
                      subset=SMOKE_SAMPLES if options.smoke else options.engine.subset)
-    problems = check_data(jobs, engine.data_root)
+    problems = check_data(jobs, engine.data_root) + check_teachers(jobs)
     if options.dry_run:
         counts: dict[str, int] = {}
         for job in jobs:
@@ -187,10 +200,10 @@ def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
             say(f"{status:<8} {job.run_id}  {job.describe()}")
         say(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" (results in {directory})")
         for problem in problems:
-            say(f"missing data: {problem}")
+            say(f"missing: {problem}")
         return Outcome()
     if problems:
-        raise DataError("cannot run, data sets are missing:\n  " + "\n  ".join(problems))
+        raise DataError("cannot run, inputs are missing:\n  " + "\n  ".join(problems))
     runs.mkdir(parents=True, exist_ok=True)
     write_manifest(suite, jobs, directory)
     return Scheduler(suite, jobs, runs, engine, options).run()
@@ -288,7 +301,7 @@ class Scheduler:
     def _wait_elsewhere(self, job: Job, pending: list[Job]) -> None:
         status = status_of(self.runs, job.run_id)
         if status == "done":
-            self.outcome.finished.append(job.run_id)
+            self.outcome.skipped.append(job.run_id)
         elif status == "failed":
             self.outcome.failed[job.run_id] = "failed in another kdbench process"
         else:

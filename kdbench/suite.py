@@ -29,6 +29,7 @@ Errors name the file, the key path, the line where known, and a suggestion.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,7 +260,8 @@ def _expand(suite: Suite, text: str) -> list[Job]:
             teacher_recipe = _recipe(suite, text, ["teacher_recipe"], file.teacher_recipe if file.teacher_recipe is not None else file.recipe,
                                      entry.teacher_recipe)
             if pair.teacher_checkpoint:
-                checkpoint = (suite.path.parent / pair.teacher_checkpoint).expanduser().resolve()
+                # $VARS let one suite serve machines that keep checkpoints in different places
+                checkpoint = (suite.path.parent / os.path.expandvars(pair.teacher_checkpoint)).expanduser().resolve()
                 teacher_ref = TeacherRef(model=pair.teacher, checkpoint=str(checkpoint))
                 teacher_deps: tuple[str, ...] = ()
             else:

@@ -1,0 +1,241 @@
+"""Suite validation (a corpus of malformed suites and the message each must give),
+expansion and hashing, teacher sharing, the runner's resume, isolation and locking."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdbench.errors import ConfigError, DataError
+from kdbench.results import load_results
+from kdbench.runner import RunnerOptions, run_suite
+from kdbench.suite import load_suite
+from kdbench.training import EngineOptions
+
+REPO = Path(__file__).resolve().parents[1]
+
+VALID = {
+    "name": "tiny",
+    "seeds": [0, 1],
+    "recipe": {"epochs": 1, "batch_size": 128},
+    "datasets": {"digits": {"options": {"image_size": 8}}},
+    "pairs": [{"dataset": "digits", "teacher": "resnet14", "student": "resnet8"}],
+    "methods": {"none": {}, "kd": {}},
+}
+
+
+def write(tmp_path: Path, suite) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(suite if isinstance(suite, str) else yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def changed(**changes):
+    suite = json.loads(json.dumps(VALID))
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = suite
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        if value is ...:
+            del node[last]
+        else:
+            node[last] = value
+    return suite
+
+
+MALFORMED = [
+    (changed(seedz=[0]), r"unknown key 'seedz'; did you mean 'seeds'"),
+    (changed(seeds="zero"), r"'seeds': Input should be a valid list"),
+    (changed(seeds=[-1]), r"'seeds.0': Input should be greater than or equal to 0"),
+    (changed(datasets=...), r"missing key 'datasets'"),
+    (changed(datasets={"digts": {}}), r"'datasets.digts': unknown dataset; did you mean 'digits'"),
+    (changed(methods={"dkdd": {}}), r"'methods.dkdd': unknown method 'dkdd'; did you mean 'dkd'"),
+    (changed(methods={"kd_hot": {"temperature": 8}}), r"a label that is not a method needs 'method: <name>'"),
+    (changed(methods={"kd": {"tmperature": 4}}), r"'methods.kd': method 'kd': unknown hyperparameter 'tmperature'; did you mean 'temperature'"),
+    (changed(methods={"kd": {"temperature": "hot"}}), r"method 'kd': hyperparameter 'temperature'"),
+    (changed(methods={}), r"'methods': Dictionary should have at least 1 item"),
+    (changed(pairs__0__student="resnet8x5"), r"'pairs.0.student': unknown model 'resnet8x5'; did you mean 'resnet8x4'"),
+    (changed(pairs__0__dataset="cifar100"), r"'pairs.0.dataset': dataset 'cifar100' is not in 'datasets'"),
+    (changed(pairs__0__techer="resnet14"), r"unknown key 'pairs.0.techer'; did you mean 'teacher'"),
+    (changed(pairs__0__hparams={"dkd": {"beta": 2}}), r"'pairs.0.hparams.dkd': no method labelled 'dkd' in 'methods'"),
+    (changed(recipe={"epoch": 3}), r"'recipe': unknown recipe key 'epoch'; did you mean 'epochs'"),
+    (changed(recipe={"lr": -0.1}), r"'recipe.lr': Input should be greater than 0"),
+    (changed(recipe={"optimizer": "adam"}), r"'recipe.optimizer': Input should be 'sgd' or 'adamw'"),
+    (changed(selection="best"), r"'selection': Input should be 'best_val' or 'last'"),
+    (changed(name="my suite/1"), r"'name': String should match pattern"),
+    (changed(executor={"kind": "sge"}), r"'executor.kind': Input should be 'local' or 'slurm'"),
+    (changed(datasets={"digits": {"val_fraction": 1.5}}), r"'datasets.digits.val_fraction': Input should be less than 1"),
+    ("- just\n- a list\n", r"a suite is a YAML mapping"),
+    ("name: [unclosed\n", r"not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("suite, message", MALFORMED, ids=[f"case{i}" for i in range(len(MALFORMED))])
+def test_malformed_suite_is_refused_with_file_key_and_hint(tmp_path, suite, message):
+    path = write(tmp_path, suite)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_suite(path)
+    assert str(path) in str(info.value)
+    assert not (tmp_path / "results").exists()
+
+
+def test_errors_give_the_line(tmp_path):
+    text = textwrap.dedent("""\
+        name: tiny
+        datasets:
+          digits: {}
+        pairs:
+          - {dataset: digits, teacher: resnet14, student: resnet8}
+        methods:
+          none: {}
+          kd: {tmperature: 4}
+        """)
+    with pytest.raises(ConfigError, match=r"suite.yaml \(line 8\): 'methods.kd'"):
+        load_suite(write(tmp_path, text))
+
+
+def test_expansion_shares_the_teacher_and_hashes_specs(tmp_path):
+    suite = load_suite(write(tmp_path, VALID))
+    teachers = [j for j in suite.jobs if j.is_teacher]
+    students = [j for j in suite.jobs if not j.is_teacher]
+    assert len(teachers) == 1 and suite.jobs[0].is_teacher  # teachers come first
+    assert len(students) == 4  # 2 methods × 2 seeds
+    kd = [j for j in students if j.label == "kd"]
+    assert all(j.depends_on == (teachers[0].run_id,) and j.spec.teacher.run_id == teachers[0].run_id for j in kd)
+    assert all(j.spec.teacher is None and j.depends_on == () for j in students if j.label == "none")
+    assert len({j.run_id for j in suite.jobs}) == len(suite.jobs)
+    again = load_suite(write(tmp_path, VALID))
+    assert [j.run_id for j in again.jobs] == [j.run_id for j in suite.jobs]
+    hotter = load_suite(write(tmp_path, changed(methods={"none": {}, "kd": {"temperature": 2}})))
+    assert {j.run_id for j in hotter.jobs if j.label == "kd"}.isdisjoint({j.run_id for j in kd})
+    assert {j.run_id for j in hotter.jobs if j.label != "kd"} == {j.run_id for j in suite.jobs if j.label != "kd"}
+
+
+def test_per_pair_overrides_and_labelled_variants(tmp_path):
+    suite = load_suite(write(tmp_path, changed(
+        methods={"kd": {}, "kd_t2": {"method": "kd", "temperature": 2}},
+        pairs__0__hparams={"kd": {"w_ce": 0.5}},
+    )))
+    by_label = {j.label: j.spec for j in suite.jobs if j.spec.seed == 0}
+    assert by_label["kd"].hparams == {"w_ce": 0.5}
+    assert by_label["kd_t2"].method == "kd" and by_label["kd_t2"].hparams == {"temperature": 2}
+
+
+def test_missing_data_and_checkpoints_fail_before_training(tmp_path):
+    suite = load_suite(REPO / "suites" / "fine_grained.yaml")
+    options = RunnerOptions(out=tmp_path / "results", engine=EngineOptions(data_root=str(tmp_path / "empty")))
+    with pytest.raises(DataError) as info:
+        run_suite(suite, options)
+    message = str(info.value)
+    for name in ("cub200", "stanford-dogs", "mit67", "stanford40"):
+        assert f"{name}: " in message
+    assert str(tmp_path / "empty") in message
+    assert not (tmp_path / "results").exists()
+    lines = []
+    run_suite(suite, RunnerOptions(out=tmp_path / "results", dry_run=True, printer=lines.append,
+                                   engine=EngineOptions(data_root=str(tmp_path / "empty"))))
+    assert sum(line.startswith("todo") for line in lines) == len(suite.jobs)
+    assert any(line.startswith("missing: cub200") for line in lines)
+
+
+def test_shipped_suites_validate():
+    for path in sorted((REPO / "suites").glob("*.yaml")):
+        assert load_suite(path).jobs, path
+
+
+def quiet(**kw):
+    return RunnerOptions(printer=lambda line: None, workers=1, engine=EngineOptions(progress=False), **kw)
+
+
+def test_run_resume_failure_isolation_and_results(tmp_path):
+    suite_path = write(tmp_path, changed(methods={"none": {}, "kd": {}, "kd_nan": {"method": "kd", "temperature": 1e-30}}))
+    suite = load_suite(suite_path)
+    outcome = run_suite(suite, quiet(out=tmp_path / "results"))
+    failed = [j for j in suite.jobs if j.label == "kd_nan"]
+    assert set(outcome.failed) == {j.run_id for j in failed}
+    assert len(outcome.finished) == len(suite.jobs) - len(failed)
+    frame = load_results(tmp_path / "results" / "tiny")
+    assert len(frame) == len(suite.jobs)
+    assert set(frame[frame.status == "failed"].label) == {"kd_nan"}
+    assert frame[frame.status == "failed"].error.str.contains("not finite").all()
+    assert set(frame.label) == {"teacher", "none", "kd", "kd_nan"}
+    assert "spec.recipe.epochs" in frame.columns and "test_top1_best_val" in frame.columns
+    again = run_suite(suite, quiet(out=tmp_path / "results"))
+    assert again.finished == [] and len(again.skipped) == len(suite.jobs) - len(failed)
+
+
+def test_only_filter_keeps_needed_teachers(tmp_path):
+    from kdbench.runner import select_jobs
+
+    suite = load_suite(write(tmp_path, VALID))
+    jobs = select_jobs(suite, RunnerOptions(only={"method": "kd", "seed": "1"}))
+    assert [j.label for j in jobs] == ["teacher", "kd"]
+    assert [j.label for j in select_jobs(suite, RunnerOptions(only={"method": "none"}))] == ["none", "none"]
+    smoke = select_jobs(suite, RunnerOptions(smoke=True))
+    assert all(j.spec.recipe.epochs == 1 for j in smoke)
+    teacher = next(j for j in smoke if j.is_teacher)
+    assert all(j.depends_on == (teacher.run_id,) for j in smoke if j.label == "kd")
+
+
+def run_cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "kdbench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def finished_records(out: Path) -> dict[str, list]:
+    rows = {}
+    for record in sorted(out.glob("*/runs/*/record.json")):
+        data = json.loads(record.read_text())
+        rows[data["run_id"]] = [{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_seconds")}
+                                for r in data["metrics"]]
+    return rows
+
+
+def test_sigkill_then_rerun_gives_the_same_records(tmp_path):
+    suite = changed(recipe={"epochs": 3, "batch_size": 128}, methods={"kd": {}})
+    path = write(tmp_path, suite)
+    reference = tmp_path / "reference"
+    assert run_cli("run", str(path), "--out", str(reference), "--workers", "1").wait(timeout=300) == 0
+    out = tmp_path / "killed"
+    for delay in (4.0, 7.0):  # mid-teacher, then mid-student (at whatever point the kill lands)
+        process = run_cli("run", str(path), "--out", str(out), "--workers", "1", start_new_session=True)
+        time.sleep(delay)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    final = run_cli("run", str(path), "--out", str(out), "--workers", "1")
+    assert final.wait(timeout=300) == 0, final.stdout.read()
+    assert finished_records(out) == finished_records(reference)
+    rerun = run_cli("run", str(path), "--out", str(out))
+    output = rerun.communicate(timeout=120)[0]
+    assert rerun.returncode == 0 and "nothing to do" in output
+
+
+def test_two_runners_never_run_the_same_job_twice(tmp_path):
+    path = write(tmp_path, changed(recipe={"epochs": 2, "batch_size": 128}))
+    out = tmp_path / "results"
+    first = run_cli("run", str(path), "--out", str(out), "--workers", "1")
+    second = run_cli("run", str(path), "--out", str(out), "--workers", "1")
+    assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0
+    suite = load_suite(path)
+    assert len(finished_records(out)) == len(suite.jobs)
+    for job in suite.jobs:  # each run's metrics were written by exactly one training
+        metrics = (out / "tiny" / "runs" / job.run_id / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(m)["epoch"] for m in metrics] == [1, 2]
+    trained = [line for p in (first, second) for line in p.stdout.read().splitlines() if " trained," in line]
+    assert sum(int(line.split("] ")[1].split(" trained")[0]) for line in trained) == len(suite.jobs)
+
+
+def test_submitit_executor_locally(tmp_path):
+    suite = load_suite(write(tmp_path, changed(executor={"kind": "slurm", "slurm": {"cluster": "local", "timeout_min": 10}},
+                                               seeds=[0])))
+    outcome = run_suite(suite, quiet(out=tmp_path / "results"))
+    assert outcome.ok and len(outcome.finished) == len(suite.jobs)
+    assert (tmp_path / "results" / "tiny" / "slurm").is_dir()
