@@ -27,3 +27,11 @@ def student_spec(teacher: RunSpec, method: str = "kd", **changes) -> RunSpec:
                   teacher=TeacherRef(model=teacher.student, run_id=teacher.run_id))
     fields.update(changes)
     return RunSpec(**fields)
+
+
+def pytest_configure(config):
+    # Tests use tiny models: one intra-op thread is as fast and does not fight the
+    # subprocesses some tests start for the two cores of a CI machine.
+    import torch
+
+    torch.set_num_threads(1)

@@ -1,1 +1,3 @@
-"""The CIFAR KD zoo (filled in by the zoo modules)."""
+"""The CIFAR KD zoo of RepDistiller/mdistiller; importing this package registers every model."""
+
+from . import mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401

@@ -1,8 +1,8 @@
-"""Weight initialisation shared by the CIFAR zoo."""
+"""Helpers shared by the CIFAR zoo."""
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 
 def init_conv_bn(model: nn.Module) -> None:
@@ -16,3 +16,9 @@ def init_conv_bn(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """ShuffleNet channel shuffle: [N, g·c, H, W] → view [N, g, c] → transpose → [N, c·g, H, W]."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)

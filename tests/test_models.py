@@ -1,0 +1,188 @@
+"""The model zoo: published parameter names and shapes, the forward/tap contract, the timm
+adapter, and an independent functional re-computation of the CIFAR ResNets."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import kdbench
+from kdbench.models import Backbone, create_model
+
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "cifar_zoo_state_dicts.json").read_text())
+"""For each published mdistiller/RepDistiller CIFAR-100 teacher: every state-dict key and shape,
+plus ``__logits__``, the logits shape for a 2×3×32×32 input."""
+
+LOGITS = "__logits__"
+MODELS = kdbench.list_models()
+
+
+def fixture_shapes(name: str) -> dict[str, list[int]]:
+    if name not in FIXTURE:
+        pytest.skip(f"{name} has no published checkpoint")
+    return {k: v for k, v in FIXTURE[name].items() if k != LOGITS}
+
+
+def random_state_dict(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, Tensor]:
+    """Tensors keyed by the published names, as an independently written model would save them:
+    fan-in scaled weights, near-unit BN scales, positive running variances."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(7)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=g) + 0.5
+        elif len(shape) > 1:
+            state[key] = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+        elif key.endswith("weight"):
+            state[key] = 1 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            state[key] = 0.1 * torch.randn(shape, generator=g)
+    return state
+
+
+def forward_hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_every_published_model_is_registered():
+    assert sorted(set(FIXTURE) - {LOGITS} - set(MODELS)) == []
+
+
+def test_unpublished_models_are_still_registered_and_tested():
+    # ResNet34 has no published teacher: it is absent from the fixture but, being registered,
+    # goes through the forward/backward/tap tests below.
+    assert "ResNet34" in MODELS and "ResNet34" not in FIXTURE
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_state_dict_and_logits_match_published_checkpoint(name):
+    shapes = fixture_shapes(name)
+    model = create_model(name, num_classes=100).eval()
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(ours) == sorted(shapes)
+    assert ours == shapes
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 32, 32)).logits
+    assert list(logits.shape) == FIXTURE[name][LOGITS]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_loads_independent_state_dict_strictly(name):
+    state = random_state_dict(fixture_shapes(name))
+    model = create_model(name, num_classes=100)
+    model.load_state_dict(state, strict=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_backward_and_stage_taps(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10).train()
+    assert isinstance(model, Backbone) and len(model.stages) >= 3
+    model.tap(model.stages)
+    out = model(torch.randn(2, 3, 16, 16))
+    assert out.logits.shape == (2, 10)
+    assert list(out.features) == model.stages
+    assert all(f.shape[0] == 2 for f in out.features.values())
+    assert out.feature_map.shape[:2] == (2, out.embedding.shape[1])
+    assert out.head is model.head
+    assert torch.allclose(out.head(out.embedding), out.logits)
+    (out.logits.square().mean() + sum(f.mean() for f in out.features.values())).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # a later forward returns taps of that forward only
+    again = model(torch.randn(3, 3, 16, 16))
+    assert all(f.shape[0] == 3 for f in again.features.values())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_no_taps_installs_no_hooks(name):
+    model = create_model(name, num_classes=10).eval()
+    assert model._tap_handles == [] and forward_hooks(model) == 0
+    model.tap(model.stages[-1:])
+    assert forward_hooks(model) == 1
+    model.tap([])
+    assert model._tap_handles == [] and forward_hooks(model) == 0
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 8, 8))
+    assert out.features == {} and out.logits.shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_unknown_stage_is_refused_with_the_known_stages(name):
+    model = create_model(name, num_classes=10)
+    with pytest.raises(ValueError, match=f"no stage 'stage99'; it has {', '.join(model.stages)}$"):
+        model.tap(["stage99"])
+
+
+def test_timm_model_gives_logits_embedding_feature_map_and_taps():
+    model = create_model("timm:resnet18", num_classes=10)
+    assert all(k.startswith("model.") for k in model.state_dict())  # loads timm weights by prefix
+    model.tap(["stage3"])
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert out.logits.shape == (2, 10)
+    assert out.embedding.shape == (2, 512)
+    assert out.feature_map.shape == (2, 512, 2, 2)
+    assert out.features["stage3"].shape == (2, 128, 8, 8)
+    torch.testing.assert_close(out.logits, model.model(x))
+    out.logits.sum().backward()
+    model.tap([])
+    assert forward_hooks(model) == 0
+
+
+# --- an independent re-computation of the CIFAR ResNets from their state dict alone --------
+
+
+def _bn(x: Tensor, sd: dict[str, Tensor], prefix: str) -> Tensor:
+    w, b, m, v = (sd[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var"))
+    return (x - m[:, None, None]) / torch.sqrt(v[:, None, None] + 1e-5) * w[:, None, None] + b[:, None, None]
+
+
+def _conv(x: Tensor, weight: Tensor, stride: int) -> Tensor:
+    return F.conv2d(x, weight, stride=stride, padding=weight.shape[-1] // 2)
+
+
+def reference_cifar_resnet(sd: dict[str, Tensor], x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """He et al.'s CIFAR ResNet in eval mode, driven by parameter names only: conv1-bn1-relu,
+    three stages of basic blocks (the first block of stages 2 and 3 strided, a 1×1 conv-BN
+    ``downsample`` shortcut where present), global average pooling, fc."""
+    x = F.relu(_bn(_conv(x, sd["conv1.weight"], 1), sd, "bn1"))
+    stages = []
+    for stage in (1, 2, 3):
+        n_blocks = len({k.split(".")[1] for k in sd if k.startswith(f"layer{stage}.")})
+        for i in range(n_blocks):
+            p = f"layer{stage}.{i}"
+            stride = 2 if stage > 1 and i == 0 else 1
+            out = F.relu(_bn(_conv(x, sd[f"{p}.conv1.weight"], stride), sd, f"{p}.bn1"))
+            out = _bn(_conv(out, sd[f"{p}.conv2.weight"], 1), sd, f"{p}.bn2")
+            if f"{p}.downsample.0.weight" in sd:
+                x = _bn(_conv(x, sd[f"{p}.downsample.0.weight"], stride), sd, f"{p}.downsample.1")
+            x = F.relu(out + x)
+        stages.append(x)
+    logits = x.mean(dim=(2, 3)) @ sd["fc.weight"].T + sd["fc.bias"]
+    return logits, stages
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet20", "resnet8x4", "resnet32x4"])
+def test_cifar_resnet_computes_the_published_function(name):
+    state = random_state_dict(fixture_shapes(name), seed=1)
+    model = create_model(name, num_classes=100).eval()
+    model.load_state_dict(state)
+    model.tap(model.stages)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = model(x)
+    logits, stages = reference_cifar_resnet(state, x)
+    assert [s.shape[-1] for s in stages] == [16, 8, 4]
+    for ours, ref in zip(out.features.values(), stages):
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.logits, logits, rtol=1e-4, atol=1e-4)
