@@ -15,7 +15,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,9 @@ class EngineOptions:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
     progress: bool = True
     subset: int | None = None  # use only the first N samples of each split (smoke runs)
+    # Called after each epoch's checkpoint with (epoch, metrics row); Optuna's pruning
+    # raises from here. Runs in the training process.
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -235,6 +238,8 @@ def train_run(
             checkpoint_path,
         )
         records.write_metrics(run_dir, history)
+        if options.on_epoch is not None:
+            options.on_epoch(epoch, history[-1])
         if options.progress:
             print(f"  epoch {epoch}/{recipe.epochs}: val {val['top1']:.2f}  test {test['top1']:.2f}", flush=True)
         final_test = test

@@ -1,0 +1,153 @@
+"""CRD: Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020.
+
+Embedding heads e = normalize(Linear(d → 128)(embedding)) for student and teacher (both
+trained with the student). Per sample i and anchor e (student or teacher), the positive is
+the other model's memory row i and K negatives are memory rows of samples from other
+classes; with s = ⟨e, m⟩/τ − log Z, P = exp(s), m = K, P_n = 1/N, Eq. 18 of the paper is
+
+    NCE = −log P_pos/(P_pos + m·P_n) − Σ_neg log m·P_n/(P_neg + m·P_n)
+        = softplus(log(m·P_n) − s_pos) + Σ_neg softplus(s_neg − log(m·P_n))
+
+(RepDistiller's 1e-7 in the denominators is dropped: the log form is exact and safe).
+Z = mean(exp(⟨e, m⟩/τ))·N is fixed from the first batch, per anchor (buffer ``log_z``).
+
+    L = w_ce·CE + 0.8·(NCE_student-anchored + NCE_teacher-anchored)
+
+``mode: bank`` (RepDistiller): one N×128 memory per model, rows initialised uniform in
+±1/√(128/3) and updated after the loss used them: m_i ← normalize(0.5·m_i + 0.5·e_i).
+Negatives are drawn per sample, without replacement, from other classes with torch's global
+RNG (seeded and checkpointed by the engine); K is clipped to the smallest such pool.
+``mode: queue`` (for large N): MoCo-style FIFO queues of the last K embeddings of each model
+are the negatives (same-class entries masked out), the positive is the other model's
+current embedding, detached (``memory_s``/``memory_t`` then hold the queues). Defaults: 128-d, K 16384, τ 0.07, momentum 0.5, weights 1/0.8.
+"""
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat
+from torch import Tensor, nn
+
+from kdbench.errors import ConfigError
+from kdbench.method import Batch, HParams, Method, TrainContext, register_method
+from kdbench.models import ModelOutput
+
+
+class CRDHParams(HParams):
+    feat_dim: PositiveInt = 128
+    num_negatives: PositiveInt = 16384
+    temperature: PositiveFloat = 0.07
+    momentum: confloat(ge=0.0, lt=1.0) = 0.5
+    w_crd: NonNegativeFloat = 0.8
+    w_ce: NonNegativeFloat = 1.0
+    mode: Literal["bank", "queue"] = "bank"
+
+
+def nce_loss(scores: Tensor, log_z: Tensor, num_data: int, num_negatives: int, negative_mask: Tensor | None = None) -> Tensor:
+    """CRD's NCE from B×(1+K) scores ⟨anchor, memory⟩/τ (positive first), mean over the batch.
+
+    ``negative_mask`` (B×K, optional) drops negatives; m·P_n stays K/N.
+    """
+    log_noise = math.log(num_negatives / num_data)
+    s = scores - log_z
+    negatives = F.softplus(s[:, 1:] - log_noise)
+    if negative_mask is not None:
+        negatives = negatives * negative_mask
+    return (F.softplus(log_noise - s[:, 0]) + negatives.sum(1)).mean()
+
+
+def first_log_z(scores: Tensor, num_data: int) -> Tensor:
+    """log(mean(exp(scores))·N), computed in log space."""
+    return torch.logsumexp(scores.detach().flatten(), 0) - math.log(scores.numel()) + math.log(num_data)
+
+
+def draw_negatives(labels: Tensor, train_labels: Tensor, k: int) -> Tensor:
+    """B×k distinct training indices per row, all of another class than the row's label."""
+    keys = torch.rand(len(labels), len(train_labels), device=labels.device)
+    keys.masked_fill_(train_labels[None] == labels[:, None], -1.0)  # below every rand value
+    return keys.topk(k, dim=1, sorted=False).indices
+
+
+def _renormalised(memory: Tensor, rows: Tensor, values: Tensor, momentum: float) -> Tensor:
+    # Out of place: the loss's backward still needs the memory it was computed with.
+    mixed = F.normalize(momentum * memory[rows] + (1 - momentum) * values.detach(), dim=1)
+    return memory.index_copy(0, rows, mixed)
+
+
+@register_method
+class CRD(Method):
+    name = "crd"
+    HParams = CRDHParams
+
+    def __init__(self, **hparams) -> None:
+        super().__init__(**hparams)
+        for name in ("memory_s", "memory_t", "log_z", "queue_labels", "queue_ptr"):
+            self.register_buffer(name, None)
+        self.register_buffer("train_labels", None, persistent=False)
+
+    def setup(self, context: TrainContext) -> None:
+        hp = self.hparams
+        if context.student.embedding is None or context.teacher is None or context.teacher.embedding is None:
+            raise ConfigError(f"method '{self.name}': needs the student's and teacher's embeddings")
+        device = context.student.embedding.device
+        self.embed_s = nn.Linear(context.student.embedding.shape[1], hp.feat_dim).to(device)
+        self.embed_t = nn.Linear(context.teacher.embedding.shape[1], hp.feat_dim).to(device)
+        labels = context.train_labels.long().to(device)
+        self.num_data = len(labels)
+        if hp.mode == "bank":
+            self.k = min(hp.num_negatives, self.num_data - int(torch.bincount(labels).max()))
+            if self.k < 1:
+                raise ConfigError(f"method '{self.name}': no negatives: every training sample has the same class")
+            rows = self.num_data
+        else:
+            self.k = rows = hp.num_negatives
+            self.queue_labels = torch.full((rows,), -1, dtype=torch.long, device=device)
+            self.queue_ptr = torch.zeros((), dtype=torch.long, device=device)
+        generator = torch.Generator().manual_seed(context.seed)
+        bound = 1 / math.sqrt(hp.feat_dim / 3)
+        self.memory_s, self.memory_t = (
+            (torch.rand(rows, hp.feat_dim, generator=generator) * 2 * bound - bound).to(device) for _ in range(2)
+        )
+        self.log_z = torch.full((2,), math.nan, device=device)  # [student anchor, teacher anchor]
+        self.train_labels = labels
+
+    def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
+        hp = self.hparams
+        e_s = F.normalize(self.embed_s(student.embedding), dim=1)
+        e_t = F.normalize(self.embed_t(teacher.embedding.detach()), dim=1)
+        y = self.train_labels[batch.index]
+        if hp.mode == "bank":
+            rows = torch.cat([batch.index[:, None], draw_negatives(y, self.train_labels, self.k)], dim=1)
+            # B×N scores then gather: far less memory than gathering B×(K+1)×128 rows.
+            scores_s = (e_s @ self.memory_t.T).gather(1, rows) / hp.temperature
+            scores_t = (e_t @ self.memory_s.T).gather(1, rows) / hp.temperature
+            mask = None
+        else:
+            scores_s = torch.cat([(e_s * e_t.detach()).sum(1, keepdim=True), e_s @ self.memory_t.T], 1) / hp.temperature
+            scores_t = torch.cat([(e_t * e_s.detach()).sum(1, keepdim=True), e_t @ self.memory_s.T], 1) / hp.temperature
+            mask = self.queue_labels[None] != y[:, None]
+        new_log_z = torch.stack([first_log_z(scores_s, self.num_data), first_log_z(scores_t, self.num_data)])
+        self.log_z = torch.where(torch.isnan(self.log_z), new_log_z, self.log_z)
+        crd = nce_loss(scores_s, self.log_z[0], self.num_data, self.k, mask) + nce_loss(
+            scores_t, self.log_z[1], self.num_data, self.k, mask
+        )
+        with torch.no_grad():
+            self._update_memory(e_s, e_t, y, batch.index)
+        return {
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "crd": hp.w_crd * crd,
+        }
+
+    def _update_memory(self, e_s: Tensor, e_t: Tensor, y: Tensor, index: Tensor) -> None:
+        if self.hparams.mode == "bank":
+            self.memory_s = _renormalised(self.memory_s, index, e_s, self.hparams.momentum)
+            self.memory_t = _renormalised(self.memory_t, index, e_t, self.hparams.momentum)
+            return
+        e_s, e_t, y = e_s[-self.k :], e_t[-self.k :], y[-self.k :]
+        slots = (self.queue_ptr + torch.arange(len(y), device=y.device)) % self.k
+        self.memory_s = self.memory_s.index_copy(0, slots, e_s.detach())
+        self.memory_t = self.memory_t.index_copy(0, slots, e_t.detach())
+        self.queue_labels = self.queue_labels.index_copy(0, slots, y)
+        self.queue_ptr = (self.queue_ptr + len(y)) % self.k

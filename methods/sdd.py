@@ -1,0 +1,120 @@
+"""SDD: Wei, Luo & Luo, "Scale Decoupled Distillation", CVPR 2024.
+
+Local logits: the final feature map (before global pooling) is average-pooled to an m×m
+grid for every m in ``scales`` and the model's own classifier scores every cell, giving
+N = Σm² logit vectors per image, the global one (m=1) first. No extra parameters.
+
+    w_{b,n} = 1 if the teacher's region-n and global predictions are both right or both
+              wrong (consistent), else beta_complementary (complementary; the global region
+              is always consistent)
+    L = w_ce·CE + α·ramp·mean_{b,n} w_{b,n}·LD(z_s[b,n], z_t[b,n])
+
+LD is the base method per region and sample: ``kd`` (T²·KL) or ``dkd`` (α_dkd·TCKD +
+β_dkd·NCKD). Unset weights take the base method's own: kd w_ce 0.1, α 0.9; dkd w_ce 1,
+α 1. ramp = min(epoch / warmup, 1) with base dkd (the authors' SD-DKD), 1 with kd (their
+SD-KD has it commented out). Correctness is with respect to the label, as in the code.
+Defaults: scales (1, 2, 4) (heterogeneous pairs; (1, 2) for similar ones), β_c 2, T 4.
+"""
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+from torch import Tensor
+
+from kdbench.method import Batch, HParams, Method, register_method, warmup
+from kdbench.methods.dkd import dkd_loss
+from kdbench.models import ModelOutput
+
+BASE_WEIGHTS = {"kd": (0.1, 0.9), "dkd": (1.0, 1.0)}  # (w_ce, alpha) of SD-KD and SD-DKD
+
+
+class SDDHParams(HParams):
+    base: Literal["kd", "dkd"] = "kd"
+    scales: tuple[PositiveInt, ...] = (1, 2, 4)
+    beta_complementary: NonNegativeFloat = 2.0
+    temperature: PositiveFloat = 4.0
+    w_ce: NonNegativeFloat | None = None  # None: the base method's (kd 0.1, dkd 1)
+    alpha: NonNegativeFloat | None = None  # None: the base method's (kd 0.9, dkd 1)
+    # Read only with base dkd (ignored with kd, so a sweep over base can fix them per pair).
+    dkd_alpha: NonNegativeFloat = 1.0
+    dkd_beta: NonNegativeFloat = 8.0
+    warmup: NonNegativeInt = 20
+
+    @field_validator("scales")
+    @classmethod
+    def _global_first(cls, scales: tuple[int, ...]) -> tuple[int, ...]:
+        if 1 not in scales:
+            raise ValueError("scales must include 1 (the global region)")
+        return tuple(sorted(set(scales)))
+
+
+def local_logits(output: ModelOutput, scales: tuple[int, ...]) -> Tensor:
+    """B×N×C logits of every m×m cell of the final map, scales in order (one head call)."""
+    fmap = output.feature_map
+    cells = [F.adaptive_avg_pool2d(fmap, m).flatten(2) for m in scales]  # B×D×m²
+    cells = torch.cat(cells, dim=2).transpose(1, 2)  # B×N×D
+    b, n, d = cells.shape
+    return output.head(cells.reshape(b * n, d)).view(b, n, -1)
+
+
+def region_weights(teacher_local: Tensor, labels: Tensor, beta_complementary: float) -> Tensor:
+    """B×N: 1 where the region's correctness matches the global one, else β_c."""
+    correct = teacher_local.argmax(2) == labels[:, None]
+    weights = torch.ones(correct.shape, device=correct.device)
+    return weights.masked_fill(correct != correct[:, :1], beta_complementary)
+
+
+def kd_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(1) * temperature**2
+
+
+def sdd_loss(
+    student_local: Tensor,
+    teacher_local: Tensor,
+    labels: Tensor,
+    *,
+    base: Literal["kd", "dkd"] = "kd",
+    beta_complementary: float = 2.0,
+    temperature: float = 4.0,
+    dkd_alpha: float = 1.0,
+    dkd_beta: float = 8.0,
+) -> Tensor:
+    """mean over regions and samples of w·LD, from B×N×C local logits (unweighted by α)."""
+    teacher_local = teacher_local.detach()
+    b, n, c = student_local.shape
+    weights = region_weights(teacher_local, labels, beta_complementary)
+    zs, zt = student_local.reshape(b * n, c), teacher_local.reshape(b * n, c)
+    if base == "kd":
+        per_region = kd_per_sample(zs, zt, temperature)
+    else:
+        tckd, nckd = dkd_loss(zs, zt, labels.repeat_interleave(n), dkd_alpha, dkd_beta, temperature, "none")
+        per_region = tckd + nckd
+    return (weights.reshape(-1) * per_region).mean()
+
+
+@register_method
+class SDD(Method):
+    name = "sdd"
+    HParams = SDDHParams
+
+    def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
+        hp = self.hparams
+        w_ce, alpha = BASE_WEIGHTS[hp.base]
+        w_ce = w_ce if hp.w_ce is None else hp.w_ce
+        alpha = alpha if hp.alpha is None else hp.alpha
+        with torch.no_grad():
+            teacher_local = local_logits(teacher, hp.scales)
+        distance = sdd_loss(
+            local_logits(student, hp.scales), teacher_local, batch.labels, base=hp.base,
+            beta_complementary=hp.beta_complementary, temperature=hp.temperature,
+            dkd_alpha=hp.dkd_alpha, dkd_beta=hp.dkd_beta,
+        )
+        ramp = warmup(epoch, hp.warmup) if hp.base == "dkd" else 1.0
+        return {
+            "ce": w_ce * F.cross_entropy(student.logits, batch.labels),
+            "sdd": alpha * ramp * distance,
+        }
