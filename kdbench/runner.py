@@ -44,7 +44,8 @@ class Handle(Protocol):
 
 
 def execute_job(spec_json: dict[str, Any], runs_dir: str, options: EngineOptions, method_files: list[str]) -> dict[str, Any]:
-    """Run one job in this process, under its lock. Returns {"status", "reason"}."""
+    """Run one job in this process, under its lock. Returns {"status", "reason"}, the status
+    being finished, failed, busy (another process holds the lock) or skipped (finished)."""
     import torch
 
     from .method import load_method_files
@@ -61,6 +62,8 @@ def execute_job(spec_json: dict[str, Any], runs_dir: str, options: EngineOptions
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return {"status": "busy", "reason": "running in another kdbench process"}
+        if (runs / spec.run_id / records.RECORD).exists():
+            return {"status": "skipped", "reason": "finished by another kdbench process"}
         try:
             ensure_run(spec, runs, options)
         except Exception as exc:  # recorded in failed.json by ensure_run
@@ -288,6 +291,9 @@ class Scheduler:
             result = {"status": "failed", "reason": f"worker died: {type(exc).__name__}: {exc}"}
         if result["status"] == "busy":  # another runner has it: wait for its record
             self._wait_elsewhere(job, pending)
+            return
+        if result["status"] == "skipped":
+            self.outcome.skipped.append(job.run_id)
             return
         if result["status"] == "finished":
             self.outcome.finished.append(job.run_id)

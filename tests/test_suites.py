@@ -155,8 +155,26 @@ def quiet(**kw):
     return RunnerOptions(printer=lambda line: None, workers=1, engine=EngineOptions(progress=False), **kw)
 
 
+NAN_METHOD = '''
+import torch.nn.functional as F
+from kdbench.method import Method, register_method
+
+
+@register_method
+class Diverges(Method):
+    """Cross-entropy times NaN: a run that must fail without stopping the suite."""
+
+    name = "diverges"
+
+    def loss(self, student, teacher, batch, epoch):
+        return {"ce": F.cross_entropy(student.logits, batch.labels) * float("nan")}
+'''
+
+
 def test_run_resume_failure_isolation_and_results(tmp_path):
-    suite_path = write(tmp_path, changed(methods={"none": {}, "kd": {}, "kd_nan": {"method": "kd", "temperature": 1e-30}}))
+    (tmp_path / "diverges.py").write_text(NAN_METHOD)
+    suite_path = write(tmp_path, changed(methods={"none": {}, "kd": {}, "kd_nan": {"method": "diverges"}},
+                                         method_files=["diverges.py"]))
     suite = load_suite(suite_path)
     outcome = run_suite(suite, quiet(out=tmp_path / "results"))
     failed = [j for j in suite.jobs if j.label == "kd_nan"]

@@ -1,1 +1,156 @@
-"""Dataset registry (filled in by the data modules)."""
+"""Datasets: ``create_dataset(name, root, seed=…, val_fraction=…, augment=…, **options)``.
+
+Every set comes as ``DataSplits``: ``train`` (official train split minus the validation
+split, augmented), ``val`` (a seeded split of the official train split, stratified by class,
+``val_fraction`` of it, eval transform) and ``test`` (the official test split, eval
+transform), with ``num_classes``, ``input_size``, ``classes`` and ``train_labels``. The same
+``seed`` gives the same validation split; hyperparameter search scores on ``val`` and never
+looks at ``test``. ``augment=False`` gives ``train`` with the eval transform, in the same
+order (for computing the teacher's logits on every training sample).
+
+Built in, no files needed:
+
+- ``digits``: scikit-learn's 8×8 handwritten digits (1797 images), upsampled to
+  ``image_size`` (default 32) with 3 channels. Its test split is a fixed stratified 20%
+  holdout (seed 0, whatever the training seed). Augmentation: padded random crop, no flip.
+- ``synthetic-fg``: procedurally generated fine-grained classes; see
+  ``kdbench.data.synthetic.synthetic_fg`` for its options. The images depend only on
+  ``data_seed`` (default 0), not on the training ``seed``.
+
+Real sets are read from the data root: the ``root`` argument (``--data-root``), else the
+environment variable ``KDBENCH_DATA``, else ``~/.cache/kdbench/data``. Nothing is ever
+downloaded; extract each official archive into the data root so that these paths exist:
+
+==================  ==============================================================================
+name                expected under the data root
+==================  ==============================================================================
+``cifar100``        ``cifar-100-python/{train,test,meta}`` (python pickles from cifar-100-python.tar.gz)
+``tiny-imagenet``   ``tiny-imagenet-200/{wnids.txt,words.txt,train/<wnid>/images/*.JPEG,``
+                    ``val/images/*.JPEG,val/val_annotations.txt}``; the official val is the test split
+``cub200``          ``CUB_200_2011/{images.txt,image_class_labels.txt,train_test_split.txt,classes.txt,images/}``
+``stanford-dogs``   ``StanfordDogs/{Images/<wnid>-<breed>/*.jpg,train_list.mat,test_list.mat}``
+                    (images.tar and lists.tar have no top folder: extract both into ``StanfordDogs/``)
+``mit67``           ``Indoor67/{Images/<class>/*.jpg,TrainImages.txt,TestImages.txt}``
+                    (indoorCVPR_09.tar plus the two split files, all into ``Indoor67/``)
+``stanford40``      ``Stanford40/{JPEGImages/*.jpg,ImageSplits/{actions.txt,<action>_{train,test}.txt}}``
+``fgvc-aircraft``   ``fgvc-aircraft-2013b/data/{images/*.jpg,variants.txt,``
+                    ``images_variant_trainval.txt,images_variant_test.txt}``; classes are variants
+``flowers102``      ``flowers-102/{jpg/image_XXXXX.jpg,imagelabels.mat,setid.mat}``;
+                    train = trnid + valid, test = tstid (torchvision's layout)
+``imagefolder``     option ``path`` (absolute, or relative to the data root):
+                    ``train/<class>/*`` and ``test/<class>/*`` (or ``val/<class>/*``)
+==================  ==============================================================================
+
+Recipes: ``cifar100`` RandomCrop(32, padding 4) + flip, its own mean/std;
+``tiny-imagenet`` 64 px, RandomCrop(64, padding 8) + flip, ImageNet mean/std; the other
+real sets Resize(256) + RandomCrop(224) + flip for training and Resize(256) +
+CenterCrop(224) for evaluation, ImageNet mean/std, scaled by their option ``image_size``
+(default 224). A missing set raises ``DataError`` naming the missing file and where to put
+it; a malformed split file names the file and line; an unreadable image names its path.
+Register a new set with ``@register_dataset("name")`` on a factory
+``(root: Path, splitter: Splitter, *, <options>) -> DataSplits``; its keyword-only
+parameters are its options, validated against their type hints.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from ..errors import ConfigError, did_you_mean
+from ..registry import Registry
+from .base import DataSplits, ImageFileDataset, Splitter, TensorImageDataset
+
+Factory = Callable[..., DataSplits]
+
+
+def _import_loaders() -> None:
+    from . import real, synthetic  # noqa: F401  (their decorators register the sets)
+
+
+DATASETS: Registry[Factory] = Registry("dataset", discover=_import_loaders)
+
+
+def register_dataset(name: str) -> Callable[[Factory], Factory]:
+    """Register a dataset factory ``(root, splitter, *, <options>) -> DataSplits``."""
+
+    def decorate(factory: Factory) -> Factory:
+        return DATASETS.register(name, factory)
+
+    return decorate
+
+
+def resolve_data_root(root: str | Path | None = None) -> Path:
+    """The data root: ``root`` when given, else ``$KDBENCH_DATA``, else
+    ``~/.cache/kdbench/data``. Not created; loaders say what is missing under it."""
+    if root is not None and str(root) != "":
+        return Path(root).expanduser()
+    env = os.environ.get("KDBENCH_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "kdbench" / "data"
+
+
+def create_dataset(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    augment: bool = True,
+    **options: Any,
+) -> DataSplits:
+    """Train / val / test splits of the registered set ``name`` (see the module docstring).
+
+    Unknown option keys and values of the wrong type are a ``ConfigError``."""
+    factory = DATASETS.get(name)
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"dataset '{name}': val_fraction must be in [0, 1), got {val_fraction}")
+    checked = _checked_options(name, factory, options)
+    return factory(resolve_data_root(root), Splitter(name, seed, val_fraction, augment), **checked)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    return DATASETS.names(pattern)
+
+
+def _checked_options(name: str, factory: Factory, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` validated against the keyword-only parameters of ``factory``."""
+    hints = typing.get_type_hints(factory, include_extras=True)
+    allowed = [
+        p.name for p in inspect.signature(factory).parameters.values() if p.kind is p.KEYWORD_ONLY
+    ]
+    checked = {}
+    for key, value in options.items():
+        if key not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise ConfigError(
+                f"dataset '{name}' has no option '{key}' (its options: {known}){did_you_mean(key, allowed)}"
+            )
+        try:
+            checked[key] = pydantic.TypeAdapter(hints[key]).validate_python(value)
+        except pydantic.ValidationError as e:
+            problem = e.errors()[0]["msg"]
+            raise ConfigError(
+                f"dataset '{name}' option '{key}': {problem} (got {value!r})"
+            ) from None
+    return checked
+
+
+__all__ = [
+    "DATASETS",
+    "DataSplits",
+    "ImageFileDataset",
+    "Splitter",
+    "TensorImageDataset",
+    "create_dataset",
+    "list_datasets",
+    "register_dataset",
+    "resolve_data_root",
+]

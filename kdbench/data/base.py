@@ -1,0 +1,264 @@
+"""The pieces every loader shares: two dataset classes, the seeded validation split, the
+augmentation recipes, and helpers that read split files with errors naming file and line.
+
+A loader parses its set's files into an official train and test split, each one
+``ImageFileDataset`` (paths, loaded lazily) or ``TensorImageDataset`` (an in-memory uint8
+tensor), and hands them to ``Splitter.make``, which carves the validation split out of the
+official train split and attaches the transforms.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from ..errors import DataError
+
+Transform = Callable[[Any], Tensor]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DATA_ROOT_NOTE = (
+    "The data root is the --data-root argument, else $KDBENCH_DATA, else ~/.cache/kdbench/data."
+)
+
+
+@dataclass
+class DataSplits:
+    """What ``create_dataset`` returns. Items of each split are ``(image, label)``: a
+    normalised float tensor C×H×W (H = W = ``input_size``) and an int."""
+
+    train: Dataset  # official train minus val; train augmentation unless augment=False
+    val: Dataset  # seeded, stratified, carved from the official train split; eval transform
+    test: Dataset  # the official test (or official val) split; eval transform
+    num_classes: int
+    input_size: int
+    classes: list[str]
+    train_labels: Tensor  # int64 label of every item of ``train``, in order
+    name: str
+
+
+class ImageDataset(Dataset, ABC):
+    """Items of one official split, seen through ``indices`` (positions in that split) and
+    one transform. ``subset`` makes a view that shares the underlying images."""
+
+    def __init__(self, labels: Sequence[int] | Tensor) -> None:
+        self._labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.indices = torch.arange(len(self._labels))
+        self.transform: Transform | None = None
+
+    @property
+    def labels(self) -> Tensor:
+        return self._labels[self.indices]
+
+    def subset(self, indices: Tensor, transform: Transform | None = None) -> ImageDataset:
+        view = copy.copy(self)
+        view.indices = self.indices[indices]
+        view.transform = transform
+        return view
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        j = int(self.indices[i])
+        image = self.load(j)
+        return (image if self.transform is None else self.transform(image)), int(self._labels[j])
+
+    @abstractmethod
+    def load(self, j: int) -> Any:
+        """The untransformed image at position ``j`` of the official split."""
+
+
+class ImageFileDataset(ImageDataset):
+    """Images read from their paths when an item is asked for (PIL, converted to RGB)."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | Tensor) -> None:
+        super().__init__(labels)
+        self.files = list(paths)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.files[j] for j in self.indices.tolist()]
+
+    def load(self, j: int) -> Image.Image:
+        return load_rgb(self.files[j])
+
+
+class TensorImageDataset(ImageDataset):
+    """Images held in memory as one uint8 tensor N×C×H×W."""
+
+    def __init__(self, images: Tensor, labels: Sequence[int] | Tensor) -> None:
+        super().__init__(labels)
+        self.images = images
+
+    def load(self, j: int) -> Tensor:
+        return self.images[j]
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """The image at ``path`` as RGB; a missing, truncated or unreadable file is a DataError
+    naming the path."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        raise DataError(f"cannot read image {path}: {e}") from e
+
+
+def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """(kept, held_out) positions, both sorted: ``round(fraction·N)`` items held out, each
+    class contributing in proportion to its size (±1), chosen at random from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    # Each item's key is its rank within its shuffled class, jittered and scaled to [0, 1):
+    # the smallest keys overall take about the same fraction of every class.
+    key = torch.empty(len(labels))
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().squeeze(1)
+        n = len(members)
+        ranks = torch.randperm(n, generator=generator)
+        key[members] = (ranks + torch.rand(n, generator=generator)) / n
+    order = key.argsort()
+    held = round(fraction * len(labels))
+    return order[held:].sort().values, order[:held].sort().values
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The transforms of one set: ``train`` (augmented) and ``eval``."""
+
+    train: Transform
+    eval: Transform
+
+
+def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
+
+
+def padded_crop_recipe(
+    size: int, padding: int, flip: bool, mean: Sequence[float], std: Sequence[float]
+) -> Recipe:
+    """The CIFAR recipe for images already ``size`` px square: train RandomCrop(size,
+    padding) [+ horizontal flip]; eval only normalises. Takes PIL images or uint8 tensors."""
+    flips = [v2.RandomHorizontalFlip()] if flip else []
+    return Recipe(
+        train=v2.Compose(
+            [
+                v2.ToImage(),
+                v2.RandomCrop(size, padding=padding),
+                *flips,
+                *_to_normalised_tensor(mean, std),
+            ]
+        ),
+        eval=v2.Compose([v2.ToImage(), *_to_normalised_tensor(mean, std)]),
+    )
+
+
+def resize_crop_recipe(image_size: int = 224) -> Recipe:
+    """The standard 224-px recipe scaled to ``image_size``: train Resize(image_size·256/224)
+    + RandomCrop(image_size) + horizontal flip; eval Resize + CenterCrop; ImageNet
+    normalisation."""
+    resize = round(image_size * 256 / 224)
+    return Recipe(
+        train=v2.Compose(
+            [
+                v2.Resize(resize),
+                v2.RandomCrop(image_size),
+                v2.RandomHorizontalFlip(),
+                v2.ToImage(),
+                *_to_normalised_tensor(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        ),
+        eval=v2.Compose(
+            [
+                v2.Resize(resize),
+                v2.CenterCrop(image_size),
+                v2.ToImage(),
+                *_to_normalised_tensor(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Splitter:
+    """The choices every dataset shares, given by ``create_dataset``."""
+
+    name: str
+    seed: int
+    val_fraction: float
+    augment: bool
+
+    def make(
+        self,
+        train: ImageDataset,
+        test: ImageDataset,
+        classes: Sequence[str],
+        input_size: int,
+        recipe: Recipe,
+    ) -> DataSplits:
+        """Carve the validation split out of the official ``train`` split and attach the
+        transforms."""
+        kept, held = stratified_split(train.labels, self.val_fraction, self.seed)
+        train_split = train.subset(kept, recipe.train if self.augment else recipe.eval)
+        return DataSplits(
+            train=train_split,
+            val=train.subset(held, recipe.eval),
+            test=test.subset(torch.arange(len(test)), recipe.eval),
+            num_classes=len(classes),
+            input_size=input_size,
+            classes=list(classes),
+            train_labels=train_split.labels,
+            name=self.name,
+        )
+
+
+def require(path: Path, dataset: str, how: str) -> Path:
+    """``path``, or a DataError saying it is missing and how to get the set."""
+    if not path.exists():
+        raise DataError(f"{dataset}: {path} not found. {how} {DATA_ROOT_NOTE}")
+    return path
+
+
+def require_files(paths: Sequence[Path], listed_in: Path) -> None:
+    """A DataError when images listed in a split file are not on disk."""
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} image(s) listed in {listed_in} are missing, e.g. {missing[0]}"
+        )
+
+
+def read_records(
+    path: Path, pattern: str, expected: str, skip: int = 0
+) -> list[tuple[int, tuple[str, ...]]]:
+    """``(line number, groups)`` of every non-blank line of a text file that the regex
+    ``pattern`` matches in full (after stripping), the first ``skip`` lines left out; a
+    line that does not match is a DataError naming the file, the line and ``expected``."""
+    regex = re.compile(pattern)
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if number <= skip or not line:
+                continue
+            match = regex.fullmatch(line)
+            if match is None:
+                raise malformed(path, number, f"expected {expected}, got {line!r}")
+            records.append((number, match.groups()))
+    return records
+
+
+def malformed(path: Path, line: int, problem: str) -> DataError:
+    return DataError(f"{path}, line {line}: {problem}")
