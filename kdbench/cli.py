@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="keep runs with dataset/method/student/teacher/seed/pair = VALUE (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
-    p.add_argument("--workers", type=int, help="parallel jobs (default: one per GPU, else half the CPU cores)")
+    p.add_argument("--workers", type=int, help="parallel jobs (default: one per GPU, else one per CPU core up to 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, or cuda")
     p.add_argument("--data-root", help="where real data sets live (default: the suite's data_root, else $KDBENCH_DATA)")
     p.set_defaults(fn=cmd_run)

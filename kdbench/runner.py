@@ -52,8 +52,8 @@ def execute_job(spec_json: dict[str, Any], runs_dir: str, options: EngineOptions
 
     if method_files:
         load_method_files(*method_files)
-    if options.device == "cpu" or not torch.cuda.is_available():
-        torch.set_num_threads(max(1, int(os.environ.get("KDBENCH_THREADS", "1"))))
+    if options.threads:
+        torch.set_num_threads(options.threads)
     spec = RunSpec(**spec_json)
     runs = Path(runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,9 @@ class Scheduler:
         self.say = options.printer
         self.by_id = {j.run_id: j for j in jobs}
         self.outcome = Outcome()
-        self.devices = _devices(engine.device, options.workers)
+        self.devices = _devices(engine.device, options.workers or suite.file.executor.workers)
+        # CPU jobs share the cores; small models scale better across processes than threads
+        self.threads = max(1, (os.cpu_count() or 1) // len(self.devices)) if self.devices[0] == "cpu" else None
         self.started_at: dict[str, float] = {}
         self.durations: list[float] = []
 
@@ -250,7 +252,7 @@ class Scheduler:
                     blocked = self._blocked(job)
                     if blocked is None and free:
                         device = free.pop(0)
-                        options = replace(self.engine, device=device, progress=False)
+                        options = replace(self.engine, device=device, progress=False, threads=self.threads)
                         running[job.run_id] = (submit(execute_job, job.spec.model_dump(mode="json"), str(self.runs),
                                                       options, [str(p) for p in self.suite.method_files()]), device)
                         self.started_at[job.run_id] = time.time()
@@ -360,7 +362,7 @@ def _devices(device: str, workers: int | None) -> list[str]:
         return gpus[: workers or len(gpus)]
     if device not in ("auto", "cpu"):
         return [device] * (workers or 1)
-    return ["cpu"] * (workers or max(1, (os.cpu_count() or 2) // 2))
+    return ["cpu"] * (workers or min(os.cpu_count() or 1, 8))
 
 
 def _duration(seconds: float) -> str:

@@ -66,8 +66,7 @@ class PairEntry(Strict):
 
 class ExecutorEntry(Strict):
     kind: Literal["local", "slurm"] = "local"
-    workers: PositiveInt | None = None  # local: parallel jobs (default: one per GPU, else cores/2)
-    cohort: bool = True
+    workers: PositiveInt | None = None  # local: parallel jobs (default: one per GPU, else one per core up to 8)
     slurm: dict[str, Any] = Field(default_factory=dict)  # submitit parameters (partition, timeout_min, …)
 
 

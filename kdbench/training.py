@@ -51,6 +51,7 @@ class EngineOptions:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
     progress: bool = True
     subset: int | None = None  # use only the first N samples of each split (smoke runs)
+    threads: int | None = None  # torch intra-op threads for a job (the runner shares the cores)
     # Called after each epoch's checkpoint with (epoch, metrics row); Optuna's pruning
     # raises from here. Runs in the training process.
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None

@@ -56,13 +56,14 @@ def synthetic_fg(
 
     A group fixes the coarse appearance: the object's shape (disc, square, ring or cross,
     cycling), its colour and the background's colour and texture. The classes of a group
-    differ only in a small detail: the number of stripes across the object, from 1.5 to 4.5
-    cycles spread evenly over the group (±0.3 of a step of jitter per image), so neighbouring
-    class indices look most alike and mistakes fall within a group and next door. Every
-    image has its own position, size, rotation, stripe phase, brightness and pixel noise.
-    With the defaults (measured once, 30 epochs of SGD): a 290k-parameter CNN reaches about
-    94% test accuracy, a 1.3k-parameter one about 64%; both place every image in its right
-    group, and nearly all of their mistakes are a neighbouring class index.
+    differ only in a small detail: the number of vertical stripes across the object, from 1.5
+    to 4.5 cycles spread evenly over the group (±0.3 of a step of jitter per image), so
+    neighbouring class indices look most alike and mistakes fall within a group and next
+    door. Every image has its own position, size, rotation of the shape, stripe phase,
+    brightness and pixel noise; the stripes keep one orientation in the image so that the
+    detail is learnable in a few epochs at 16 px. Measured at 16 px with 100 training images
+    per class (SGD, cosine, batch 32): resnet20 for 15 epochs reaches about 81% test
+    accuracy, resnet8 for 4 epochs about 57%.
 
     The images depend only on ``data_seed`` and the options, never on the training seed, so
     runs with different seeds see the same data (and only a different validation split).
@@ -173,7 +174,7 @@ def _draw(
         distance[chosen] = fn(u[chosen], v[chosen], r[chosen])
     # Antialiased coverage: a one-pixel ramp across the edge.
     mask = ((1 - distance) * p["radius"] * size / 2 + 0.5).clamp(0, 1).unsqueeze(1)
-    shade = p["brightness"] * (1 + 0.25 * torch.cos(torch.pi * p["cycles"] * u + p["stripe_phase"]))
+    shade = p["brightness"] * (1 + 0.4 * torch.cos(torch.pi * p["cycles"] * dx + p["stripe_phase"]))
     obj = style.object_rgb[group][:, :, None, None] * shade.unsqueeze(1)
     angle = style.grating_angle[group][:, None, None]
     along = x * angle.cos() + y * angle.sin()
