@@ -1,11 +1,17 @@
-"""The training loop. It knows nothing about any method: it asks the Method what it needs,
+"""The training loop. It knows nothing about any method: it asks each Method what it needs,
 runs the teacher without gradients, runs the student, sums the Method's named loss terms,
 steps, evaluates on val and test each epoch, logs every term and checkpoints.
 
-Reproducibility: every epoch reseeds the global RNG from (seed, epoch) and shuffles with a
-generator seeded the same way, so an interrupted run resumed from its last checkpoint
-produces exactly the metrics of an uninterrupted one, and the same seed on the same CPU
-gives identical metrics.
+A loop trains a *cohort*: runs that share data set, teacher, seed and recipe and differ in
+method, hyperparameters or student. They see one data stream and one teacher forward per
+batch; a single run is a cohort of one. Each run keeps its own random stream, so a run
+gets the same record in a cohort as alone.
+
+Reproducibility: every epoch reseeds the data stream and each run's stream from (seed,
+epoch), so a run resumed from its last checkpoint produces exactly the metrics of an
+uninterrupted one, and the same seed on the same CPU gives identical metrics (with
+``workers=0``; data-loader processes draw their augmentation from seeds taken from the
+same generator, and GPU kernels are not bit-exact in general).
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +49,14 @@ class TrainingDiverged(KDBenchError):
 
 @dataclass
 class EngineOptions:
-    """How a run is executed; none of this changes what it computes, so none is in its id."""
+    """How runs are executed; none of this changes what they compute, so none is in their id."""
 
     device: str = "auto"
     data_root: str | None = None
     workers: int | None = None  # data-loader processes; None: 0 on CPU, min(8, cores) on CUDA
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
+    channels_last: bool = True  # NHWC tensors on CUDA, faster convolutions; ignored on CPU
+    compile: bool = False  # torch.compile the student (CUDA; slow to start, faster to run)
     progress: bool = True
     subset: int | None = None  # use only the first N samples of each split (smoke runs)
     threads: int | None = None  # torch intra-op threads for a job (the runner shares the cores)
@@ -70,6 +78,40 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """Seed of a random stream in an epoch: 0 shuffles, 1 augments, 2 is the run's own."""
+    return (seed * 100_003 + epoch) * 3 + stream
+
+
+class RngStream:
+    """A private torch random stream: ``with stream.active():`` swaps it in for the global
+    one and keeps where it got to, so interleaved users do not disturb each other."""
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.device = device if device.type == "cuda" else None
+        with torch.random.fork_rng(devices=[self.device] if self.device else []):
+            torch.manual_seed(seed)
+            self.state = self._get()
+
+    def _get(self) -> tuple[Tensor, Tensor | None]:
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device else None
+
+    def _set(self, state: tuple[Tensor, Tensor | None]) -> None:
+        torch.set_rng_state(state[0])
+        if self.device:
+            torch.cuda.set_rng_state(state[1], self.device)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        outer = self._get()
+        self._set(self.state)
+        try:
+            yield
+        finally:
+            self.state = self._get()
+            self._set(outer)
 
 
 def learning_rate(recipe: Recipe, epoch: int, fraction: float) -> float:
@@ -112,7 +154,7 @@ def evaluate(model: Backbone, loader: DataLoader, device: torch.device, keep_log
     kept: list[Tensor] = []
     labels_kept: list[Tensor] = []
     for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = _to_device(images, device), labels.to(device, non_blocking=True)
         logits = model(images).logits.float()
         c1, c5 = topk_correct(logits, labels)
         correct1, correct5, total = correct1 + c1, correct5 + c5, total + len(labels)
@@ -125,24 +167,23 @@ def evaluate(model: Backbone, loader: DataLoader, device: torch.device, keep_log
     return result
 
 
-def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, generator: torch.Generator | None = None) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=generator is not None,
-        generator=generator,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+def _to_device(images: Tensor, device: torch.device) -> Tensor:
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
 
 
-def _autocast(device: torch.device, enabled: bool) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler | None]:
+def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device,
+            generator: torch.Generator | None = None) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+                      num_workers=workers, pin_memory=device.type == "cuda")
+
+
+def _autocast(device: torch.device, enabled: bool) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
+    """A factory of autocast contexts, and whether fp16 gradients need a GradScaler."""
     if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext(), None
+        return contextlib.nullcontext, False
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return torch.autocast("cuda", dtype=dtype), scaler
+    return (lambda: torch.autocast("cuda", dtype=dtype)), dtype == torch.float16
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -159,104 +200,267 @@ def build_teacher(spec: RunSpec, num_classes: int, weights: Path | None, device:
     return teacher.eval().requires_grad_(False).to(device)
 
 
-def train_run(
-    spec: RunSpec, run_dir: Path, options: EngineOptions | None = None, teacher_weights: Path | None = None
-) -> dict[str, Any]:
+def open_data(spec: RunSpec, options: EngineOptions, augment: bool) -> DataSplits:
+    data = create_dataset(spec.dataset.name, options.data_root, seed=SPLIT_SEED,
+                          val_fraction=spec.dataset.val_fraction, augment=augment, **spec.dataset.options)
+    return _first(data, options.subset) if options.subset else data
+
+
+def _first(data: DataSplits, n: int) -> DataSplits:
+    def head(split: Dataset) -> Dataset:
+        return Subset(split, range(min(n, len(split))))
+
+    return replace(data, train=head(data.train), val=head(data.val), test=head(data.test),
+                   train_labels=data.train_labels[:n])
+
+
+def cohort_key(spec: RunSpec) -> str:
+    """Runs with equal keys and at most one teacher between them can train as one cohort."""
+    shared = spec.model_dump(mode="json", include={"dataset", "seed", "recipe"})
+    return repr(sorted(shared.items()))
+
+
+@dataclass
+class Trainee:
+    """One run of a cohort and everything it carries from step to step."""
+
+    spec: RunSpec
+    run_dir: Path
+    model: Backbone
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rng: RngStream | None = None
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    seen: int = 0
+    error: BaseException | None = None
+
+    @property
+    def next_epoch(self) -> int:
+        return len(self.history) + 1
+
+    def checkpoint(self, epoch: int) -> None:
+        atomic_torch_save({
+            "epoch": epoch,
+            "student": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "history": self.history,
+        }, self.run_dir / records.CHECKPOINT)
+
+    def resume(self, device: torch.device) -> None:
+        path = self.run_dir / records.CHECKPOINT
+        if not path.exists():
+            return
+        state = torch.load(path, map_location=device, weights_only=True)
+        self.model.load_state_dict(state["student"])
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.history = state["history"]
+        records.write_metrics(self.run_dir, self.history)  # drop lines logged after the checkpoint
+
+
+def train_run(spec: RunSpec, run_dir: Path, options: EngineOptions | None = None,
+              teacher_weights: Path | None = None) -> dict[str, Any]:
     """Train one run into ``run_dir`` (resuming from its checkpoint) and return its record."""
+    result = train_cohort([spec], [run_dir], options, teacher_weights)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: EngineOptions | None = None,
+                 teacher_weights: Path | None = None) -> list[dict[str, Any] | BaseException]:
+    """Train runs that share data, seed, recipe and teacher together; each result is the
+    run's record, or the exception that ended it (the others go on)."""
     options = options or EngineOptions()
-    run_dir = Path(run_dir)
+    teachers = {s.teacher for s in specs if s.teacher is not None}
+    if len({cohort_key(s) for s in specs}) != 1 or len(teachers) > 1:
+        raise ValueError("a cohort's runs must share data set, seed, recipe and teacher")
+    lead = next((s for s in specs if s.teacher is not None), specs[0])
+    recipe = lead.recipe
     device = resolve_device(options.device)
     workers = options.workers if options.workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
-    recipe = spec.recipe
-    records.write_json(run_dir / records.SPEC, {"run_id": spec.run_id, "spec": spec.model_dump(mode="json")})
+    for spec, run_dir in zip(specs, run_dirs):
+        records.write_json(Path(run_dir) / records.SPEC, {"run_id": spec.run_id, "spec": spec.model_dump(mode="json")})
 
-    seed_everything(spec.seed)
-    data = open_data(spec, options, augment=recipe.augment)
-    method = create_method(spec.method, **spec.hparams)
-    needs = method.needs
-    teacher = build_teacher(spec, data.num_classes, teacher_weights, device)
-    if needs.teacher and teacher is None:
-        raise ConfigError(f"method '{spec.method}' distils from a teacher, but run '{spec.describe()}' has none")
-    student = create_model(spec.student, num_classes=data.num_classes).to(device)
-    for model in (student, teacher):
-        if model is not None:
-            model.tap(needs.stages)
-
+    seed_everything(lead.seed)
+    data = open_data(lead, options, augment=recipe.augment)
+    methods = [create_method(s.method, **s.hparams) for s in specs]
+    teacher = build_teacher(lead, data.num_classes, teacher_weights, device)
+    if teacher is not None:
+        teacher.tap(sorted({stage for m in methods if m.needs.teacher for stage in m.needs.stages}))
+        if device.type == "cuda" and options.channels_last:
+            teacher.to(memory_format=torch.channels_last)
     eval_batch = max(recipe.batch_size, 256)
     val_loader = _loader(data.val, eval_batch, workers, device)
     test_loader = _loader(data.test, eval_batch, workers, device)
-    method.setup(_context(spec, data, method, student, teacher, device, workers, options))
-    method.to(device)
+    autocast, needs_scaler = _autocast(device, options.amp)
+    teacher_train_logits = None
+    if teacher is not None and any(m.needs.teacher_train_logits for m in methods):
+        teacher_train_logits = _predict(teacher, _loader(open_data(lead, options, augment=False).train, eval_batch, workers, device), device)
 
-    optimizer = _optimizer(recipe, list(student.parameters()) + list(method.parameters()))
-    autocast, scaler = _autocast(device, options.amp)
-    history: list[dict[str, Any]] = []
-    start_epoch = 1
-    checkpoint_path = run_dir / records.CHECKPOINT
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        student.load_state_dict(state["student"])
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        history = state["history"]
-        start_epoch = state["epoch"] + 1
-        records.write_metrics(run_dir, history)  # drop lines logged after the checkpoint
+    trainees = []
+    for spec, run_dir, method in zip(specs, run_dirs, methods):
+        if method.needs.teacher and teacher is None:
+            raise ConfigError(f"method '{spec.method}' distils from a teacher, but run '{spec.describe()}' has none")
+        seed_everything(spec.seed)  # each run's initialisation as if it were trained alone
+        model = create_model(spec.student, num_classes=data.num_classes).to(device)
+        if device.type == "cuda" and options.channels_last:
+            model.to(memory_format=torch.channels_last)
+        model.tap(method.needs.stages)
+        method.setup(_context(spec, data, method, model, teacher, device, teacher_train_logits))
+        method.to(device)
+        if options.compile:
+            model.compile()
+        optimizer = _optimizer(recipe, list(model.parameters()) + list(method.parameters()))
+        trainee = Trainee(spec, Path(run_dir), model, method, optimizer, torch.amp.GradScaler("cuda") if needs_scaler else None)
+        trainee.resume(device)
+        trainees.append(trainee)
 
     teacher_test = evaluate(teacher, test_loader, device)["top1"] if teacher is not None else None
     train_set = Indexed(data.train)
     started = time.time()
-    final_test: dict[str, Any] = {}
-    for epoch in range(start_epoch, recipe.epochs + 1):
-        seed_everything(spec.seed * 100_003 + epoch)
-        generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
+    for epoch in range(min(t.next_epoch for t in trainees), recipe.epochs + 1):
+        active = [t for t in trainees if t.error is None and t.next_epoch == epoch]
+        if not active:
+            continue
+        for trainee in active:
+            trainee.rng = RngStream(epoch_seed(lead.seed, epoch, 2), device)
+            trainee.sums, trainee.seen = {}, 0
+        data_stream = RngStream(epoch_seed(lead.seed, epoch, 1), device)
+        generator = torch.Generator().manual_seed(epoch_seed(lead.seed, epoch, 0))
         loader = _loader(train_set, recipe.batch_size, workers, device, generator)
         epoch_start = time.perf_counter()
-        terms, seen, step_seconds = _train_epoch(
-            spec, epoch, loader, student, teacher, method, optimizer, scaler, autocast, device, options.progress
-        )
-        val = evaluate(student, val_loader, device) if len(data.val) else {"top1": float("nan"), "top5": float("nan")}
-        test = evaluate(student, test_loader, device, keep_logits=epoch == recipe.epochs)
-        history.append({
-            "epoch": epoch,
-            "lr": learning_rate(recipe, epoch, 0.0),
-            **{f"loss_{k}": v for k, v in terms.items()},
-            "val_top1": val["top1"], "val_top5": val["top5"],
-            "test_top1": test["top1"], "test_top5": test["top5"],
-            "images_per_s": seen / step_seconds if step_seconds > 0 else None,
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        })
-        atomic_torch_save(
-            {
-                "epoch": epoch,
-                "student": student.state_dict(),
-                "method": method.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "history": history,
-            },
-            checkpoint_path,
-        )
-        records.write_metrics(run_dir, history)
-        if options.on_epoch is not None:
-            options.on_epoch(epoch, history[-1])
-        if options.progress:
-            print(f"  epoch {epoch}/{recipe.epochs}: val {val['top1']:.2f}  test {test['top1']:.2f}", flush=True)
-        final_test = test
+        _train_epoch(epoch, loader, data_stream, teacher, active, autocast, device, options.progress)
+        epoch_seconds = time.perf_counter() - epoch_start
+        for trainee in active:
+            if trainee.error is None:
+                _end_epoch(trainee, epoch, epoch_seconds / len(active), val_loader, test_loader, device, options)
+    return [t.error if t.error is not None else
+            _finish(t, *((teacher, teacher_test) if t.method.needs.teacher else (None, None)), test_loader, device, started)
+            for t in trainees]
 
-    if not final_test:  # resumed after the last epoch had been checkpointed
-        final_test = evaluate(student, test_loader, device, keep_logits=True)
-    atomic_torch_save({"logits": final_test["logits"], "labels": final_test["labels"]}, run_dir / records.TEST_LOGITS)
-    atomic_torch_save({"model": student.state_dict()}, run_dir / records.WEIGHTS)
+
+def _train_epoch(epoch: int, loader: DataLoader, data_stream: RngStream, teacher: Backbone | None,
+                 trainees: list[Trainee], autocast: Callable[[], contextlib.AbstractContextManager],
+                 device: torch.device, show_progress: bool) -> None:
+    for trainee in trainees:
+        trainee.model.train()
+        trainee.method.train()
+    steps = len(loader)
+    batches = _batches(loader, data_stream)
+    bar = _progress(batches, steps, f"{trainees[0].spec.describe()} epoch {epoch}", show_progress)
+    for step, (images, labels, index) in enumerate(bar):
+        images, labels, index = _to_device(images, device), labels.to(device, non_blocking=True), index.to(device, non_blocking=True)
+        batch = Batch(images, labels, index)
+        with torch.no_grad(), autocast():
+            teacher_out = teacher(images) if teacher is not None else None
+        check = (step + 1) % CHECK_EVERY == 0 or step + 1 == steps
+        for trainee in trainees:
+            if trainee.error is not None:
+                continue
+            try:
+                with trainee.rng.active():
+                    _step(trainee, batch, teacher_out, epoch, step / steps, autocast)
+                if check:
+                    _check_finite(trainee, epoch, step)
+            except Exception as exc:  # one run failing must not stop its cohort
+                trainee.error = exc
+        if all(t.error is not None for t in trainees):
+            return
+        if check and show_progress:
+            bar.set_postfix({k: f"{float(v) / t.seen:.3f}" for t in trainees[:1] for k, v in t.sums.items()}, refresh=False)
+
+
+def _batches(loader: DataLoader, stream: RngStream) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """The loader's batches, drawn with the data stream (augmentation in this process)."""
+    with stream.active():
+        iterator = iter(loader)
+    while True:
+        with stream.active():
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def _step(trainee: Trainee, batch: Batch, teacher_out: ModelOutput | None, epoch: int, fraction: float,
+          autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
+    for group in trainee.optimizer.param_groups:
+        group["lr"] = learning_rate(trainee.spec.recipe, epoch, fraction)
+    with autocast():
+        student_out = trainee.model(batch.images)
+        terms = trainee.method.loss(student_out, teacher_out if trainee.method.needs.teacher else None, batch, epoch)
+    loss = sum(terms.values())
+    trainee.optimizer.zero_grad(set_to_none=True)
+    if trainee.scaler is not None:
+        trainee.scaler.scale(loss).backward()
+        trainee.scaler.step(trainee.optimizer)
+        trainee.scaler.update()
+    else:
+        loss.backward()
+        trainee.optimizer.step()
+    n = len(batch.labels)
+    for name, value in terms.items():
+        trainee.sums[name] = trainee.sums.get(name, 0) + value.detach().float() * n
+    trainee.seen += n
+
+
+def _check_finite(trainee: Trainee, epoch: int, step: int) -> None:
+    means = {name: float(total) / trainee.seen for name, total in trainee.sums.items()}
+    if not all(math.isfinite(v) for v in means.values()):
+        raise TrainingDiverged(
+            f"loss is not finite in epoch {epoch} at or before step {step + 1}: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in means.items())
+        )
+
+
+def _end_epoch(trainee: Trainee, epoch: int, seconds: float, val_loader: DataLoader, test_loader: DataLoader,
+               device: torch.device, options: EngineOptions) -> None:
+    val = evaluate(trainee.model, val_loader, device) if len(val_loader.dataset) else {"top1": math.nan, "top5": math.nan}
+    test = evaluate(trainee.model, test_loader, device)
+    trainee.history.append({
+        "epoch": epoch,
+        "lr": learning_rate(trainee.spec.recipe, epoch, 0.0),
+        **{f"loss_{k}": float(v) / max(trainee.seen, 1) for k, v in trainee.sums.items()},
+        "val_top1": val["top1"], "val_top5": val["top5"],
+        "test_top1": test["top1"], "test_top5": test["top5"],
+        # a cohort's students share the epoch's time: images/s is per student
+        "images_per_s": trainee.seen / seconds if seconds > 0 else None,
+        "epoch_seconds": seconds,
+    })
+    trainee.checkpoint(epoch)
+    records.write_metrics(trainee.run_dir, trainee.history)
+    try:
+        if options.on_epoch is not None:
+            options.on_epoch(epoch, trainee.history[-1])
+    except Exception as exc:  # e.g. optuna.TrialPruned: this run stops, the cohort goes on
+        trainee.error = exc
+    if options.progress:
+        print(f"  {trainee.spec.method} epoch {epoch}/{trainee.spec.recipe.epochs}: "
+              f"val {val['top1']:.2f}  test {test['top1']:.2f}", flush=True)
+
+
+def _finish(trainee: Trainee, teacher: Backbone | None, teacher_test: float | None, test_loader: DataLoader,
+            device: torch.device, started: float) -> dict[str, Any]:
+    final = evaluate(trainee.model, test_loader, device, keep_logits=True)
+    run_dir = trainee.run_dir
+    atomic_torch_save({"logits": final["logits"], "labels": final["labels"]}, run_dir / records.TEST_LOGITS)
+    atomic_torch_save({"model": trainee.model.state_dict()}, run_dir / records.WEIGHTS)
+    history = trainee.history
     record = {
-        "run_id": spec.run_id,
+        "run_id": trainee.spec.run_id,
         "status": "finished",
-        "spec": spec.model_dump(mode="json"),
+        "spec": trainee.spec.model_dump(mode="json"),
         "summary": summarise(history, teacher_test),
         "parameters": {
-            "student": count_parameters(student),
-            "method": count_parameters(method),
+            "student": count_parameters(trainee.model),
+            "method": count_parameters(trainee.method),
             "teacher": sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
         },
         "timing": {
@@ -268,7 +472,7 @@ def train_run(
         "metrics": history,
     }
     records.write_json(run_dir / records.RECORD, record)
-    checkpoint_path.unlink(missing_ok=True)  # the weights and record now hold everything
+    (run_dir / records.CHECKPOINT).unlink(missing_ok=True)  # the weights and record now hold everything
     return record
 
 
@@ -290,10 +494,10 @@ def summarise(history: list[dict[str, Any]], teacher_test: float | None) -> dict
 
 
 def _context(spec: RunSpec, data: DataSplits, method: Method, student: Backbone, teacher: Backbone | None,
-             device: torch.device, workers: int, options: EngineOptions) -> TrainContext:
-    probe_images = torch.stack([data.val[i][0] if len(data.val) else data.train[i][0] for i in range(2)]).to(device)
+             device: torch.device, teacher_train_logits: Tensor | None) -> TrainContext:
+    probe_images = _to_device(torch.stack([data.train[i][0] for i in range(2)]), device)
     probes = []
-    for model in (student, teacher):
+    for model in (student, teacher if method.needs.teacher else None):
         if model is None:
             probes.append(None)
             continue
@@ -301,32 +505,14 @@ def _context(spec: RunSpec, data: DataSplits, method: Method, student: Backbone,
         with torch.no_grad():
             probes.append(model.eval()(probe_images).detach())
         model.train(was_training)
-    teacher_train_logits = None
-    if method.needs.teacher_train_logits and teacher is not None:
-        plain = open_data(spec, options, augment=False).train
-        teacher_train_logits = _predict(teacher, _loader(plain, 256, workers, device), device)
     train_labels = torch.as_tensor(data.train_labels, dtype=torch.long)
     return TrainContext(data.num_classes, train_labels, spec.recipe.epochs, spec.seed, probes[0], probes[1],
-                        teacher_train_logits)
-
-
-def open_data(spec: RunSpec, options: EngineOptions, augment: bool) -> DataSplits:
-    data = create_dataset(spec.dataset.name, options.data_root, seed=SPLIT_SEED,
-                          val_fraction=spec.dataset.val_fraction, augment=augment, **spec.dataset.options)
-    return _first(data, options.subset) if options.subset else data
-
-
-def _first(data: DataSplits, n: int) -> DataSplits:
-    def head(split: Dataset) -> Dataset:
-        return Subset(split, range(min(n, len(split))))
-
-    return replace(data, train=head(data.train), val=head(data.val), test=head(data.test),
-                   train_labels=data.train_labels[:n])
+                        teacher_train_logits if method.needs.teacher_train_logits else None)
 
 
 @torch.no_grad()
 def _predict(model: Backbone, loader: DataLoader, device: torch.device) -> Tensor:
-    return torch.cat([model(images.to(device)).logits.float().cpu() for images, _ in loader])
+    return torch.cat([model(_to_device(images, device)).logits.float().cpu() for images, _ in loader])
 
 
 def _optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -335,62 +521,9 @@ def _optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch.optim.Optimi
     return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
-def _train_epoch(spec: RunSpec, epoch: int, loader: DataLoader, student: Backbone, teacher: Backbone | None,
-                 method: Method, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                 autocast: contextlib.AbstractContextManager, device: torch.device, show_progress: bool
-                 ) -> tuple[dict[str, float], int, float]:
-    student.train()
-    method.train()
-    sums: dict[str, Tensor] = {}
-    seen = 0
-    steps = len(loader)
-    started = time.perf_counter()
-    bar = _progress(loader, f"{spec.describe()} epoch {epoch}", show_progress)
-    for step, (images, labels, index) in enumerate(bar):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(spec.recipe, epoch, step / steps)
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        index = index.to(device, non_blocking=True)
-        with autocast:
-            teacher_out = _teacher_forward(teacher, images)
-            student_out = student(images)
-            terms = method.loss(student_out, teacher_out, Batch(images, labels, index), epoch)
-        loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0) + value.detach().float() * len(labels)
-        seen += len(labels)
-        if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
-            means = {name: float(total) / seen for name, total in sums.items()}
-            if not all(math.isfinite(v) for v in means.values()):
-                raise TrainingDiverged(
-                    f"loss is not finite in epoch {epoch} at or before step {step + 1}: "
-                    + ", ".join(f"{k}={v:.4g}" for k, v in means.items())
-                )
-            if show_progress:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()}, refresh=False)
-    seconds = time.perf_counter() - started
-    return {name: float(total) / max(seen, 1) for name, total in sums.items()}, seen, seconds
-
-
-def _teacher_forward(teacher: Backbone | None, images: Tensor) -> ModelOutput | None:
-    if teacher is None:
-        return None
-    with torch.no_grad():
-        return teacher(images)
-
-
-def _progress(loader: DataLoader, description: str, enabled: bool) -> Iterator:
+def _progress(batches: Iterator, total: int, description: str, enabled: bool) -> Any:
     if not enabled:
-        return iter(loader)
+        return batches
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=description, leave=False, dynamic_ncols=True)
+    return tqdm(batches, total=total, desc=description, leave=False, dynamic_ncols=True)

@@ -111,3 +111,30 @@ def test_distillation_without_a_teacher_is_a_config_error(tmp_path):
 )
 def test_learning_rate_schedule(recipe, epoch, fraction, expected):
     assert math.isclose(learning_rate(recipe, epoch, fraction), expected, rel_tol=1e-9)
+
+
+def test_cohort_records_equal_separate_runs(teacher_out, tmp_path):
+    from kdbench.training import train_cohort
+
+    out, teacher = teacher_out
+    weights = out / teacher.run_id / records.WEIGHTS
+    specs = [student_spec(teacher, method=m) for m in ("kd", "dkd", "crd", "figkd")]
+    specs.append(student_spec(teacher, method="none").model_copy(update={"teacher": None}))
+    specs.append(student_spec(teacher, method="kd", student="resnet14"))
+    alone = [train_run(s, tmp_path / "alone" / s.run_id, QUIET, weights) for s in specs]
+    together = train_cohort(specs, [tmp_path / "cohort" / s.run_id for s in specs], QUIET, weights)
+    for a, b in zip(alone, together):
+        assert comparable(a) == comparable(b)
+        assert a["summary"] == b["summary"]
+
+
+def test_one_failing_run_does_not_stop_its_cohort(teacher_out, tmp_path):
+    from kdbench.training import train_cohort
+
+    out, teacher = teacher_out
+    good = student_spec(teacher)
+    bad = student_spec(teacher, hparams={"w_kd": float("inf")})
+    results = train_cohort([bad, good], [tmp_path / "bad", tmp_path / "good"], QUIET, out / teacher.run_id / records.WEIGHTS)
+    assert isinstance(results[0], TrainingDiverged)
+    assert results[1]["status"] == "finished"
+    assert comparable(results[1]) == comparable(train_run(good, tmp_path / "alone", QUIET, out / teacher.run_id / records.WEIGHTS))
