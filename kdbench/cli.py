@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, or cuda")
     p.add_argument("--data-root", help="where real data sets live (default: the suite's data_root, else $KDBENCH_DATA)")
     p.set_defaults(fn=cmd_run)
+
+    from .analysis.commands import register_commands
+
+    register_commands(sub)
     return parser
 
 

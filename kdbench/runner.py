@@ -12,6 +12,7 @@ Safe to kill at any moment and to run twice at once on the same results folder:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -26,10 +27,10 @@ from typing import Any, Protocol
 from . import records
 from .errors import DataError, KDBenchError
 from .results import MANIFEST, RUNS
-from .runs import FAILED, ensure_run
+from .runs import FAILED, ensure_runs
 from .spec import RunSpec
 from .suite import Job, Suite
-from .training import EngineOptions
+from .training import EngineOptions, cohort_key
 
 POLL_SECONDS = 1.0
 SMOKE_SAMPLES = 128  # per split: a smoke run checks that everything runs, not what it learns
@@ -43,9 +44,11 @@ class Handle(Protocol):
     def result(self) -> Any: ...
 
 
-def execute_job(spec_json: dict[str, Any], runs_dir: str, options: EngineOptions, method_files: list[str]) -> dict[str, Any]:
-    """Run one job in this process, under its lock. Returns {"status", "reason"}, the status
-    being finished, failed, busy (another process holds the lock) or skipped (finished)."""
+def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: EngineOptions,
+                   method_files: list[str]) -> dict[str, dict[str, str]]:
+    """Train runs together in this process, each under its own lock. Returns, per run id,
+    {"status", "reason"}: finished, failed, busy (another process holds its lock) or
+    skipped (finished meanwhile by another process)."""
     import torch
 
     from .method import load_method_files
@@ -54,21 +57,45 @@ def execute_job(spec_json: dict[str, Any], runs_dir: str, options: EngineOptions
         load_method_files(*method_files)
     if options.threads:
         torch.set_num_threads(options.threads)
-    spec = RunSpec(**spec_json)
     runs = Path(runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
-    with open(runs / f"{spec.run_id}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return {"status": "busy", "reason": "running in another kdbench process"}
-        if (runs / spec.run_id / records.RECORD).exists():
-            return {"status": "skipped", "reason": "finished by another kdbench process"}
-        try:
-            ensure_run(spec, runs, options)
-        except Exception as exc:  # recorded in failed.json by ensure_run
-            return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-    return {"status": "finished", "reason": ""}
+    outcome: dict[str, dict[str, str]] = {}
+    with contextlib.ExitStack() as locks:
+        todo = []
+        for spec in (RunSpec(**s) for s in spec_jsons):
+            lock = locks.enter_context(open(runs / f"{spec.run_id}.lock", "w"))
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                outcome[spec.run_id] = {"status": "busy", "reason": "running in another kdbench process"}
+                continue
+            if (runs / spec.run_id / records.RECORD).exists():
+                outcome[spec.run_id] = {"status": "skipped", "reason": "finished by another kdbench process"}
+            elif (runs / spec.run_id / FAILED).exists():  # the scheduler cleared it before starting
+                error = records.read_json(runs / spec.run_id / FAILED)["error"]
+                outcome[spec.run_id] = {"status": "failed", "reason": f"in another kdbench process: {error}"}
+            else:
+                todo.append(spec)
+        for spec, result in zip(todo, ensure_runs(todo, runs, options)):
+            failed = isinstance(result, BaseException)
+            outcome[spec.run_id] = {"status": "failed" if failed else "finished",
+                                    "reason": f"{type(result).__name__}: {result}" if failed else ""}
+    return outcome
+
+
+def form_cohorts(jobs: list[Job], size: int) -> list[tuple[Job, ...]]:
+    """Jobs that can train together (``training.cohort_key``, one teacher between them),
+    in chunks of at most ``size``. Runs without a teacher ride along with a teacher's
+    group, unless other runs wait for them (teachers train before their students)."""
+    depended = {d for job in jobs for d in job.depends_on}
+    groups: dict[tuple[str, Any], list[Job]] = {}
+    for job in sorted(jobs, key=lambda j: j.spec.teacher is None):
+        key = cohort_key(job.spec)
+        teacher = job.spec.teacher
+        if teacher is None and job.run_id not in depended:
+            teacher = next((t for k, t in groups if k == key and t is not None), None)
+        groups.setdefault((key, teacher), []).append(job)
+    return [tuple(group[i:i + size]) for group in groups.values() for i in range(0, len(group), size)]
 
 
 @dataclass
@@ -221,8 +248,7 @@ class Scheduler:
         self.devices = _devices(engine.device, options.workers or suite.file.executor.workers)
         # CPU jobs share the cores; small models scale better across processes than threads
         self.threads = max(1, (os.cpu_count() or 1) // len(self.devices)) if self.devices[0] == "cpu" else None
-        self.started_at: dict[str, float] = {}
-        self.durations: list[float] = []
+        self.started = time.time()
 
     def run(self) -> Outcome:
         pending: list[Job] = []
@@ -240,40 +266,55 @@ class Scheduler:
             self.say(f"[{self.suite.name}] nothing to do: {len(self.outcome.skipped)} runs already finished"
                      + (f", {len(self.outcome.failed)} failed (--retry-failed reruns them)" if self.outcome.failed else ""))
             return self.outcome
+        units = form_cohorts(pending, self.suite.file.executor.cohort_size)
         self.say(f"[{self.suite.name}] {len(pending)} runs to do ({len(self.outcome.skipped)} already finished) "
-                 f"on {len(self.devices)} worker(s): {', '.join(self.devices)}")
+                 f"in {len(units)} cohort(s) on {len(self.devices)} worker(s): {', '.join(self.devices)}")
         submit, close = self._executor()
-        running: dict[str, tuple[Handle, str]] = {}
+        running: list[tuple[Handle, str, tuple[Job, ...]]] = []
         free = list(self.devices)
         last_report = 0.0
         try:
-            while pending or running:
-                for job in list(pending):
-                    blocked = self._blocked(job)
-                    if blocked is None and free:
+            while units or running:
+                for unit in list(units):
+                    ready = self._ready(unit)
+                    if ready is None:
+                        continue
+                    units.remove(unit)
+                    if ready and free:
                         device = free.pop(0)
                         options = replace(self.engine, device=device, progress=False, threads=self.threads)
-                        running[job.run_id] = (submit(execute_job, job.spec.model_dump(mode="json"), str(self.runs),
-                                                      options, [str(p) for p in self.suite.method_files()]), device)
-                        self.started_at[job.run_id] = time.time()
-                        pending.remove(job)
-                    elif blocked:
-                        self._record_failure(job, blocked)
-                        pending.remove(job)
-                for run_id, (handle, device) in list(running.items()):
-                    if not handle.done():
-                        continue
-                    del running[run_id]
+                        handle = submit(execute_cohort, [j.spec.model_dump(mode="json") for j in ready],
+                                        str(self.runs), options, [str(p) for p in self.suite.method_files()])
+                        running.append((handle, device, ready))
+                    elif ready:
+                        units.append(ready)
+                for entry in [e for e in running if e[0].done()]:
+                    running.remove(entry)
+                    handle, device, unit = entry
                     free.append(device)
-                    self._finish(self.by_id[run_id], handle, pending)
-                if time.time() - last_report > 10 or not (pending or running):
-                    self._report(pending, running)
+                    units.extend(self._finish(unit, handle))
+                if time.time() - last_report > 10 or not (units or running):
+                    self._report(units, running)
                     last_report = time.time()
-                if running:
+                if running or units:
                     time.sleep(POLL_SECONDS)
         finally:
             close()
         return self.outcome
+
+    def _ready(self, unit: tuple[Job, ...]) -> tuple[Job, ...] | None:
+        """The unit's jobs that can start now (after failing those whose teacher failed),
+        or None while some of them still wait for a teacher."""
+        ready = []
+        for job in unit:
+            blocked = self._blocked(job)
+            if blocked == "":
+                return None
+            if blocked:
+                self._record_failure(job, blocked)
+            else:
+                ready.append(job)
+        return tuple(ready)
 
     def _blocked(self, job: Job) -> str | None:
         """None when the job can start, '' while it waits, else why it can never run."""
@@ -286,35 +327,28 @@ class Scheduler:
             return ""
         return None
 
-    def _finish(self, job: Job, handle: Handle, pending: list[Job]) -> None:
+    def _finish(self, unit: tuple[Job, ...], handle: Handle) -> list[tuple[Job, ...]]:
+        """Book a finished cohort's results; returns what must wait for another runner."""
         try:
-            result = handle.result()
+            results = handle.result()
         except Exception as exc:  # the worker process itself died
-            result = {"status": "failed", "reason": f"worker died: {type(exc).__name__}: {exc}"}
-        if result["status"] == "busy":  # another runner has it: wait for its record
-            self._wait_elsewhere(job, pending)
-            return
-        if result["status"] == "skipped":
-            self.outcome.skipped.append(job.run_id)
-            return
-        if result["status"] == "finished":
-            self.outcome.finished.append(job.run_id)
-            self.durations.append(time.time() - self.started_at[job.run_id])
-            return
-        self.outcome.failed[job.run_id] = result["reason"]
-        if not (self.runs / job.run_id / FAILED).exists():
-            self._record_failure(job, result["reason"])
-        self.say(f"FAILED {job.describe()}: {result['reason']}")
-
-    def _wait_elsewhere(self, job: Job, pending: list[Job]) -> None:
-        status = status_of(self.runs, job.run_id)
-        if status == "done":
-            self.outcome.skipped.append(job.run_id)
-        elif status == "failed":
-            self.outcome.failed[job.run_id] = "failed in another kdbench process"
-        else:
-            time.sleep(POLL_SECONDS)
-            pending.append(job)
+            reason = f"worker died: {type(exc).__name__}: {exc}"
+            results = {j.run_id: {"status": "failed", "reason": reason} for j in unit}
+        elsewhere = []
+        for job in unit:
+            result = results[job.run_id]
+            if result["status"] == "busy":
+                elsewhere.append(job)
+            elif result["status"] == "skipped":
+                self.outcome.skipped.append(job.run_id)
+            elif result["status"] == "finished":
+                self.outcome.finished.append(job.run_id)
+            else:
+                self.outcome.failed[job.run_id] = result["reason"]
+                if not (self.runs / job.run_id / FAILED).exists():
+                    self._record_failure(job, result["reason"])
+                self.say(f"FAILED {job.describe()}: {result['reason']}")
+        return [tuple(elsewhere)] if elsewhere else []
 
     def _record_failure(self, job: Job, reason: str) -> None:
         self.outcome.failed[job.run_id] = reason
@@ -322,18 +356,18 @@ class Scheduler:
             "run_id": job.run_id, "status": "failed", "spec": job.spec.model_dump(mode="json"), "error": reason,
         })
 
-    def _report(self, pending: list[Job], running: dict[str, Any]) -> None:
+    def _report(self, units: list[tuple[Job, ...]], running: list[tuple[Handle, str, tuple[Job, ...]]]) -> None:
         done = len(self.outcome.finished) + len(self.outcome.skipped)
-        left = len(pending)
+        left = sum(len(u) for u in units)
+        active = [job for _, _, unit in running for job in unit]
         eta = ""
-        if self.durations and (left or running):
-            per_job = sum(self.durations) / len(self.durations)
-            eta = f", about {_duration(per_job * (left + len(running)) / len(self.devices))} left"
-        lines = [f"[{self.suite.name}] {done}/{len(self.jobs)} done, {len(running)} running, "
+        if self.outcome.finished and (left or active):
+            per_run = (time.time() - self.started) / len(self.outcome.finished)
+            eta = f", about {_duration(per_run * (left + len(active)))} left"
+        lines = [f"[{self.suite.name}] {done}/{len(self.jobs)} done, {len(active)} running, "
                  f"{len(self.outcome.failed)} failed, {left} waiting{eta}"]
-        for run_id in running:
-            rows = records.read_metrics(self.runs / run_id)
-            job = self.by_id[run_id]
+        for job in active:
+            rows = records.read_metrics(self.runs / job.run_id)
             state = (f"epoch {rows[-1]['epoch']}/{job.spec.recipe.epochs} val {rows[-1]['val_top1']:.1f}"
                      if rows else "starting")
             lines.append(f"    {job.describe()} {state}")

@@ -11,7 +11,7 @@ from typing import Any
 from . import records
 from .errors import ConfigError
 from .spec import RunSpec
-from .training import EngineOptions, train_run
+from .training import EngineOptions, train_cohort
 
 FAILED = "failed.json"
 
@@ -41,22 +41,46 @@ def ensure_run(spec: RunSpec, out: Path, options: EngineOptions | None = None) -
     A failure is written to ``failed.json`` with its reason before the error propagates;
     a later successful attempt removes it.
     """
+    result = ensure_runs([spec], out, options)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None = None
+                ) -> list[dict[str, Any] | BaseException]:
+    """``ensure_run`` for a cohort (see ``training.train_cohort``): the unfinished runs
+    train together; each result is a record or the exception that ended that run."""
     out = Path(out)
-    record = finished_record(out, spec.run_id)
-    if record is not None:
-        return record
-    run_dir = out / spec.run_id
-    try:
-        record = train_run(spec, run_dir, options, teacher_weights(spec, out))
-    except Exception as exc:
-        records.write_json(run_dir / FAILED, {
-            "run_id": spec.run_id,
-            "status": "failed",
-            "spec": spec.model_dump(mode="json"),
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc(),
-            "time": datetime.now(timezone.utc).isoformat(),
-        })
-        raise
-    (run_dir / FAILED).unlink(missing_ok=True)
-    return record
+    results: dict[str, dict[str, Any] | BaseException] = {}
+    todo = []
+    for spec in specs:
+        record = finished_record(out, spec.run_id)
+        if record is not None:
+            results[spec.run_id] = record
+        else:
+            todo.append(spec)
+    if todo:
+        lead = next((s for s in todo if s.teacher is not None), todo[0])
+        try:
+            trained = train_cohort(todo, [out / s.run_id for s in todo], options, teacher_weights(lead, out))
+        except Exception as exc:  # before training started: every run of the cohort fails with it
+            trained = [exc] * len(todo)
+        for spec, result in zip(todo, trained):
+            results[spec.run_id] = result
+            if isinstance(result, BaseException):
+                _record_failure(spec, out / spec.run_id, result)
+            else:
+                (out / spec.run_id / FAILED).unlink(missing_ok=True)
+    return [results[s.run_id] for s in specs]
+
+
+def _record_failure(spec: RunSpec, run_dir: Path, error: BaseException) -> None:
+    records.write_json(run_dir / FAILED, {
+        "run_id": spec.run_id,
+        "status": "failed",
+        "spec": spec.model_dump(mode="json"),
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": "".join(traceback.format_exception(error)),
+        "time": datetime.now(timezone.utc).isoformat(),
+    })

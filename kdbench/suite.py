@@ -67,6 +67,9 @@ class PairEntry(Strict):
 class ExecutorEntry(Strict):
     kind: Literal["local", "slurm"] = "local"
     workers: PositiveInt | None = None  # local: parallel jobs (default: one per GPU, else one per core up to 8)
+    # Runs sharing data, seed, recipe and teacher train together, one data stream and one
+    # teacher forward per batch, at most this many at once (memory grows with it); 1: off.
+    cohort_size: PositiveInt = 8
     slurm: dict[str, Any] = Field(default_factory=dict)  # submitit parameters (partition, timeout_min, …)
 
 
@@ -199,7 +202,8 @@ def _line_of(text: str, loc: list) -> str:
     return f" (line {line})" if line else ""
 
 
-def _fail(suite: Suite, text: str, loc: list, message: str) -> KDBenchError:
+def suite_error(suite: Suite, text: str, loc: list, message: str) -> KDBenchError:
+    """A ConfigError naming the suite file, the line of ``loc`` where known, and the key path."""
     return ConfigError(f"{suite.path}{_line_of(text, loc)}: '{'.'.join(map(str, loc))}': {message}")
 
 
@@ -214,8 +218,8 @@ def _recipe(suite: Suite, text: str, loc: list, *layers: dict[str, Any]) -> Reci
         key = ".".join(map(str, err["loc"]))
         if err["type"] == "extra_forbidden":
             hint = did_you_mean(key, Recipe.model_fields) or f"; allowed: {', '.join(Recipe.model_fields)}"
-            raise _fail(suite, text, loc, f"unknown recipe key '{key}'{hint}") from None
-        raise _fail(suite, text, [*loc, key], f"{err['msg']} (got {err.get('input')!r})") from None
+            raise suite_error(suite, text, loc, f"unknown recipe key '{key}'{hint}") from None
+        raise suite_error(suite, text, [*loc, key], f"{err['msg']} (got {err.get('input')!r})") from None
 
 
 def _expand(suite: Suite, text: str) -> list[Job]:
@@ -228,12 +232,12 @@ def _expand(suite: Suite, text: str) -> list[Job]:
         load_method_files(method_file)
     for name in file.datasets:
         if name not in DATASETS:
-            raise _fail(suite, text, ["datasets", name], f"unknown dataset{did_you_mean(name, DATASETS.names()) or '; known: ' + ', '.join(DATASETS.names())}")
+            raise suite_error(suite, text, ["datasets", name], f"unknown dataset{did_you_mean(name, DATASETS.names()) or '; known: ' + ', '.join(DATASETS.names())}")
     method_of = {}
     for label, hparams in file.methods.items():
         method = hparams.get("method", label)
         if method not in METHODS:
-            raise _fail(suite, text, ["methods", label],
+            raise suite_error(suite, text, ["methods", label],
                         f"unknown method '{method}'{did_you_mean(method, METHODS.names()) or '; known: ' + ', '.join(METHODS.names())}"
                         + ("" if "method" in hparams else "; a label that is not a method needs 'method: <name>'"))
         method_of[label] = method
@@ -244,15 +248,15 @@ def _expand(suite: Suite, text: str) -> list[Job]:
             if not is_model(model):
                 from .models import list_models
 
-                raise _fail(suite, text, ["pairs", i, role], f"unknown model '{model}'{did_you_mean(model, list_models())}")
+                raise suite_error(suite, text, ["pairs", i, role], f"unknown model '{model}'{did_you_mean(model, list_models())}")
         for label in pair.hparams:
             if label not in file.methods:
-                raise _fail(suite, text, ["pairs", i, "hparams", label], f"no method labelled '{label}' in 'methods'{did_you_mean(label, file.methods)}")
+                raise suite_error(suite, text, ["pairs", i, "hparams", label], f"no method labelled '{label}' in 'methods'{did_you_mean(label, file.methods)}")
         pair_name = f"{pair.teacher}→{pair.student}"
         for dataset_name in pair.datasets:
             entry = file.datasets.get(dataset_name)
             if entry is None:
-                raise _fail(suite, text, ["pairs", i, "dataset"],
+                raise suite_error(suite, text, ["pairs", i, "dataset"],
                             f"dataset '{dataset_name}' is not in 'datasets'{did_you_mean(dataset_name, file.datasets)}")
             data = DataSpec(name=dataset_name, val_fraction=entry.val_fraction, options=entry.options)
             recipe = _recipe(suite, text, ["recipe"], file.recipe, entry.recipe, pair.recipe)
@@ -274,7 +278,7 @@ def _expand(suite: Suite, text: str) -> list[Job]:
                 try:
                     needs_teacher = method_cls(**hparams).needs.teacher
                 except KDBenchError as exc:
-                    raise _fail(suite, text, ["methods", label], str(exc)) from None
+                    raise suite_error(suite, text, ["methods", label], str(exc)) from None
                 for seed in file.seeds:
                     spec = RunSpec(dataset=data, student=pair.student, method=method_of[label], hparams=hparams,
                                    teacher=teacher_ref if needs_teacher else None, recipe=recipe, seed=seed)

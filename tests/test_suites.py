@@ -257,3 +257,16 @@ def test_submitit_executor_locally(tmp_path):
     outcome = run_suite(suite, quiet(out=tmp_path / "results"))
     assert outcome.ok and len(outcome.finished) == len(suite.jobs)
     assert (tmp_path / "results" / "tiny" / "slurm").is_dir()
+
+
+def test_cohorts_group_runs_sharing_data_seed_recipe_and_teacher(tmp_path):
+    from kdbench.runner import form_cohorts
+
+    suite = load_suite(write(tmp_path, changed(methods={"none": {}, "kd": {}, "dkd": {}})))
+    cohorts = form_cohorts(suite.jobs, size=8)
+    teacher = next(j for j in suite.jobs if j.is_teacher)
+    assert (teacher,) in cohorts  # never in a cohort with the students that wait for it
+    students = [c for c in cohorts if teacher not in c]
+    assert sorted(len(c) for c in students) == [3, 3]  # per seed: none rides along with kd and dkd
+    assert all(len({j.spec.seed for j in c}) == 1 for c in students)
+    assert all(len(c) <= 2 for c in form_cohorts(suite.jobs, size=2))

@@ -1,0 +1,85 @@
+"""The analysis subcommands of ``kdbench``: ``report``, ``spectra`` and ``ablate``.
+
+``kdbench.cli.build_parser`` calls ``register_commands(sub)`` with its subparsers; each
+subcommand sets ``fn``, which takes the parsed arguments and returns the exit code.
+Errors are raised as ``KDBenchError`` for the CLI to print.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    _print_written(write_report(args.results_dir, args.out, transpose=args.transpose))
+    return 0
+
+
+def cmd_spectra(args: argparse.Namespace) -> int:
+    from .spectra import write_spectra
+
+    _print_written(write_spectra(args.results_dir, args.out, wavelet=args.wavelet, level=args.level,
+                                 mode=args.mode, temperature=args.temperature, order_seed=args.order_seed))
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablation import run_ablation
+
+    _print_written(run_ablation(args.suite, out=args.out, trials=args.trials, workers=args.workers,
+                                storage=args.storage, device=args.device))
+    return 0
+
+
+def _print_written(paths: list[Path]) -> None:
+    folders = sorted({str(p.parent) for p in paths})
+    print(f"wrote {len(paths)} files in {', '.join(folders)}")
+
+
+def register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``report``, ``spectra`` and ``ablate`` to the ``kdbench`` subcommands."""
+    p = subparsers.add_parser(
+        "report", help="tables (LaTeX, Markdown, CSV) and figures of a suite's results",
+        description="Mean ± std over seeds of each method's test top-1 under the suite's selection rule, as "
+                    "table.tex (booktabs), table.md, summary.csv and runs.csv, plus training curves and the "
+                    "teacher–student gap under figures/. Failed and unfinished runs are listed, not dropped.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("results_dir", metavar="RESULTS_DIR", help="a suite's results folder, e.g. results/quick")
+    p.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
+    p.add_argument("--transpose", action="store_true", help="datasets as rows and methods as columns")
+    p.set_defaults(fn=cmd_report)
+
+    p = subparsers.add_parser(
+        "spectra", help="wavelet spectra of teacher and student test logits over the class axis",
+        description="Energy per wavelet band, mean |coefficient| per position and teacher–student distance per "
+                    "band, for every finished run, under FiGKD's index, random and teacher class orders; "
+                    "spectra.csv, spectra_positions.csv and figures/spectrum_*.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("results_dir", metavar="RESULTS_DIR", help="a suite's results folder, e.g. results/quick")
+    p.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
+    p.add_argument("--wavelet", default="haar", help="any discrete pywt wavelet")
+    p.add_argument("--level", type=int, help="decomposition level (default: the deepest the class count allows)")
+    p.add_argument("--mode", default="zero", choices=["zero", "constant", "symmetric", "reflect", "periodic"],
+                   help="boundary padding")
+    p.add_argument("--temperature", type=float, default=4.0, help="softmax temperature of the teacher class order")
+    p.add_argument("--order-seed", type=int, default=0, help="seed of the random class order")
+    p.set_defaults(fn=cmd_spectra)
+
+    p = subparsers.add_parser(
+        "ablate", help="Optuna study of a method's hyperparameters from a suite's 'ablation:' block",
+        description="Runs more trials of the study defined by the suite's 'ablation:' block (scored on the "
+                    "validation split, TPE sampler, median pruning per epoch, resumable storage), retrains the "
+                    "best configuration over the suite's seeds and writes trials.{csv,md,tex}, best.json and "
+                    "figures to <out>/<suite>/ablation/. See kdbench.analysis.ablation for the block's keys.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("suite", metavar="SUITE", help="suite YAML file with an 'ablation:' block")
+    p.add_argument("--trials", type=int, help="trials to add in this call (default: the block's 'trials'; 0: only rewrite the outputs)")
+    p.add_argument("--workers", type=int, help="processes sharing the study (default: the block's 'workers')")
+    p.add_argument("--out", default="results", help="results root; the suite's folder is <out>/<suite name>/")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage URL (default: the block's, else sqlite in <out>/<suite>/ablation/)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    p.set_defaults(fn=cmd_ablate)

@@ -1,0 +1,100 @@
+"""The runs of one suite folder, as the analysis tools read them.
+
+``suite_runs`` is ``kdbench.results.load_results`` restricted to the jobs the suite's
+manifest lists (other runs in the same folder, such as ablation trials, are not the
+suite's), in the manifest's order, plus one row with status ``missing`` for each job that
+has neither a record nor ``failed.json`` (not started, or still running), so nothing the
+suite asked for disappears from a report. A folder without a manifest gives all its runs
+(a run without a teacher trained with method ``none`` counts as a teacher there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from kdbench import records
+from kdbench.errors import ConfigError, KDBenchError
+from kdbench.results import RUNS, load_manifest, load_results
+
+SELECTION_COLUMN = {"best_val": "test_top1_best_val", "last": "test_top1_last"}
+SELECTION_TEXT = {
+    "best_val": "the epoch with the best validation accuracy",
+    "last": "the last epoch",
+}
+
+
+def runs_dir(suite_dir: Path) -> Path:
+    suite_dir = Path(suite_dir)
+    return suite_dir / RUNS if (suite_dir / RUNS).is_dir() else suite_dir
+
+
+def suite_runs(suite_dir: str | Path) -> pd.DataFrame:
+    """One row per run of the suite (see the module docstring), in manifest order."""
+    suite_dir = Path(suite_dir)
+    if not suite_dir.is_dir():
+        raise ConfigError(f"results folder '{suite_dir}' does not exist (kdbench run writes <out>/<suite name>/)")
+    frame = load_results(suite_dir)
+    jobs = load_manifest(suite_dir)["jobs"]
+    if frame.empty and not jobs:
+        raise KDBenchError(f"no runs in '{suite_dir}': give a suite's results folder, e.g. results/quick")
+    if not jobs:  # load_results calls every run "student" without a manifest; teachers are labelled
+        return frame.assign(role=frame["role"].where(frame["label"] != "teacher", "teacher"))
+    found = set(frame["run_id"]) if len(frame) else set()
+    missing = [_missing_row(suite_dir, job) for job in jobs if job["run_id"] not in found]
+    frame = pd.concat([frame, pd.DataFrame(missing)], ignore_index=True) if missing else frame
+    order = {job["run_id"]: i for i, job in enumerate(jobs)}
+    frame = frame[frame["run_id"].isin(order)]
+    return frame.sort_values("run_id", key=lambda ids: ids.map(order)).reset_index(drop=True)
+
+
+def _missing_row(suite_dir: Path, job: dict[str, Any]) -> dict[str, Any]:
+    """A job with no result: what the manifest says, and its spec if it was started."""
+    row: dict[str, Any] = {"run_id": job["run_id"], "status": "missing", "label": job["label"], "role": job["role"],
+                           "pair": job["pair"], "dataset": None, "seed": None,
+                           "error": "no record: not started, or still running"}
+    spec_path = runs_dir(suite_dir) / job["run_id"] / records.SPEC
+    if spec_path.exists():
+        spec = records.read_json(spec_path)["spec"]
+        row.update(dataset=spec["dataset"]["name"], seed=spec["seed"])
+    return row
+
+
+def selection_column(manifest: dict[str, Any]) -> str:
+    """The summary column that holds a run's reported test accuracy under the suite's rule."""
+    return SELECTION_COLUMN[manifest.get("selection", "best_val")]
+
+
+def paper_key(dataset: str, pair: str) -> str:
+    """The key of a suite's ``paper`` mapping: ``dataset/teacher/student``."""
+    return "/".join([dataset, *pair.split("→")])
+
+
+def columns(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (dataset, pair) combinations of the runs that have a dataset, in row order."""
+    known = frame.dropna(subset=["dataset"])
+    return list(dict.fromkeys(zip(known["dataset"], known["pair"])))
+
+
+def labels(frame: pd.DataFrame) -> list[str]:
+    """Method labels in report order: teacher, none, then as the suite lists them."""
+    found = list(dict.fromkeys(frame["label"]))
+    first = [label for label in ("teacher", "none") if label in found]
+    return first + [label for label in found if label not in first]
+
+
+def read_run_metrics(suite_dir: Path, run_id: str) -> list[dict[str, Any]]:
+    """The per-epoch metrics of a finished run (from its record)."""
+    return records.read_json(runs_dir(suite_dir) / run_id / records.RECORD)["metrics"]
+
+
+def read_test_logits(suite_dir: Path, run_id: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A finished run's final test-set logits (float64) and labels, or None without the file."""
+    path = runs_dir(suite_dir) / run_id / records.TEST_LOGITS
+    if not path.exists():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return saved["logits"].double(), saved["labels"]

@@ -1,0 +1,160 @@
+"""The one figure style of every kdbench figure.
+
+- Sizes: ``SINGLE`` (3.5 in, one column of a two-column paper) and ``DOUBLE`` (7.16 in,
+  the full page width), 8 pt text, TrueType fonts embedded in PDFs (no Type 3).
+- Colours: colour-blind-safe (Okabe & Ito, then Paul Tol's "muted" scheme). Each method
+  label has one colour in every figure: the bundled methods have fixed colours, any
+  other label (``figkd_random``, a user's method) gets one from its name's CRC32, so it
+  is the same in every figure and every run of the tools.
+- ``save`` writes each figure as PDF (for the paper) and PNG (300 dpi, for a quick look).
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+SINGLE = 3.5  # inches
+DOUBLE = 7.16
+
+RC: dict[str, Any] = {
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica"],
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3.5,
+    "legend.frameon": False,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "savefig.dpi": 300,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,
+    "figure.constrained_layout.use": True,
+}
+
+# Okabe & Ito (2008), yellow left out (unreadable on white).
+METHOD_COLORS = {
+    "teacher": "#000000",
+    "none": "#999999",
+    "kd": "#56B4E9",
+    "dkd": "#0072B2",
+    "figkd": "#D55E00",
+    "sdd": "#009E73",
+    "pcd": "#CC79A7",
+    "freekd": "#E69F00",
+    "crd": "#882255",
+}
+# Paul Tol's "muted" scheme, for every other label.
+OTHER_COLORS = ["#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#AA4499"]
+
+DISPLAY_NAMES = {
+    "teacher": "Teacher",
+    "none": "Student (no KD)",
+    "kd": "KD",
+    "dkd": "DKD",
+    "figkd": "FiGKD",
+    "sdd": "SDD",
+    "pcd": "PCD",
+    "freekd": "FreeKD",
+    "crd": "CRD",
+}
+
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def apply() -> None:
+    """Make the kdbench style matplotlib's current style."""
+    plt.rcParams.update(RC)
+
+
+def color(label: str) -> str:
+    """The colour of a method label, the same in every figure."""
+    if label in METHOD_COLORS:
+        return METHOD_COLORS[label]
+    return OTHER_COLORS[zlib.crc32(label.encode()) % len(OTHER_COLORS)]
+
+
+def display_name(label: str) -> str:
+    """How a method label is written in tables and legends (``kd`` → ``KD``)."""
+    return DISPLAY_NAMES.get(label, label)
+
+
+def figure(width: float = SINGLE, aspect: float = 0.75, nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+    """A new figure ``width`` inches wide and ``aspect`` × ``width`` high, in the kdbench style."""
+    apply()
+    return plt.subplots(nrows, ncols, figsize=(width, width * aspect), squeeze=False, **kwargs)
+
+
+def restyle(fig: Figure) -> None:
+    """Bring a figure drawn under another style (Optuna's plots use ggplot) to this one."""
+    fig.set_facecolor("white")
+    if fig.get_suptitle():
+        fig.suptitle(fig.get_suptitle(), fontsize=RC["axes.titlesize"])
+    for ax in fig.axes:
+        ax.tick_params(labelsize=RC["xtick.labelsize"], colors="black")
+        for label in (ax.xaxis.label, ax.yaxis.label):
+            label.set_fontsize(RC["axes.labelsize"])
+            label.set_color("black")
+        if ax.get_label() == "<colorbar>":
+            continue
+        ax.set_facecolor("white")
+        ax.grid(True, color="#b0b0b0", alpha=RC["grid.alpha"], linewidth=RC["grid.linewidth"])
+        for side, spine in ax.spines.items():
+            spine.set_visible(side in ("left", "bottom"))
+            spine.set_color("black")
+        for loc in ("center", "left", "right"):
+            if ax.get_title(loc):
+                ax.set_title(ax.get_title(loc), loc=loc, fontsize=RC["axes.titlesize"], color="black")
+        for text in ax.texts:
+            text.set_fontsize(RC["legend.fontsize"])
+        if ax.get_legend() is not None:
+            for text in ax.get_legend().get_texts():
+                text.set_fontsize(RC["legend.fontsize"])
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                plain_log_ticks(axis)
+
+
+def plain_log_ticks(axis: Any) -> None:
+    """Label a log axis with plain numbers at 1, 2 and 5 × 10^k instead of crowded powers of ten."""
+    axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def legend_above(fig: Figure, ax: Any) -> None:
+    """One legend for the whole figure, above its panels, with the entries of ``ax``."""
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside upper center", ncols=min(len(names), 5))
+
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    """Write ``stem.pdf`` and ``stem.png`` and close the figure; returns both paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
+    for path in paths:
+        fig.savefig(path)
+    plt.close(fig)
+    return paths
+
+
+def slug(*parts: str) -> str:
+    """A file-name-safe name from ``parts`` (``digits``, ``resnet20→resnet8`` → ``digits_resnet20-resnet8``)."""
+    text = "_".join(parts).replace("→", "-")
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)

@@ -1,0 +1,474 @@
+"""Reports, spectra and ablations (kdbench.analysis).
+
+The report and spectra tests read a results folder written here by hand (records,
+failed.json, manifest, test logits; no training): 2 datasets × 3 methods × 3 seeds plus a
+teacher per dataset, with one failed run, one job that never ran, one run the manifest
+does not list, and published numbers for one dataset. The ablation tests train tiny runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from kdbench.analysis.report import write_report
+from kdbench.analysis.spectra import write_spectra
+
+from kdbench import records
+from kdbench.errors import ConfigError
+from kdbench.spec import DataSpec, Recipe, RunSpec, TeacherRef
+from kdbench.training import summarise
+
+CLASSES = {"digits": 10, "synthetic-fg": 12}
+TEACHER, STUDENT = "resnet20", "resnet8"
+PAIR = f"{TEACHER}→{STUDENT}"
+METHODS = ["none", "kd", "figkd"]
+SEEDS = [0, 1, 2]
+# Mean level of each student's test accuracy, so that the ranking is known.
+LEVEL = {"digits": {"none": 60.0, "kd": 66.0, "figkd": 70.0}, "synthetic-fg": {"none": 50.0, "kd": 57.0, "figkd": 54.0}}
+FAILED = ("digits", "kd", 2)
+NEVER_RAN = ("synthetic-fg", "figkd", 1)
+PAPER = {f"digits/{TEACHER}/{STUDENT}": {"teacher": 97.5, "kd": 64.0, "figkd": 71.25}}
+EPOCHS = 3
+SAMPLES = 24
+
+
+def _history(level: float, terms: list[str], generator: torch.Generator) -> list[dict]:
+    noise = (torch.rand(EPOCHS, 2 + len(terms), generator=generator) * 4).tolist()
+    return [{"epoch": e + 1, "lr": 0.05, **{f"loss_{t}": 2.0 / (e + 1) + n for t, n in zip(terms, row[2:])},
+             "val_top1": level + 5 * e + row[0], "test_top1": level + 5 * e - 3 + row[1], "val_top5": 99.0,
+             "test_top5": 99.0, "images_per_s": 100.0, "epoch_seconds": 1.0}
+            for e, row in enumerate(noise)]
+
+
+def _write_run(runs: Path, spec: RunSpec, history: list[dict], teacher_test: float | None, logits: torch.Tensor) -> None:
+    run_dir = runs / spec.run_id
+    run_dir.mkdir(parents=True)
+    records.write_json(run_dir / records.RECORD, {
+        "run_id": spec.run_id, "status": "finished", "spec": spec.model_dump(mode="json"),
+        "summary": summarise(history, teacher_test), "timing": {"train_seconds": 3.0},
+        "parameters": {"student": 1000}, "metrics": history})
+    torch.save({"logits": logits.half(), "labels": torch.arange(SAMPLES) % logits.shape[1]}, run_dir / records.TEST_LOGITS)
+
+
+def make_results(root: Path, selection: str = "best_val") -> Path:
+    """A suite folder as ``kdbench run`` leaves it (see the module docstring)."""
+    suite_dir = root / "fixture"
+    runs = suite_dir / "runs"
+    recipe = Recipe(epochs=EPOCHS)
+    generator = torch.Generator().manual_seed(0)
+    jobs = []
+    for dataset, classes in CLASSES.items():
+        data = DataSpec(name=dataset)
+        teacher = RunSpec(dataset=data, student=TEACHER, method="none", recipe=recipe)
+        teacher_logits = torch.randn(SAMPLES, classes, generator=generator) * 3
+        history = _history(80.0, ["ce"], generator)
+        _write_run(runs, teacher, history, None, teacher_logits)
+        jobs.append({"run_id": teacher.run_id, "label": "teacher", "pair": PAIR, "role": "teacher", "depends_on": []})
+        for method in METHODS:
+            for seed in SEEDS:
+                spec = RunSpec(dataset=data, student=STUDENT, method=method, recipe=recipe, seed=seed,
+                               teacher=None if method == "none" else TeacherRef(model=TEACHER, run_id=teacher.run_id))
+                jobs.append({"run_id": spec.run_id, "label": method, "pair": PAIR, "role": "student",
+                             "depends_on": [] if method == "none" else [teacher.run_id]})
+                if (dataset, method, seed) == FAILED:
+                    records.write_json(runs / spec.run_id / "failed.json", {
+                        "run_id": spec.run_id, "status": "failed", "spec": spec.model_dump(mode="json"),
+                        "error": "TrainingDiverged: loss is not finite in epoch 2\nTraceback: …"})
+                elif (dataset, method, seed) != NEVER_RAN:
+                    terms = ["ce"] if method == "none" else ["ce", method]
+                    logits = teacher_logits + torch.randn(SAMPLES, classes, generator=generator) * (1 + METHODS.index(method))
+                    _write_run(runs, spec, _history(LEVEL[dataset][method], terms, generator),
+                               history[-1]["test_top1"], logits)
+    # An ablation trial in the same folder: not one of the suite's runs.
+    stray = RunSpec(dataset=DataSpec(name="digits"), student=STUDENT, method="kd", hparams={"temperature": 2},
+                    recipe=recipe, teacher=TeacherRef(model=TEACHER, run_id=jobs[0]["run_id"]))
+    _write_run(runs, stray, _history(99.0, ["ce", "kd"], generator), 90.0, torch.randn(SAMPLES, 10))
+    records.write_json(suite_dir / "manifest.json", {"suite": "fixture", "source": "fixture.yaml", "selection": selection,
+                                                     "paper": PAPER, "jobs": jobs})
+    return suite_dir
+
+
+def expected_cells(suite_dir: Path, selection: str) -> dict[tuple[str, str], list[float]]:
+    """(dataset, label) → the selected test accuracies of its finished runs, read from the records."""
+    manifest = json.loads((suite_dir / "manifest.json").read_text())
+    cells: dict[tuple[str, str], list[float]] = {}
+    for job in manifest["jobs"]:
+        path = suite_dir / "runs" / job["run_id"] / "record.json"
+        if path.exists():
+            record = json.loads(path.read_text())
+            key = "test_top1_last" if job["role"] == "teacher" else f"test_top1_{selection}"
+            cells.setdefault((record["spec"]["dataset"]["name"], job["label"]), []).append(record["summary"][key])
+    return cells
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return make_results(tmp_path_factory.mktemp("results"))
+
+
+@pytest.fixture(scope="module")
+def report(results) -> tuple[Path, list[Path]]:
+    return results / "report", write_report(results)
+
+
+def test_report_summary_numbers(results, report):
+    out, _ = report
+    rows = {(r["dataset"], r["label"]): r for r in csv.DictReader((out / "summary.csv").open())}
+    cells = expected_cells(results, "best_val")
+    assert set(rows) == set(cells)
+    for key, values in cells.items():
+        row = rows[key]
+        assert float(row["mean"]) == pytest.approx(statistics.mean(values))
+        assert int(row["n"]) == len(values)
+        if len(values) > 1:
+            assert float(row["std"]) == pytest.approx(statistics.stdev(values))
+        else:
+            assert row["std"] == ""
+    assert rows["digits", "kd"]["failed"] == "1" and rows["digits", "kd"]["seeds"] == "0 1"
+    assert rows["synthetic-fg", "figkd"]["n"] == "2"
+    assert float(rows["digits", "kd"]["paper"]) == 64.0
+    assert float(rows["digits", "kd"]["delta_paper"]) == pytest.approx(statistics.mean(cells["digits", "kd"]) - 64.0)
+    assert rows["synthetic-fg", "kd"]["paper"] == ""
+
+
+def _ranked(cells: dict, dataset: str) -> list[str]:
+    means = {label: statistics.mean(v) for (d, label), v in cells.items() if d == dataset and label != "teacher"}
+    return sorted(means, key=means.get, reverse=True)
+
+
+def test_report_markdown_table(results, report):
+    out, _ = report
+    text = (out / "table.md").read_text()
+    cells = expected_cells(results, "best_val")
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    header = lines["Method"]
+    assert header == [f"digits {PAIR}", f"synthetic-fg {PAIR}"]
+    names = {"teacher": "Teacher", "none": "Student (no KD)", "kd": "KD", "figkd": "FiGKD"}
+    for column, dataset in enumerate(CLASSES):
+        best, second, _ = _ranked(cells, dataset)
+        for label, name in names.items():
+            values = cells[dataset, label]
+            number = f"{statistics.mean(values):.2f}"
+            expected = {best: f"**{number}**", second: f"<u>{number}</u>"}.get(label, number)
+            if len(values) > 1:
+                expected += f" ± {statistics.stdev(values):.2f}"
+            assert lines[name][column].startswith(expected), (label, dataset, lines[name][column])
+    assert lines["KD"][0].endswith("[n=2] (64.00)")  # one seed failed; published number beside ours
+    assert lines["Teacher"][0].endswith("(97.50)") and "[n=" not in lines["Teacher"][0]
+    assert lines["FiGKD"][1].endswith("[n=2]")
+    assert "mean ± std over 3 seeds" in text and "selection rule: best_val" in text
+    assert "best validation accuracy" in text
+    failed = text.split("## Runs not in the means")[1]
+    assert "failed" in failed and "TrainingDiverged: loss is not finite in epoch 2" in failed
+    assert "missing" in failed and "not started, or still running" in failed
+
+
+def test_report_latex_table(results, report):
+    out, _ = report
+    tex = (out / "table.tex").read_text()
+    cells = expected_cells(results, "best_val")
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "\\begin{tabular}{lcc}" in tex
+    rows = [line for line in tex.splitlines() if line.endswith("\\\\") and "&" in line]
+    body = {row.split(" & ")[0]: row.split(" & ")[1:] for row in rows}
+    for column, dataset in enumerate(CLASSES):
+        best, second, _ = _ranked(cells, dataset)
+        label_of = {"kd": "KD", "figkd": "FiGKD", "none": "Student (no KD)"}
+        assert body[label_of[best]][column].startswith(f"\\textbf{{{statistics.mean(cells[dataset, best]):.2f}}}")
+        assert body[label_of[second]][column].startswith(f"\\underline{{{statistics.mean(cells[dataset, second]):.2f}}}")
+        std = statistics.stdev(cells[dataset, "none"])
+        assert f"{{\\scriptsize$\\pm${std:.2f}}}" in body["Student (no KD)"][column]
+    assert "\\textbf" not in body["Teacher"][0] and "\\underline" not in " ".join(body["Teacher"])
+    assert "resnet20$\\rightarrow$resnet8" in tex
+    caption = re.search(r"\\caption\{(.*)\}", tex).group(1)
+    assert "over 3 seeds" in caption and "best\\_val" in caption and "\\%" in caption
+    assert "Not in the means: kd, digits" in tex and "TrainingDiverged" in tex
+    assert "seed ?" in tex  # the job that never ran: its seed is unknown without its spec
+    _compile(out / "table.tex")
+
+
+def _compile(table: Path) -> None:
+    """Typeset a LaTeX table in a minimal document when pdflatex is installed."""
+    if shutil.which("pdflatex") is None:
+        return
+    (table.parent / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                          f"\\input{{{table.name}}}\n\\end{{document}}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=table.parent,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert (table.parent / "doc.pdf").stat().st_size > 0
+
+
+def test_report_figures(report):
+    out, written = report
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    stems = [f"curves_digits_{TEACHER}-{STUDENT}", f"curves_synthetic-fg_{TEACHER}-{STUDENT}", "teacher_gap"]
+    assert figures == sorted(f"{s}.{ext}" for s in stems for ext in ("pdf", "png"))
+    for path in written:
+        assert path.exists() and path.stat().st_size > 0
+    assert {p.name for p in written} >= {"table.tex", "table.md", "summary.csv", "runs.csv"}
+
+
+def test_report_runs_csv_lists_every_run(report):
+    out, _ = report
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(rows) == 2 * (1 + len(METHODS) * len(SEEDS))
+    assert sorted(r["status"] for r in rows if r["status"] != "finished") == ["failed", "missing"]
+    manifest = json.loads((out.parent / "manifest.json").read_text())
+    assert {r["run_id"] for r in rows} == {j["run_id"] for j in manifest["jobs"]}  # not the stray ablation trial
+
+
+def test_report_last_epoch_rule_and_transpose_from_the_command_line(tmp_path):
+    suite_dir = make_results(tmp_path, selection="last")
+    parser = analysis_parser()
+    args = parser.parse_args(["report", str(suite_dir), "--out", str(tmp_path / "out"), "--transpose"])
+    assert args.fn(args) == 0
+    cells = expected_cells(suite_dir, "last")
+    rows = {(r["dataset"], r["label"]): r for r in csv.DictReader((tmp_path / "out" / "summary.csv").open())}
+    for key, values in cells.items():
+        assert float(rows[key]["mean"]) == pytest.approx(statistics.mean(values))
+    tex = (tmp_path / "out" / "table.tex").read_text()
+    assert "selection rule: last" in tex and "the last epoch" in tex
+    assert "\\begin{tabular}{llcccc}" in tex
+    assert re.search(r"^Dataset & Pair & Teacher & Student \(no KD\) & KD & FiGKD \\\\$", tex, re.MULTILINE)
+    _compile(tmp_path / "out" / "table.tex")
+
+
+# --- spectra ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spectra_out(results) -> tuple[Path, list[Path]]:
+    out = results / "spectra"
+    return out, write_spectra(results, out)
+
+
+def test_spectra_parseval_and_rows(results, spectra_out):
+    out, written = spectra_out
+    rows = list(csv.DictReader((out / "spectra.csv").open()))
+    manifest_ids = {j["run_id"] for j in json.loads((results / "manifest.json").read_text())["jobs"]}
+    finished = [p.parent.name for p in (results / "runs").glob("*/test_logits.pt") if p.parent.name in manifest_ids]
+    assert len(finished) == 2 * (1 + len(METHODS) * len(SEEDS) - 1)
+    assert len(rows) == len(finished) * 3 * 4  # haar, deepest level (3 for 10 and 12 classes): a3 d3 d2 d1
+    assert {r["order"] for r in rows} == {"index", "random", "teacher"}
+    by_run: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        by_run.setdefault((row["run_id"], row["order"]), []).append(row)
+    for (run_id, _), bands_of in by_run.items():
+        assert [r["band"] for r in bands_of] == ["a3", "d3", "d2", "d1"]
+        logits = torch.load(results / "runs" / run_id / "test_logits.pt")["logits"].double()
+        total = float((logits ** 2).sum(1).mean())  # haar is orthogonal: the band energies add up to it
+        assert sum(float(r["energy"]) for r in bands_of) == pytest.approx(total, rel=1e-9)
+        assert sum(float(r["fraction"]) for r in bands_of) == pytest.approx(1.0)
+        student = bands_of[0]["role"] == "student"
+        assert all((r["distance"] != "") == student for r in bands_of)
+    positions = list(csv.DictReader((out / "spectra_positions.csv").open()))
+    # zero-padded haar: 10 classes give 2 + 2 + 3 + 5 coefficients, 12 classes 2 + 2 + 3 + 6
+    assert len(positions) == len(finished) // 2 * 3 * (12 + 13)
+    for path in written:
+        assert path.exists() and path.stat().st_size > 0
+    stems = {p.stem for p in written if p.suffix == ".pdf"}
+    assert stems == {f"spectrum_{kind}_{d}_{TEACHER}-{STUDENT}" for kind in ("energy", "distance", "coefficients")
+                     for d in CLASSES}
+
+
+def test_spectra_orders_are_figkds(results):
+    """The index, random and teacher orders are the permutations FiGKD itself distils under."""
+    from kdbench.analysis.spectra import class_orders
+
+    from kdbench.method import TrainContext, create_method
+    from kdbench.models import ModelOutput
+
+    logits, labels = torch.randn(40, 10), torch.arange(40) % 10
+    orders = class_orders(10, (logits, labels), temperature=3.0, order_seed=5)
+    for kind in ("random", "teacher"):
+        method = create_method("figkd", class_order=kind, order_seed=5, temperature=3.0)
+        method.setup(TrainContext(10, labels, 1, 0, ModelOutput(torch.zeros(2, 10)), ModelOutput(torch.zeros(2, 10)),
+                                  teacher_train_logits=logits))
+        assert torch.equal(method.order, orders[kind])
+    assert torch.equal(orders["index"], torch.arange(10))
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def analysis_parser():
+    import argparse
+
+    from kdbench.analysis.commands import register_commands
+
+    parser = argparse.ArgumentParser(prog="kdbench")
+    register_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_commands_parse(tmp_path):
+    parser = analysis_parser()
+    args = parser.parse_args(["ablate", "suites/ablation_figkd.yaml", "--trials", "3", "--workers", "2"])
+    assert (args.trials, args.workers, args.out, args.storage, args.device) == (3, 2, "results", None, "auto")
+    args = parser.parse_args(["spectra", "results/quick", "--wavelet", "db2", "--level", "1"])
+    assert (args.wavelet, args.level, args.mode, args.temperature, args.order_seed) == ("db2", 1, "zero", 4.0, 0)
+    args = parser.parse_args(["spectra", str(tmp_path / "nowhere")])
+    with pytest.raises(ConfigError, match="does not exist"):
+        args.fn(args)
+
+
+# --- ablation -----------------------------------------------------------------------------
+
+TINY_ABLATION = {
+    "name": "tiny_ablation",
+    "seeds": [0, 1],
+    "recipe": {"epochs": 2, "batch_size": 128},
+    "datasets": {"digits": {"options": {"image_size": 8}}},
+    "pairs": [{"dataset": "digits", "teacher": "resnet8", "student": "resnet8"}],
+    "methods": {"kd": {}, "figkd": {"band": "all"}},
+    "ablation": {
+        "method": "figkd",
+        "trials": 2,
+        "startup_trials": 10,  # no pruning here: every trial completes (pruning has its own test)
+        "space": {"wavelet": ["haar", "db1"], "level": [1, 2], "temperature": {"low": 1, "high": 8, "log": True}},
+    },
+}
+
+
+def write_suite(directory: Path, suite: dict) -> Path:
+    path = directory / f"{suite['name']}.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def test_ablation_runs_resumes_and_reports(tmp_path):
+    from kdbench.analysis.ablation import run_ablation
+
+    path, out = write_suite(tmp_path, TINY_ABLATION), tmp_path / "results"
+    run_ablation(path, out=out, printer=lambda _: None)
+    storage = f"sqlite:///{out / 'tiny_ablation' / 'ablation' / 'study.db'}"
+    assert (out / "tiny_ablation" / "ablation" / "study.db").is_file()
+    assert len(optuna.load_study(study_name="tiny_ablation-figkd", storage=storage).trials) == 2
+    written = run_ablation(path, out=out, trials=2, workers=2, printer=lambda _: None)  # two processes, same study
+    study = optuna.load_study(study_name="tiny_ablation-figkd", storage=storage)
+    assert len(study.trials) == 4 and [t.number for t in study.trials] == [0, 1, 2, 3]
+
+    runs = out / "tiny_ablation" / "runs"
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        record = json.loads((runs / trial.user_attrs["run_id"] / "record.json").read_text())
+        assert record["spec"]["hparams"] == {"band": "all", **trial.params}  # the suite's hparams + sampled
+        assert trial.value == record["summary"]["val_top1_best"]  # scored on validation, never test
+        assert list(trial.intermediate_values) == [1, 2]  # val top-1 reported every epoch
+
+    folder = out / "tiny_ablation" / "ablation"
+    best = json.loads((folder / "best.json").read_text())
+    assert best["trial"] == study.best_trial.number and best["params"] == study.best_trial.params
+    tests = [json.loads((runs / run_id / "record.json").read_text())["summary"]["test_top1_best_val"]
+             for run_id in best["run_ids"].values()]
+    assert len(tests) == 2 and best["test_top1"]["n"] == 2
+    assert best["test_top1"]["mean"] == pytest.approx(statistics.mean(tests))
+    assert best["test_top1"]["std"] == pytest.approx(statistics.stdev(tests))
+
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
+    assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
+    assert set(rows[0]) >= {"state", "val_top1", "epochs", "wavelet", "level", "temperature", "run_id"}
+    markdown = (folder / "trials.md").read_text()
+    assert f"Best: trial {best['trial']}" in markdown and "test top-1" in markdown
+    assert markdown.count("| COMPLETE |") == 4 and markdown.count("**") == 2
+    tex = (folder / "trials.tex").read_text()
+    assert "\\toprule" in tex and "\\textbf{" in tex
+    stems = {p.stem for p in written if p.suffix in (".pdf", ".png")}
+    assert stems == {"history", "importances", "slices", "wavelet_level"}
+    for file in written:
+        assert file.exists() and file.stat().st_size > 0
+    _compile(folder / "trials.tex")
+
+
+def test_ablation_prunes_and_a_pruned_run_resumes(tmp_path):
+    """A pruned trial keeps its run's checkpoint; the same configuration sampled again resumes it."""
+    from kdbench.analysis.ablation import _objective, load_ablation
+
+    from kdbench.runs import ensure_run
+    from kdbench.training import EngineOptions
+
+    ablation = load_ablation(write_suite(tmp_path, TINY_ABLATION | {"ablation": {
+        "method": "figkd", "space": {"wavelet": ["haar"], "level": [1]}}}))
+    runs, engine = tmp_path / "runs", EngineOptions(progress=False)
+    ensure_run(next(j for j in ablation.suite.jobs if j.is_teacher).spec, runs, engine)
+
+    def optimize(pruner: optuna.pruners.BasePruner) -> optuna.trial.FrozenTrial:
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        study.optimize(lambda trial: _objective(trial, ablation, runs, engine), n_trials=1)
+        return study.trials[0]
+
+    pruned = optimize(optuna.pruners.ThresholdPruner(lower=101.0))  # val top-1 never reaches it
+    assert pruned.state == optuna.trial.TrialState.PRUNED and list(pruned.intermediate_values) == [1]
+    run_dir = runs / pruned.user_attrs["run_id"]
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "record.json").exists()
+    resumed = optimize(optuna.pruners.NopPruner())
+    assert resumed.state == optuna.trial.TrialState.COMPLETE and resumed.user_attrs["run_id"] == run_dir.name
+    metrics = json.loads((run_dir / "record.json").read_text())["metrics"]
+    assert list(resumed.intermediate_values.values()) == [m["val_top1"] for m in metrics]
+
+
+BAD_ABLATIONS = [
+    ({"ablation": None}, r"no 'ablation:' block"),
+    ({"method": "figkdd"}, r"'ablation.method': no method labelled 'figkdd' in 'methods'; did you mean 'figkd'"),
+    ({"trails": 3}, r"'ablation.trails': unknown key; did you mean 'trials'"),
+    ({"trials": 0}, r"'ablation.trials': Input should be greater than 0"),
+    ({"space": {}}, r"'ablation.space': .*at least 1 item"),
+    ({"pair": 2}, r"'ablation.pair': the suite has 1 pair\(s\); use 0 to 0"),
+    ({"dataset": "cifar100"}, r"'ablation.dataset': pair 0 runs on digits, not 'cifar100'"),
+    ({"space": {"wavelett": ["haar"]}}, r"'ablation.space.wavelett': method 'figkd' has no hyperparameter 'wavelett'; did you mean 'wavelet'"),
+    ({"space": {"wavelet": []}}, r"'ablation.space.wavelet': the list of choices is empty"),
+    ({"space": {"wavelet": ["haar", "db99"]}}, r"'ablation.space.wavelet': 'db99' is not a valid value: .*unknown wavelet 'db99'"),
+    ({"space": {"band": ["high", "middle"]}}, r"'ablation.space.band': 'middle' is not a valid value"),
+    ({"space": {"level": {"low": 3, "high": 1}}}, r"'ablation.space.level': low \(3\) must be below high \(1\)"),
+    ({"space": {"level": {"low": 1.5, "high": 3}}}, r"'level' is an integer: low, high and step must be whole numbers"),
+    ({"space": {"temperature": {"low": 0, "high": 4, "log": True}}}, r"a log range needs low > 0 and no step"),
+    ({"space": {"temperature": {"low": -1, "high": 4}}}, r"-1.0 is not a valid value: .*temperature"),
+    ({"space": {"band": {"low": 0, "high": 1}}}, r"'ablation.space.band': a range needs a numeric hyperparameter"),
+    ({"space": {"temperature": {"low": 1, "hi": 4}}}, r"'ablation.space.temperature.hi': unknown key; did you mean 'high'"),
+    ({"space": {"temperature": "4"}}, r"'ablation.space.temperature': give a list of choices or a range"),
+    ({"space": {"wavelet": [["haar"]]}}, r"a choice must be a single value"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_ABLATIONS)
+def test_ablation_schema_errors(tmp_path, change, message):
+    from kdbench.analysis.ablation import load_ablation
+
+    suite = json.loads(json.dumps(TINY_ABLATION))
+    if "ablation" in change:
+        suite["ablation"] = change["ablation"]
+    else:
+        suite["ablation"].update(change)
+    path = write_suite(tmp_path, suite)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_ablation(path)
+    assert str(error.value).startswith(str(path))
+
+
+def test_ablation_error_names_the_line(tmp_path):
+    from kdbench.analysis.ablation import load_ablation
+
+    path = write_suite(tmp_path, TINY_ABLATION | {"ablation": {"method": "figkd", "space": {"level": {"low": 0, "high": 2}}}})
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith("level:"))
+    with pytest.raises(ConfigError, match=rf"\(line {line}\): 'ablation.space.level': 0 is not a valid value"):
+        load_ablation(path)
+
+
+def test_shipped_ablation_suite_is_valid():
+    from kdbench.analysis.ablation import load_ablation
+
+    ablation = load_ablation(Path(__file__).resolve().parents[1] / "suites" / "ablation_figkd.yaml")
+    assert ablation.template.spec.method == "figkd" and ablation.template.spec.dataset.name == "synthetic-fg"
+    assert {p.name for p in ablation.space} >= {"wavelet", "level", "temperature", "w_kd"}
