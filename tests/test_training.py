@@ -43,7 +43,7 @@ def test_kd_student_trains_and_finished_runs_are_not_redone(teacher_out, monkeyp
     record = ensure_run(spec, out, QUIET)
     assert set(record["metrics"][0]) >= {"loss_ce", "loss_kd", "val_top1", "test_top5"}
     assert record["summary"]["teacher_test_top1"] > 40
-    monkeypatch.setattr("kdbench.runs.train_run", lambda *a, **k: pytest.fail("finished run trained again"))
+    monkeypatch.setattr("kdbench.runs.train_cohort", lambda *a, **k: pytest.fail("finished run trained again"))
     assert ensure_run(spec, out, QUIET) == record
 
 
