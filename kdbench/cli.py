@@ -96,6 +96,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(args.teacher, args.student, args.batch_size, args.image_size, args.num_classes,
+              args.methods or None, args.steps, args.rounds, args.device, args.dataset)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdbench", description="Benchmark and ablation harness for knowledge distillation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, or cuda")
     p.add_argument("--data-root", help="where real data sets live (default: the suite's data_root, else $KDBENCH_DATA)")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("bench", help="time each method's step, a cohort against one-by-one, the data pipeline",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--teacher", default="resnet32x4")
+    p.add_argument("--student", default="resnet8x4")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--methods", nargs="*", help="methods to time (default: all registered)")
+    p.add_argument("--steps", type=int, default=5, help="steps per timing round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dataset", default="synthetic-fg", help="data set whose loader (c) times")
+    p.set_defaults(fn=cmd_bench)
 
     from .analysis.commands import register_commands
 

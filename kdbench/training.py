@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -299,26 +300,17 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
     eval_batch = max(recipe.batch_size, 256)
     val_loader = _loader(data.val, eval_batch, workers, device)
     test_loader = _loader(data.test, eval_batch, workers, device)
-    autocast, needs_scaler = _autocast(device, options.amp)
+    autocast, _ = _autocast(device, options.amp)
     teacher_train_logits = None
     if teacher is not None and any(m.needs.teacher_train_logits for m in methods):
         teacher_train_logits = _predict(teacher, _loader(open_data(lead, options, augment=False).train, eval_batch, workers, device), device)
 
     trainees = []
     for spec, run_dir, method in zip(specs, run_dirs, methods):
-        if method.needs.teacher and teacher is None:
-            raise ConfigError(f"method '{spec.method}' distils from a teacher, but run '{spec.describe()}' has none")
-        seed_everything(spec.seed)  # each run's initialisation as if it were trained alone
-        model = create_model(spec.student, num_classes=data.num_classes).to(device)
-        if device.type == "cuda" and options.channels_last:
-            model.to(memory_format=torch.channels_last)
-        model.tap(method.needs.stages)
-        method.setup(_context(spec, data, method, model, teacher, device, teacher_train_logits))
-        method.to(device)
-        if options.compile:
-            model.compile()
-        optimizer = _optimizer(recipe, list(model.parameters()) + list(method.parameters()))
-        trainee = Trainee(spec, Path(run_dir), model, method, optimizer, torch.amp.GradScaler("cuda") if needs_scaler else None)
+        probe = torch.stack([data.train[i][0] for i in range(2)])
+        context = partial(TrainContext, data.num_classes, torch.as_tensor(data.train_labels, dtype=torch.long),
+                          recipe.epochs, spec.seed, teacher_train_logits=teacher_train_logits)
+        trainee = make_trainee(spec, Path(run_dir), method, data.num_classes, teacher, probe, context, device, options)
         trainee.resume(device)
         trainees.append(trainee)
 
@@ -356,25 +348,36 @@ def _train_epoch(epoch: int, loader: DataLoader, data_stream: RngStream, teacher
     batches = _batches(loader, data_stream)
     bar = _progress(batches, steps, f"{trainees[0].spec.describe()} epoch {epoch}", show_progress)
     for step, (images, labels, index) in enumerate(bar):
-        images, labels, index = _to_device(images, device), labels.to(device, non_blocking=True), index.to(device, non_blocking=True)
-        batch = Batch(images, labels, index)
-        with torch.no_grad(), autocast():
-            teacher_out = teacher(images) if teacher is not None else None
+        batch = Batch(_to_device(images, device), labels.to(device, non_blocking=True), index.to(device, non_blocking=True))
         check = (step + 1) % CHECK_EVERY == 0 or step + 1 == steps
+        cohort_step(batch, teacher, trainees, epoch, step / steps, autocast)
         for trainee in trainees:
-            if trainee.error is not None:
-                continue
-            try:
-                with trainee.rng.active():
-                    _step(trainee, batch, teacher_out, epoch, step / steps, autocast)
-                if check:
+            if check and trainee.error is None:
+                try:
                     _check_finite(trainee, epoch, step)
-            except Exception as exc:  # one run failing must not stop its cohort
-                trainee.error = exc
+                except TrainingDiverged as exc:
+                    trainee.error = exc
         if all(t.error is not None for t in trainees):
             return
         if check and show_progress:
             bar.set_postfix({k: f"{float(v) / t.seen:.3f}" for t in trainees[:1] for k, v in t.sums.items()}, refresh=False)
+
+
+def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Trainee], epoch: int, fraction: float,
+                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+    """One optimisation step of every trainee on one batch, with one teacher forward."""
+    teacher_out = None
+    if teacher is not None and any(t.error is None and t.method.needs.teacher for t in trainees):
+        with torch.no_grad(), autocast():
+            teacher_out = teacher(batch.images)
+    for trainee in trainees:
+        if trainee.error is not None:
+            continue
+        try:
+            with trainee.rng.active():
+                _step(trainee, batch, teacher_out, epoch, fraction, autocast)
+        except Exception as exc:  # one run failing must not stop its cohort
+            trainee.error = exc
 
 
 def _batches(loader: DataLoader, stream: RngStream) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
@@ -493,21 +496,33 @@ def summarise(history: list[dict[str, Any]], teacher_test: float | None) -> dict
     }
 
 
-def _context(spec: RunSpec, data: DataSplits, method: Method, student: Backbone, teacher: Backbone | None,
-             device: torch.device, teacher_train_logits: Tensor | None) -> TrainContext:
-    probe_images = _to_device(torch.stack([data.train[i][0] for i in range(2)]), device)
-    probes = []
-    for model in (student, teacher if method.needs.teacher else None):
-        if model is None:
-            probes.append(None)
-            continue
-        was_training = model.training
-        with torch.no_grad():
-            probes.append(model.eval()(probe_images).detach())
-        model.train(was_training)
-    train_labels = torch.as_tensor(data.train_labels, dtype=torch.long)
-    return TrainContext(data.num_classes, train_labels, spec.recipe.epochs, spec.seed, probes[0], probes[1],
-                        teacher_train_logits if method.needs.teacher_train_logits else None)
+def make_trainee(spec: RunSpec, run_dir: Path, method: Method, num_classes: int, teacher: Backbone | None,
+                 probe: Tensor, context: Callable[..., TrainContext], device: torch.device,
+                 options: EngineOptions) -> Trainee:
+    """A run's student, its method set up from probe outputs, and its optimizer. ``context``
+    completes a TrainContext given the probe outputs of student and teacher."""
+    if method.needs.teacher and teacher is None:
+        raise ConfigError(f"method '{spec.method}' distils from a teacher, but run '{spec.describe()}' has none")
+    seed_everything(spec.seed)  # each run's initialisation as if it were trained alone
+    model = create_model(spec.student, num_classes=num_classes).to(device)
+    if device.type == "cuda" and options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.tap(method.needs.stages)
+    probe = _to_device(probe, device)
+    with torch.no_grad():
+        student_probe = model.eval()(probe).detach()
+        teacher_probe = teacher(probe).detach() if teacher is not None and method.needs.teacher else None
+    model.train()
+    full = context(student=student_probe, teacher=teacher_probe)
+    if not method.needs.teacher_train_logits:
+        full.teacher_train_logits = None
+    method.setup(full)
+    method.to(device)
+    if options.compile:
+        model.compile()
+    optimizer = _optimizer(spec.recipe, list(model.parameters()) + list(method.parameters()))
+    scaler = torch.amp.GradScaler("cuda") if _autocast(device, options.amp)[1] else None
+    return Trainee(spec, run_dir, model, method, optimizer, scaler)
 
 
 @torch.no_grad()

@@ -1,0 +1,156 @@
+"""``kdbench bench``: what the harness costs, measured side by side in one process.
+
+(a) Per-method step time: one optimisation step of the student (the training loop's own
+    step: student forward, the method's loss, backward, SGD step) for every method, after
+    one teacher forward, as a ratio to KD's.
+(b) Cohort: every method as one cohort (one teacher forward per batch) against the same
+    runs one by one. With t the teacher forward and s_i each student's step, one by one
+    costs Σ(t + s_i) and a cohort t + Σs_i: the bound on the speed-up is printed beside
+    the measured one.
+(c) Data: the training set's loader (decoding, augmentation, collation) in images/s
+    against the training step's images/s, to show which one limits a run.
+(d) Overhead: the harness's KD step against a minimal hand-written PyTorch KD loop.
+
+All timings are medians over interleaved rounds, so drift of the machine's speed hits
+every contender alike. Inputs are random tensors of the named size (a) (b) (d) and the
+named data set (c).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .method import Batch, TrainContext, create_method, list_methods
+from .models import create_model
+from .spec import DataSpec, Recipe, RunSpec, TeacherRef
+from .training import (EngineOptions, Indexed, RngStream, _autocast, _loader, _to_device, cohort_step,
+                       make_trainee, open_data, resolve_device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn: Callable[[], None], device: torch.device, steps: int) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def interleaved(contenders: dict[str, Callable[[], None]], device: torch.device, steps: int, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each contender, measured in alternating rounds."""
+    for fn in contenders.values():  # warm-up: allocator, cuDNN autotuning, lazy init
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            samples[name].append(_median_seconds(fn, device, steps))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4", batch_size: int = 64,
+              image_size: int = 32, num_classes: int = 100, methods: list[str] | None = None,
+              steps: int = 5, rounds: int = 5, device_name: str = "auto", dataset: str = "synthetic-fg",
+              printer: Callable[[str], None] = print) -> dict[str, float]:
+    device = resolve_device(device_name)
+    methods = methods or list_methods()
+    options = EngineOptions(device=str(device), progress=False)
+    autocast, _ = _autocast(device, options.amp)
+    torch.manual_seed(0)
+    teacher = create_model(teacher_name, num_classes=num_classes).to(device).eval().requires_grad_(False)
+    images = torch.randn(batch_size, 3, image_size, image_size)
+    labels = torch.randint(num_classes, (batch_size,))
+    num_samples = 50_000  # a CIFAR-sized training set for CRD's memory
+    batch = Batch(_to_device(images, device), labels.to(device), torch.randint(num_samples, (batch_size,), device=device))
+    train_labels = torch.randint(num_classes, (num_samples,))
+    teacher_ref = TeacherRef(model=teacher_name, checkpoint="random")
+
+    created = {name: create_method(name) for name in methods}
+    teacher.tap(sorted({stage for m in created.values() if m.needs.teacher for stage in m.needs.stages}))
+    context = partial(TrainContext, num_classes, train_labels, 240, 0,
+                      teacher_train_logits=torch.randn(num_samples, num_classes))
+    trainees = {}
+    for name, method in created.items():
+        spec = RunSpec(dataset=DataSpec(name="bench"), student=student_name, method=name,
+                       teacher=teacher_ref if method.needs.teacher else None, recipe=Recipe(epochs=240))
+        trainees[name] = make_trainee(spec, Path("."), method, num_classes, teacher, images[:2], context, device, options)
+        trainees[name].rng = RngStream(0, device)
+
+    def teacher_forward() -> None:
+        with torch.no_grad(), autocast():
+            teacher(batch.images)
+
+    def alone(name: str) -> None:
+        cohort_step(batch, teacher, [trainees[name]], 1, 0.0, autocast)
+
+    printer(f"kdbench bench: {teacher_name}→{student_name}, batch {batch_size}, {image_size}×{image_size}, "
+            f"{num_classes} classes, {device} ({torch.get_num_threads()} threads), median of {rounds} rounds × {steps} steps")
+
+    # (a) + (b): teacher forward, every run alone (teacher forward + its step), the cohort
+    contenders: dict[str, Callable[[], None]] = {"teacher forward": teacher_forward}
+    contenders.update({name: partial(alone, name) for name in trainees})
+    contenders["cohort"] = lambda: cohort_step(batch, teacher, list(trainees.values()), 1, 0.0, autocast)
+    times = interleaved(contenders, device, steps, rounds)
+    t = times["teacher forward"]
+    student_step = {name: max(times[name] - t, 1e-9) for name in trainees}
+    reference = student_step.get("kd")
+    printer("\n(a) student step per method (after one teacher forward)")
+    printer(f"    {'method':<10} {'step ms':>9} {'vs kd':>7}")
+    for name, seconds in student_step.items():
+        ratio = f"{seconds / reference:6.2f}x" if reference else "   n/a"
+        printer(f"    {name:<10} {seconds * 1e3:9.1f} {ratio}")
+    one_by_one = sum(times[name] for name in trainees)
+    bound = one_by_one / (t + sum(student_step.values()))
+    speedup = one_by_one / times["cohort"]
+    printer(f"\n(b) teacher forward t = {t * 1e3:.1f} ms; {len(trainees)} runs one by one {one_by_one * 1e3:.1f} ms "
+            f"per batch, as one cohort {times['cohort'] * 1e3:.1f} ms")
+    printer(f"    cohort speed-up: {speedup:.2f}x (bound {bound:.2f}x)")
+
+    # (c) data pipeline against the training step
+    data_spec = RunSpec(dataset=DataSpec(name=dataset, options={"image_size": image_size}), student=student_name)
+    data = open_data(data_spec, options, augment=True)
+    loader = _loader(Indexed(data.train), batch_size, 0, device, torch.Generator().manual_seed(0))
+    seen, start = 0, time.perf_counter()
+    for images_, *_ in loader:
+        seen += len(images_)
+    data_rate = seen / (time.perf_counter() - start)
+    step_rate = batch_size / times["kd"] if "kd" in times else batch_size / times[next(iter(trainees))]
+    printer(f"\n(c) data pipeline ({dataset}, {image_size} px, 0 workers): {data_rate:,.0f} images/s; "
+            f"KD training step: {step_rate:,.0f} images/s "
+            f"({'data' if data_rate < step_rate else 'the step'} limits)")
+
+    # (d) harness overhead against a minimal hand-written KD loop on identical models
+    result = {"teacher_ms": t * 1e3, "cohort_speedup": speedup, "cohort_bound": bound, "data_images_per_s": data_rate}
+    if "kd" in trainees:
+        plain_student = create_model(student_name, num_classes=num_classes).to(device)
+        plain_student.load_state_dict(trainees["kd"].model.state_dict())
+        optimizer = torch.optim.SGD(plain_student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+        def minimal_kd_step() -> None:
+            with torch.no_grad():
+                z_t = teacher(batch.images).logits
+            z_s = plain_student(batch.images).logits
+            loss = 0.1 * F.cross_entropy(z_s, batch.labels) + 0.9 * 16 * F.kl_div(
+                F.log_softmax(z_s / 4, 1), F.softmax(z_t / 4, 1), reduction="batchmean")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        overhead = interleaved({"harness": partial(alone, "kd"), "minimal": minimal_kd_step}, device, steps, rounds)
+        ratio = overhead["harness"] / overhead["minimal"]
+        printer(f"\n(d) KD step: harness {overhead['harness'] * 1e3:.1f} ms, minimal PyTorch loop "
+                f"{overhead['minimal'] * 1e3:.1f} ms ({(ratio - 1) * 100:+.1f}%)")
+        result["harness_overhead"] = ratio - 1
+    result.update({f"step_ratio_{name}": s / reference for name, s in student_step.items() if reference})
+    return result
