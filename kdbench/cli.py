@@ -33,13 +33,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .method import load_method_files
+    from .method import create_method, load_method_files
     from .spec import DataSpec, Recipe, RunSpec, TeacherRef
     from .training import EngineOptions
     from .runs import ensure_run
 
     if args.method_file:
         load_method_files(*args.method_file)
+    hparams = parse_overrides(args.hparams)
+    create_method(args.method, **hparams)  # unknown names and bad values fail before any training
     recipe = Recipe(**{k: v for k, v in {
         "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": args.schedule,
         "optimizer": args.optimizer, "weight_decay": args.weight_decay,
@@ -58,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"teacher test top-1: {teacher_record['summary']['test_top1_last']:.2f}")
             teacher = TeacherRef(model=args.teacher, run_id=teacher_spec.run_id)
     spec = RunSpec(dataset=dataset, student=args.student, method=args.method,
-                   hparams=parse_overrides(args.hparams), teacher=teacher, recipe=recipe, seed=args.seed)
+                   hparams=hparams, teacher=teacher, recipe=recipe, seed=args.seed)
     print(f"student: {spec.describe()} [{spec.run_id}]")
     record = ensure_run(spec, out, options)
     summary = record["summary"]

@@ -187,7 +187,7 @@ def check_data(jobs: Iterable[Job], data_root: str | None) -> list[str]:
         try:
             create_dataset(spec.dataset.name, data_root, val_fraction=spec.dataset.val_fraction, **spec.dataset.options)
         except DataError as exc:
-            problems[spec.dataset.name] = f"{spec.dataset.name}: {exc}"
+            problems[spec.dataset.name] = str(exc) if str(exc).startswith(spec.dataset.name) else f"{spec.dataset.name}: {exc}"
     return list(problems.values())
 
 
