@@ -7,7 +7,7 @@ coarsest first). "Frequency over classes" depends on the order of the classes, s
 number is computed under each of FiGKD's class orders:
 
 - ``index``: the dataset's class order;
-- ``random``: ``torch.randperm(C)`` seeded with ``order_seed``, as FiGKD's ``class_order:
+- ``random``: ``kdbench.wavelets.random_class_order(C, order_seed)``, as FiGKD's ``class_order:
   random`` draws it;
 - ``teacher``: ``kdbench.wavelets.teacher_class_order`` of the teacher's logits at
   ``temperature``, as FiGKD's ``class_order: teacher``, but from the teacher's *test*
@@ -59,7 +59,7 @@ def class_orders(num_classes: int, teacher: tuple[Tensor, Tensor] | None, temper
     """The class permutations of FiGKD's ``class_order`` values; ``teacher`` only with teacher logits."""
     orders = {
         "index": torch.arange(num_classes),
-        "random": torch.randperm(num_classes, generator=torch.Generator().manual_seed(order_seed)),
+        "random": wavelets.random_class_order(num_classes, order_seed),
     }
     if teacher is not None:
         orders["teacher"] = wavelets.teacher_class_order(teacher[0], teacher[1], num_classes, temperature)

@@ -113,6 +113,11 @@ def spectral_order(similarity: Tensor) -> Tensor:
     return torch.sort(fiedler, stable=True).indices
 
 
+def random_class_order(num_classes: int, seed: int) -> Tensor:
+    """A fixed permutation of the classes: the control for whether class order matters."""
+    return torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed))
+
+
 def teacher_class_order(
     teacher_logits: Tensor, labels: Tensor, num_classes: int, temperature: float = 1.0
 ) -> Tensor:

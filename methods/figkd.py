@@ -108,8 +108,7 @@ class FiGKD(Method):
             raise ConfigError(f"method '{self.name}': hyperparameter 'level': {exc}") from None
         device = context.student.logits.device
         if hp.class_order == "random":
-            generator = torch.Generator().manual_seed(hp.order_seed)
-            self.order = torch.randperm(c, generator=generator).to(device)
+            self.order = wavelets.random_class_order(c, hp.order_seed).to(device)
         elif hp.class_order == "teacher":
             if context.teacher_train_logits is None:
                 raise ConfigError(f"method '{self.name}': class_order 'teacher' needs the teacher's train logits")
