@@ -44,23 +44,18 @@ def suite_runs(suite_dir: str | Path) -> pd.DataFrame:
     if not jobs:  # load_results calls every run "student" without a manifest; teachers are labelled
         return frame.assign(role=frame["role"].where(frame["label"] != "teacher", "teacher"))
     found = set(frame["run_id"]) if len(frame) else set()
-    missing = [_missing_row(suite_dir, job) for job in jobs if job["run_id"] not in found]
+    missing = [_missing_row(job) for job in jobs if job["run_id"] not in found]
     frame = pd.concat([frame, pd.DataFrame(missing)], ignore_index=True) if missing else frame
     order = {job["run_id"]: i for i, job in enumerate(jobs)}
     frame = frame[frame["run_id"].isin(order)]
     return frame.sort_values("run_id", key=lambda ids: ids.map(order)).reset_index(drop=True)
 
 
-def _missing_row(suite_dir: Path, job: dict[str, Any]) -> dict[str, Any]:
-    """A job with no result: what the manifest says, and its spec if it was started."""
-    row: dict[str, Any] = {"run_id": job["run_id"], "status": "missing", "label": job["label"], "role": job["role"],
-                           "pair": job["pair"], "dataset": None, "seed": None,
-                           "error": "no record: not started, or still running"}
-    spec_path = runs_dir(suite_dir) / job["run_id"] / records.SPEC
-    if spec_path.exists():
-        spec = records.read_json(spec_path)["spec"]
-        row.update(dataset=spec["dataset"]["name"], seed=spec["seed"])
-    return row
+def _missing_row(job: dict[str, Any]) -> dict[str, Any]:
+    """A job with no result, as the manifest describes it."""
+    return {"run_id": job["run_id"], "status": "missing", "label": job["label"], "role": job["role"],
+            "pair": job["pair"], "dataset": job["dataset"], "seed": job["seed"],
+            "error": "no record: not started, or still running"}
 
 
 def selection_column(manifest: dict[str, Any]) -> str:

@@ -172,7 +172,8 @@ def write_manifest(suite: Suite, jobs: list[Job], directory: Path) -> None:
         "selection": suite.file.selection,
         "paper": suite.file.paper,
         "jobs": [{"run_id": j.run_id, "label": j.label, "pair": j.pair, "role": "teacher" if j.is_teacher else "student",
-                  "depends_on": list(j.depends_on)} for j in jobs],
+                  "dataset": j.spec.dataset.name, "seed": j.spec.seed, "depends_on": list(j.depends_on)}
+                 for j in jobs],
     })
 
 

@@ -73,13 +73,14 @@ def make_results(root: Path, selection: str = "best_val") -> Path:
         teacher_logits = torch.randn(SAMPLES, classes, generator=generator) * 3
         history = _history(80.0, ["ce"], generator)
         _write_run(runs, teacher, history, None, teacher_logits)
-        jobs.append({"run_id": teacher.run_id, "label": "teacher", "pair": PAIR, "role": "teacher", "depends_on": []})
+        jobs.append({"run_id": teacher.run_id, "label": "teacher", "pair": PAIR, "role": "teacher",
+                     "dataset": dataset, "seed": 0, "depends_on": []})
         for method in METHODS:
             for seed in SEEDS:
                 spec = RunSpec(dataset=data, student=STUDENT, method=method, recipe=recipe, seed=seed,
                                teacher=None if method == "none" else TeacherRef(model=TEACHER, run_id=teacher.run_id))
                 jobs.append({"run_id": spec.run_id, "label": method, "pair": PAIR, "role": "student",
-                             "depends_on": [] if method == "none" else [teacher.run_id]})
+                             "dataset": dataset, "seed": seed, "depends_on": [] if method == "none" else [teacher.run_id]})
                 if (dataset, method, seed) == FAILED:
                     records.write_json(runs / spec.run_id / "failed.json", {
                         "run_id": spec.run_id, "status": "failed", "spec": spec.model_dump(mode="json"),
@@ -194,7 +195,7 @@ def test_report_latex_table(results, report):
     caption = re.search(r"\\caption\{(.*)\}", tex).group(1)
     assert "over 3 seeds" in caption and "best\\_val" in caption and "\\%" in caption
     assert "Not in the means: kd, digits" in tex and "TrainingDiverged" in tex
-    assert "seed ?" in tex  # the job that never ran: its seed is unknown without its spec
+    assert f"seed {NEVER_RAN[2]}, run" in tex  # the job that never ran, described by the manifest
     _compile(out / "table.tex")
 
 
