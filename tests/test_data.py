@@ -552,3 +552,25 @@ def test_synthetic_fg_groups_look_alike() -> None:
     same_group = (group[:, None] == group[None, :]) & ~torch.eye(12, dtype=torch.bool)
     other_group = group[:, None] != group[None, :]
     assert distance[same_group].max() < distance[other_group].min()
+
+
+def test_batch_crop_matches_the_per_image_recipe():
+    from kdbench.data.base import padded_crop_recipe
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    recipe = padded_crop_recipe(8, 2, flip=True, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    plain = recipe.batch(images, augment=False)
+    for i in range(len(images)):  # without augmentation: exactly the eval transform
+        assert torch.allclose(plain[i], recipe.eval(images[i]), atol=1e-6)
+    out = recipe.batch(images)
+    mean, std = torch.tensor((0.5, 0.4, 0.3))[:, None, None], torch.tensor((0.2, 0.25, 0.3))[:, None, None]
+    padded = torch.nn.functional.pad(images.float() / 255, [2] * 4)
+    offsets = set()
+    for i in range(len(images)):  # every image is some padded crop, possibly mirrored
+        crops = {(t, l, f): padded[i, :, t:t + 8, l:l + 8].flip(-1) if f else padded[i, :, t:t + 8, l:l + 8]
+                 for t in range(5) for l in range(5) for f in (False, True)}
+        found = [key for key, crop in crops.items() if torch.allclose(out[i], (crop - mean) / std, atol=1e-5)]
+        assert found, i
+        offsets.add(found[0])
+    assert len(offsets) > 4  # each image draws its own crop and flip

@@ -47,6 +47,7 @@ class DataSplits:
     classes: list[str]
     train_labels: Tensor  # int64 label of every item of ``train``, in order
     name: str
+    recipe: Recipe | None = None  # the transforms used, for a batched on-device data path
 
 
 class ImageDataset(Dataset, ABC):
@@ -135,11 +136,44 @@ def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor
 
 
 @dataclass(frozen=True)
+class BatchCrop:
+    """The padded-crop recipe applied to a whole uint8 batch B×C×H×W at once, on the batch's
+    device: each image gets its own crop offset and flip, drawn from the global RNG of that
+    device. Used by the on-device data path for sets held in memory (``augment=False``
+    only normalises)."""
+
+    padding: int
+    flip: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, images: Tensor, augment: bool = True) -> Tensor:
+        x = images.float().div_(255)
+        if augment:
+            n, _, h, w = x.shape
+            padded = torch.nn.functional.pad(x, [self.padding] * 4)
+            top = torch.randint(2 * self.padding + 1, (n, 1, 1), device=x.device)
+            left = torch.randint(2 * self.padding + 1, (n, 1, 1), device=x.device)
+            rows = (top + torch.arange(h, device=x.device)[None, :, None]).expand(n, h, w)
+            cols = (left + torch.arange(w, device=x.device)[None, None, :]).expand(n, h, w)
+            if self.flip:
+                mirrored = torch.rand(n, 1, 1, device=x.device) < 0.5
+                cols = torch.where(mirrored, cols.flip(-1), cols)
+            batch = torch.arange(n, device=x.device)[:, None, None].expand(n, h, w)
+            x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+        mean = torch.tensor(self.mean, device=x.device)[:, None, None]
+        std = torch.tensor(self.std, device=x.device)[:, None, None]
+        return ((x - mean) / std).contiguous()
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """The transforms of one set: ``train`` (augmented) and ``eval``."""
+    """The transforms of one set: ``train`` (augmented) and ``eval``, and where the set is
+    held in memory, the same recipe for whole batches (``batch``)."""
 
     train: Transform
     eval: Transform
+    batch: BatchCrop | None = None
 
 
 def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
@@ -153,6 +187,7 @@ def padded_crop_recipe(
     padding) [+ horizontal flip]; eval only normalises. Takes PIL images or uint8 tensors."""
     flips = [v2.RandomHorizontalFlip()] if flip else []
     return Recipe(
+        batch=BatchCrop(padding, flip, tuple(mean), tuple(std)),
         train=v2.Compose(
             [
                 v2.ToImage(),
@@ -221,6 +256,7 @@ class Splitter:
             classes=list(classes),
             train_labels=train_split.labels,
             name=self.name,
+            recipe=recipe,
         )
 
 
