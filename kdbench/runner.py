@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import records
-from .errors import DataError, KDBenchError
+from .errors import DataError
 from .results import MANIFEST, RUNS
 from .runs import FAILED, ensure_runs
 from .spec import RunSpec

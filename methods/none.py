@@ -3,7 +3,7 @@
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.method import Batch, HParams, Method, Needs, register_method
+from kdbench.method import Batch, Method, Needs, register_method
 from kdbench.models import ModelOutput
 
 
