@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train a run, its teacher first if need be. Under ``torchrun`` (``torchrun --nproc_per_node N
+    -m kdbench.cli train ...``) each run trains data-parallel over the N processes."""
     from .method import create_method, load_method_files
     from .spec import DataSpec, Recipe, RunSpec, TeacherRef
     from .training import EngineOptions
@@ -44,8 +47,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     create_method(args.method, **hparams)  # unknown names and bad values fail before any training
     recipe = Recipe(**{k: v for k, v in {
         "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": args.schedule,
-        "optimizer": args.optimizer, "weight_decay": args.weight_decay,
+        "optimizer": args.optimizer, "weight_decay": args.weight_decay, "augment": False if args.no_augment else None,
     }.items() if v is not None})
+    # under torchrun every process runs this; only the first one talks
+    say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
     dataset = DataSpec(name=args.dataset, options=parse_overrides(args.data_option))
     options = EngineOptions(device=args.device, data_root=args.data_root, workers=args.workers, progress=not args.quiet)
     out = Path(args.out)
@@ -55,18 +60,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             teacher = TeacherRef(model=args.teacher, checkpoint=str(Path(args.teacher_checkpoint).resolve()))
         else:
             teacher_spec = RunSpec(dataset=dataset, student=args.teacher, method="none", recipe=recipe, seed=args.seed)
-            print(f"teacher: {teacher_spec.describe()} [{teacher_spec.run_id}]")
+            say(f"teacher: {teacher_spec.describe()} [{teacher_spec.run_id}]")
             teacher_record = ensure_run(teacher_spec, out, options)
-            print(f"teacher test top-1: {teacher_record['summary']['test_top1_last']:.2f}")
+            say(f"teacher test top-1: {teacher_record['summary']['test_top1_last']:.2f}")
             teacher = TeacherRef(model=args.teacher, run_id=teacher_spec.run_id)
     spec = RunSpec(dataset=dataset, student=args.student, method=args.method,
                    hparams=hparams, teacher=teacher, recipe=recipe, seed=args.seed)
-    print(f"student: {spec.describe()} [{spec.run_id}]")
+    say(f"student: {spec.describe()} [{spec.run_id}]")
     record = ensure_run(spec, out, options)
     summary = record["summary"]
-    print(f"student test top-1: {summary['test_top1_last']:.2f} (last epoch), "
+    say(f"student test top-1: {summary['test_top1_last']:.2f} (last epoch), "
           f"{summary['test_top1_best_val']:.2f} (best val epoch {summary['best_val_epoch']})")
-    print(f"record: {out / spec.run_id / 'record.json'}")
+    say(f"record: {out / spec.run_id / 'record.json'}")
     return 0
 
 
@@ -130,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--schedule", choices=["step", "cosine", "constant"])
     p.add_argument("--weight-decay", type=float)
+    p.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     p.add_argument("--workers", type=int, help="data-loader processes (default: 0 on CPU, up to 8 on CUDA)")

@@ -12,6 +12,18 @@ epoch), so a run resumed from its last checkpoint produces exactly the metrics o
 uninterrupted one, and the same seed on the same CPU gives identical metrics (with
 ``workers=0``; data-loader processes draw their augmentation from seeds taken from the
 same generator, and GPU kernels are not bit-exact in general).
+
+Data-parallel: launched by ``torchrun`` (``WORLD_SIZE`` > 1), the same loop trains each run
+over all the ranks (see ``distributed``): the epoch's permutation is cut into global batches
+of ``recipe.batch_size`` and rank r takes the r-th slice of each (``EpochBatches``), so the
+ranks together see exactly the single-process batches; each rank's loss is weighted by its
+share of the global batch and the gradients are summed, BatchNorm uses the global batch's
+statistics, loss sums, sample counts and val/test accuracy counts are summed over ranks,
+and only rank 0 writes the run's files. The record equals a single-process run's up to
+floating-point rounding, except where a method keeps cross-sample state (CRD's memory
+bank is updated with each rank's own samples only) or draws random numbers (each rank
+has its own streams). A last partial global batch is split as evenly as possible; if it
+holds fewer samples than there are ranks it is dropped (only ever with several ranks).
 """
 
 from __future__ import annotations
@@ -30,9 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from . import records
+from . import distributed, records
 from .checkpoints import atomic_torch_save, load_weights
 from .data import DataSplits, create_dataset
 from .errors import ConfigError, KDBenchError
@@ -142,6 +154,30 @@ class Indexed(Dataset):
         return image, label, index
 
 
+class EpochBatches(Sampler[list[int]]):
+    """One epoch's batches of this rank: a permutation drawn from ``seed``, cut into global
+    batches of ``batch_size``, of which rank ``rank`` of ``world`` takes its slice, so the
+    union over ranks of batch b is the single-process batch b. The last, partial batch is
+    split as evenly as possible, and dropped if it has fewer samples than there are ranks."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.size, self.batch_size)
+        return full + (rest >= self.world)
+
+    def global_size(self, step: int) -> int:
+        """Samples in global batch ``step`` (counted from 0), over all ranks."""
+        return min(self.batch_size, self.size - step * self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        for step in range(len(self)):
+            chunk = order[step * self.batch_size:(step + 1) * self.batch_size]
+            yield chunk[self.rank * len(chunk) // self.world:(self.rank + 1) * len(chunk) // self.world]
+
+
 def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hits = top == labels[:, None]
@@ -149,7 +185,9 @@ def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -
 
 
 @torch.no_grad()
-def evaluate(model: Backbone, loader: DataLoader, device: torch.device, keep_logits: bool = False) -> dict[str, Any]:
+def evaluate(model: Backbone, loader: DataLoader, device: torch.device, keep_logits: bool = False,
+             reduce: bool = False) -> dict[str, Any]:
+    """Top-1 and top-5 accuracy in %; ``reduce``: counted over the shards of all ranks."""
     model.eval()
     correct1 = correct5 = total = 0
     kept: list[Tensor] = []
@@ -162,6 +200,9 @@ def evaluate(model: Backbone, loader: DataLoader, device: torch.device, keep_log
         if keep_logits:
             kept.append(logits.half().cpu())
             labels_kept.append(labels.cpu())
+    if reduce and distributed.active():
+        counts = torch.tensor([correct1, correct5, total], dtype=torch.float64, device=device)
+        correct1, correct5, total = (int(c) for c in distributed.all_reduce_sum(counts).tolist())
     result: dict[str, Any] = {"top1": 100.0 * correct1 / max(total, 1), "top5": 100.0 * correct5 / max(total, 1)}
     if keep_logits:
         result["logits"], result["labels"] = torch.cat(kept), torch.cat(labels_kept)
@@ -177,6 +218,20 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.devic
             generator: torch.Generator | None = None) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
                       num_workers=workers, pin_memory=device.type == "cuda")
+
+
+def _train_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, seed: int) -> DataLoader:
+    """This rank's batches of an epoch (of ``batch_size`` / world samples) in the order drawn from ``seed``."""
+    sampler = EpochBatches(len(dataset), batch_size, seed, distributed.rank(), distributed.world())
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda")
+
+
+def _shard(dataset: Dataset) -> Dataset:
+    """This rank's contiguous part of an evaluation split (all of it in a single process)."""
+    if not distributed.active():
+        return dataset
+    n, rank, world = len(dataset), distributed.rank(), distributed.world()
+    return Subset(dataset, range(rank * n // world, (rank + 1) * n // world))
 
 
 def _autocast(device: torch.device, enabled: bool) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
@@ -262,7 +317,8 @@ class Trainee:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.history = state["history"]
-        records.write_metrics(self.run_dir, self.history)  # drop lines logged after the checkpoint
+        if distributed.is_main():
+            records.write_metrics(self.run_dir, self.history)  # drop lines logged after the checkpoint
 
 
 def train_run(spec: RunSpec, run_dir: Path, options: EngineOptions | None = None,
@@ -284,9 +340,11 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
         raise ValueError("a cohort's runs must share data set, seed, recipe and teacher")
     lead = next((s for s in specs if s.teacher is not None), specs[0])
     recipe = lead.recipe
-    device = resolve_device(options.device)
+    device = distributed.setup(resolve_device(options.device))
+    if recipe.batch_size % distributed.world():
+        raise ConfigError(f"batch size {recipe.batch_size} does not divide among {distributed.world()} processes")
     workers = options.workers if options.workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
-    for spec, run_dir in zip(specs, run_dirs):
+    for spec, run_dir in zip(specs, run_dirs) if distributed.is_main() else ():
         records.write_json(Path(run_dir) / records.SPEC, {"run_id": spec.run_id, "spec": spec.model_dump(mode="json")})
 
     seed_everything(lead.seed)
@@ -298,8 +356,8 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
         if device.type == "cuda" and options.channels_last:
             teacher.to(memory_format=torch.channels_last)
     eval_batch = max(recipe.batch_size, 256)
-    val_loader = _loader(data.val, eval_batch, workers, device)
-    test_loader = _loader(data.test, eval_batch, workers, device)
+    val_loader = _loader(_shard(data.val), eval_batch, workers, device) if len(data.val) else None
+    test_loader = _loader(_shard(data.test), eval_batch, workers, device)
     autocast, _ = _autocast(device, options.amp)
     teacher_train_logits = None
     if teacher is not None and any(m.needs.teacher_train_logits for m in methods):
@@ -312,9 +370,11 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
                           recipe.epochs, spec.seed, teacher_train_logits=teacher_train_logits)
         trainee = make_trainee(spec, Path(run_dir), method, data.num_classes, teacher, probe, context, device, options)
         trainee.resume(device)
+        distributed.broadcast_state(trainee.model)
+        distributed.broadcast_state(trainee.method)
         trainees.append(trainee)
 
-    teacher_test = evaluate(teacher, test_loader, device)["top1"] if teacher is not None else None
+    teacher_test = evaluate(teacher, test_loader, device, reduce=True)["top1"] if teacher is not None else None
     train_set = Indexed(data.train)
     started = time.time()
     for epoch in range(min(t.next_epoch for t in trainees), recipe.epochs + 1):
@@ -322,20 +382,24 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
         if not active:
             continue
         for trainee in active:
-            trainee.rng = RngStream(epoch_seed(lead.seed, epoch, 2), device)
+            trainee.rng = RngStream(distributed.rank_seed(epoch_seed(lead.seed, epoch, 2)), device)
             trainee.sums, trainee.seen = {}, 0
-        data_stream = RngStream(epoch_seed(lead.seed, epoch, 1), device)
-        generator = torch.Generator().manual_seed(epoch_seed(lead.seed, epoch, 0))
-        loader = _loader(train_set, recipe.batch_size, workers, device, generator)
+        data_stream = RngStream(distributed.rank_seed(epoch_seed(lead.seed, epoch, 1)), device)
+        loader = _train_loader(train_set, recipe.batch_size, workers, device, epoch_seed(lead.seed, epoch, 0))
         epoch_start = time.perf_counter()
-        _train_epoch(epoch, loader, data_stream, teacher, active, autocast, device, options.progress)
+        _train_epoch(epoch, loader, data_stream, teacher, active, autocast, device,
+                     options.progress and distributed.is_main())
         epoch_seconds = time.perf_counter() - epoch_start
         for trainee in active:
             if trainee.error is None:
                 _end_epoch(trainee, epoch, epoch_seconds / len(active), val_loader, test_loader, device, options)
-    return [t.error if t.error is not None else
-            _finish(t, *((teacher, teacher_test) if t.method.needs.teacher else (None, None)), test_loader, device, started)
-            for t in trainees]
+    final_loader = _loader(data.test, eval_batch, workers, device) if distributed.is_main() else None
+    results = [t.error if t.error is not None else
+               _finish(t, *((teacher, teacher_test) if t.method.needs.teacher else (None, None)), final_loader, device,
+                       started)
+               for t in trainees]
+    distributed.barrier()  # the other ranks read rank 0's files (a teacher's weights) only once they are written
+    return results
 
 
 def _train_epoch(epoch: int, loader: DataLoader, data_stream: RngStream, teacher: Backbone | None,
@@ -350,7 +414,8 @@ def _train_epoch(epoch: int, loader: DataLoader, data_stream: RngStream, teacher
     for step, (images, labels, index) in enumerate(bar):
         batch = Batch(_to_device(images, device), labels.to(device, non_blocking=True), index.to(device, non_blocking=True))
         check = (step + 1) % CHECK_EVERY == 0 or step + 1 == steps
-        cohort_step(batch, teacher, trainees, epoch, step / steps, autocast)
+        share = len(labels) / loader.batch_sampler.global_size(step) if distributed.active() else 1.0
+        cohort_step(batch, teacher, trainees, epoch, step / steps, autocast, share)
         for trainee in trainees:
             if check and trainee.error is None:
                 try:
@@ -364,8 +429,10 @@ def _train_epoch(epoch: int, loader: DataLoader, data_stream: RngStream, teacher
 
 
 def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Trainee], epoch: int, fraction: float,
-                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
-    """One optimisation step of every trainee on one batch, with one teacher forward."""
+                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                share: float = 1.0) -> None:
+    """One optimisation step of every trainee on one batch, with one teacher forward;
+    ``share``: this rank's fraction of the global batch (1 in a single process)."""
     teacher_out = None
     if teacher is not None and any(t.error is None and t.method.needs.teacher for t in trainees):
         with torch.no_grad(), autocast():
@@ -375,7 +442,7 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
             continue
         try:
             with trainee.rng.active():
-                _step(trainee, batch, teacher_out, epoch, fraction, autocast)
+                _step(trainee, batch, teacher_out, epoch, fraction, autocast, share)
         except Exception as exc:  # one run failing must not stop its cohort
             trainee.error = exc
 
@@ -393,20 +460,28 @@ def _batches(loader: DataLoader, stream: RngStream) -> Iterator[tuple[Tensor, Te
 
 
 def _step(trainee: Trainee, batch: Batch, teacher_out: ModelOutput | None, epoch: int, fraction: float,
-          autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
+          autocast: Callable[[], contextlib.AbstractContextManager], share: float = 1.0) -> None:
     for group in trainee.optimizer.param_groups:
         group["lr"] = learning_rate(trainee.spec.recipe, epoch, fraction)
-    with autocast():
-        student_out = trainee.model(batch.images)
-        terms = trainee.method.loss(student_out, teacher_out if trainee.method.needs.teacher else None, batch, epoch)
-    loss = sum(terms.values())
-    trainee.optimizer.zero_grad(set_to_none=True)
+    params = [p for group in trainee.optimizer.param_groups for p in group["params"]]
+    try:
+        with autocast():
+            student_out = trainee.model(batch.images)
+            terms = trainee.method.loss(student_out, teacher_out if trainee.method.needs.teacher else None, batch, epoch)
+        loss = sum(terms.values())
+        if distributed.active():
+            loss = loss * share  # summed over ranks, the gradient is the global batch's
+        trainee.optimizer.zero_grad(set_to_none=True)
+        (trainee.scaler.scale(loss) if trainee.scaler is not None else loss).backward()
+    except Exception:
+        distributed.sum_gradients(params, failed=True)  # the other ranks learn of it and stop too
+        raise
+    if distributed.sum_gradients(params):
+        raise KDBenchError("the step failed on another process")
     if trainee.scaler is not None:
-        trainee.scaler.scale(loss).backward()
         trainee.scaler.step(trainee.optimizer)
         trainee.scaler.update()
     else:
-        loss.backward()
         trainee.optimizer.step()
     n = len(batch.labels)
     for name, value in terms.items():
@@ -414,8 +489,19 @@ def _step(trainee: Trainee, batch: Batch, teacher_out: ModelOutput | None, epoch
     trainee.seen += n
 
 
+def _epoch_sums(trainee: Trainee) -> tuple[dict[str, float], int]:
+    """The loss terms' sums and the samples seen so far this epoch, over all ranks."""
+    if not distributed.active():
+        return {name: float(total) for name, total in trainee.sums.items()}, trainee.seen
+    device = next(trainee.model.parameters()).device
+    local = torch.tensor([*(float(v) for v in trainee.sums.values()), trainee.seen], dtype=torch.float64)
+    total = distributed.all_reduce_sum(local.to(device)).tolist()
+    return dict(zip(trainee.sums, total[:-1])), int(total[-1])
+
+
 def _check_finite(trainee: Trainee, epoch: int, step: int) -> None:
-    means = {name: float(total) / trainee.seen for name, total in trainee.sums.items()}
+    sums, seen = _epoch_sums(trainee)
+    means = {name: total / seen for name, total in sums.items()}
     if not all(math.isfinite(v) for v in means.values()):
         raise TrainingDiverged(
             f"loss is not finite in epoch {epoch} at or before step {step + 1}: "
@@ -423,38 +509,43 @@ def _check_finite(trainee: Trainee, epoch: int, step: int) -> None:
         )
 
 
-def _end_epoch(trainee: Trainee, epoch: int, seconds: float, val_loader: DataLoader, test_loader: DataLoader,
+def _end_epoch(trainee: Trainee, epoch: int, seconds: float, val_loader: DataLoader | None, test_loader: DataLoader,
                device: torch.device, options: EngineOptions) -> None:
-    val = evaluate(trainee.model, val_loader, device) if len(val_loader.dataset) else {"top1": math.nan, "top5": math.nan}
-    test = evaluate(trainee.model, test_loader, device)
+    val = (evaluate(trainee.model, val_loader, device, reduce=True) if val_loader is not None
+           else {"top1": math.nan, "top5": math.nan})
+    test = evaluate(trainee.model, test_loader, device, reduce=True)
+    sums, seen = _epoch_sums(trainee)
     trainee.history.append({
         "epoch": epoch,
         "lr": learning_rate(trainee.spec.recipe, epoch, 0.0),
-        **{f"loss_{k}": float(v) / max(trainee.seen, 1) for k, v in trainee.sums.items()},
+        **{f"loss_{k}": v / max(seen, 1) for k, v in sums.items()},
         "val_top1": val["top1"], "val_top5": val["top5"],
         "test_top1": test["top1"], "test_top5": test["top5"],
         # a cohort's students share the epoch's time: images/s is per student
-        "images_per_s": trainee.seen / seconds if seconds > 0 else None,
+        "images_per_s": seen / seconds if seconds > 0 else None,
         "epoch_seconds": seconds,
     })
-    trainee.checkpoint(epoch)
-    records.write_metrics(trainee.run_dir, trainee.history)
+    if distributed.is_main():
+        trainee.checkpoint(epoch)
+        records.write_metrics(trainee.run_dir, trainee.history)
     try:
         if options.on_epoch is not None:
             options.on_epoch(epoch, trainee.history[-1])
     except Exception as exc:  # e.g. optuna.TrialPruned: this run stops, the cohort goes on
         trainee.error = exc
-    if options.progress:
+    if options.progress and distributed.is_main():
         print(f"  {trainee.spec.method} epoch {epoch}/{trainee.spec.recipe.epochs}: "
               f"val {val['top1']:.2f}  test {test['top1']:.2f}", flush=True)
 
 
-def _finish(trainee: Trainee, teacher: Backbone | None, teacher_test: float | None, test_loader: DataLoader,
+def _finish(trainee: Trainee, teacher: Backbone | None, teacher_test: float | None, test_loader: DataLoader | None,
             device: torch.device, started: float) -> dict[str, Any]:
-    final = evaluate(trainee.model, test_loader, device, keep_logits=True)
+    """The run's record; rank 0 (``test_loader`` the whole test set) also writes its files."""
     run_dir = trainee.run_dir
-    atomic_torch_save({"logits": final["logits"], "labels": final["labels"]}, run_dir / records.TEST_LOGITS)
-    atomic_torch_save({"model": trainee.model.state_dict()}, run_dir / records.WEIGHTS)
+    if test_loader is not None:
+        final = evaluate(trainee.model, test_loader, device, keep_logits=True)
+        atomic_torch_save({"logits": final["logits"], "labels": final["labels"]}, run_dir / records.TEST_LOGITS)
+        atomic_torch_save({"model": trainee.model.state_dict()}, run_dir / records.WEIGHTS)
     history = trainee.history
     record = {
         "run_id": trainee.spec.run_id,
@@ -474,8 +565,11 @@ def _finish(trainee: Trainee, teacher: Backbone | None, teacher_test: float | No
         "environment": records.environment(device),
         "metrics": history,
     }
-    records.write_json(run_dir / records.RECORD, record)
-    (run_dir / records.CHECKPOINT).unlink(missing_ok=True)  # the weights and record now hold everything
+    if distributed.active():
+        record["environment"]["world_size"] = distributed.world()
+    if test_loader is not None:
+        records.write_json(run_dir / records.RECORD, record)
+        (run_dir / records.CHECKPOINT).unlink(missing_ok=True)  # the weights and record now hold everything
     return record
 
 
@@ -504,7 +598,7 @@ def make_trainee(spec: RunSpec, run_dir: Path, method: Method, num_classes: int,
     if method.needs.teacher and teacher is None:
         raise ConfigError(f"method '{spec.method}' distils from a teacher, but run '{spec.describe()}' has none")
     seed_everything(spec.seed)  # each run's initialisation as if it were trained alone
-    model = create_model(spec.student, num_classes=num_classes).to(device)
+    model = distributed.sync_batchnorm(create_model(spec.student, num_classes=num_classes), device).to(device)
     if device.type == "cuda" and options.channels_last:
         model.to(memory_format=torch.channels_last)
     model.tap(method.needs.stages)
@@ -517,6 +611,7 @@ def make_trainee(spec: RunSpec, run_dir: Path, method: Method, num_classes: int,
     if not method.needs.teacher_train_logits:
         full.teacher_train_logits = None
     method.setup(full)
+    distributed.sync_batchnorm(method, device)
     method.to(device)
     if options.compile:
         model.compile()

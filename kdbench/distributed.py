@@ -1,0 +1,201 @@
+"""Data-parallel training of one run over several processes, launched by ``torchrun``.
+
+When ``torchrun`` starts the process (``WORLD_SIZE`` > 1, with ``RANK`` and ``LOCAL_RANK``),
+``training.train_cohort`` calls ``setup``: it joins the process group (nccl with device
+``cuda:LOCAL_RANK`` on CUDA, gloo on CPU) once per process and leaves it at exit. Every rank
+then takes its slice of each global batch, the gradients are summed across ranks (each
+rank's loss weighted by its share of the batch, so the result is the gradient of the global
+batch's mean loss), BatchNorm layers use the statistics of the global batch, loss sums and
+accuracy counts are summed across ranks, and only rank 0 writes files. Outside ``torchrun``
+nothing here does anything: no process group, every helper is the identity.
+
+BatchNorm: ``torch.nn.SyncBatchNorm`` runs only on GPUs, so on CUDA the student's and the
+method's BatchNorm layers become ``nn.SyncBatchNorm``, and on CPU ``CPUSyncBatchNorm`` below
+(sums of x and x² all-reduced in float64, differentiable through the all-reduce). Both
+keep the BatchNorm state-dict keys, so weights load into an ordinary model.
+
+Limitations: state a method keeps across samples is not synchronised. CRD's memory bank,
+for one, is updated on each rank with that rank's samples only, so the ranks' banks (and
+the run) differ from a single-process run. Random draws (dropout, augmentation, a
+method's sampling) come from per-rank streams and so differ from a single process too.
+All ranks must see the same run folder (one machine, or a shared file system); the
+checkpoint is read by every rank when a run resumes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def launched() -> bool:
+    """Whether torchrun started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join the process group if torchrun launched us; the device this rank trains on
+    (``cuda:LOCAL_RANK`` when ``device`` is CUDA). Without torchrun: ``device`` unchanged."""
+    if not launched():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend, **kwargs)
+        atexit.register(teardown)
+    return device
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def rank_seed(seed: int) -> int:
+    """A seed of this rank's own random stream; ``seed`` itself in a single process."""
+    return seed * world() + rank()
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The sum over ranks of ``tensor`` (a new tensor; ``tensor`` itself without torchrun)."""
+    if not active():
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def broadcast_state(module: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    if active():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def sum_gradients(params: Iterable[nn.Parameter], failed: bool = False) -> bool:
+    """Sum the gradients of ``params`` over ranks, in place, in one all-reduce; a gradient
+    stays None only where it is None on every rank. Returns whether any rank ``failed``
+    (it then sends zeros), so that all ranks agree to skip the step and none hangs."""
+    params = [p for p in params if p.requires_grad]
+    if not active() or not params:
+        return failed
+    ref = params[0]
+    has = torch.tensor([p.grad is not None and not failed for p in params] + [failed],
+                       dtype=ref.dtype, device=ref.device)
+    flat = torch.cat([p.grad.reshape(-1).to(ref.dtype) if p.grad is not None and not failed
+                      else torch.zeros(p.numel(), dtype=ref.dtype, device=ref.device) for p in params] + [has])
+    dist.all_reduce(flat)
+    if flat[-1] > 0:
+        return True
+    counts = flat[-len(has):-1].tolist()
+    offset = 0
+    for p, count in zip(params, counts):
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype) if count > 0 else None
+        offset += n
+    return False
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over ranks, differentiable: the gradient is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return _AllReduceSum.apply(grad)
+
+
+class CPUSyncBatchNorm(_BatchNorm):
+    """BatchNorm over the batch of all ranks, for CPU tensors (gloo), where
+    ``nn.SyncBatchNorm`` is not supported. Any input rank: statistics over all but dim 1."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not (self.training and active()):
+            return super().forward(input)
+        dims = [0, *range(2, input.dim())]
+        x = input.double()
+        count = torch.tensor([input.numel() / input.shape[1]], dtype=torch.float64)
+        stats = _AllReduceSum.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        c = input.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - factor).add_(factor * mean.to(self.running_mean.dtype))
+                unbiased = var * n / (n - 1).clamp_min(1)
+                self.running_var.mul_(1 - factor).add_(factor * unbiased.to(self.running_var.dtype))
+        shape = [1, c] + [1] * (input.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        out = out.to(input.dtype)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` with its BatchNorm layers synchronised across ranks (unchanged without torchrun)."""
+    if not active():
+        return module
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _convert_cpu(module)
+
+
+def _convert_cpu(module: nn.Module) -> nn.Module:
+    if isinstance(module, _BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+        sync = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)
+        sync.load_state_dict(module.state_dict())
+        for new, old in zip(sync.parameters(), module.parameters()):
+            new.requires_grad_(old.requires_grad)
+        sync.train(module.training)
+        sync.to(next(iter([*module.parameters(), *module.buffers()]), torch.empty(0)).device)
+        return sync
+    for name, child in module.named_children():
+        new = _convert_cpu(child)
+        if new is not child:
+            module.add_module(name, new)
+    return module

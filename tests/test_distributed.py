@@ -1,0 +1,109 @@
+"""One run trained data-parallel by two CPU processes (torchrun, gloo) equals the run in
+one process with the same global batch, and only rank 0 writes files."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from kdbench import records
+from kdbench.cli import main
+from kdbench.spec import RunSpec
+from kdbench.training import EngineOptions, EpochBatches, open_data
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+# lr 0.01, no augmentation: a trajectory that float rounding (summation order across two
+# processes, as across thread counts) moves by far less than a sample's worth of accuracy
+COMMON = ["--dataset", "digits", "--data-option", "image_size=8", "--epochs", "2", "--batch-size", "64",
+          "--lr", "0.01", "--no-augment", "--device", "cpu", "--quiet"]
+TEACHER = ["train", "--student", "resnet14", "--method", "none", *COMMON]
+
+# Run under torchrun: log which rank writes which file, then train like `kdbench train`.
+LAUNCHED = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from kdbench import checkpoints, records
+    from kdbench.cli import main
+
+    log = Path(sys.argv[1]) / f"writes-{os.environ['RANK']}.txt"
+    real = checkpoints.atomic_write_bytes
+
+    def logged(path, data):
+        with log.open("a") as f:
+            f.write(f"{path}\\n")
+        real(path, data)
+
+    checkpoints.atomic_write_bytes = records.atomic_write_bytes = logged
+    for argv in sys.argv[2:]:
+        assert main(argv.split("\\x1f")) == 0
+""")
+
+
+def comparable_rows(record):
+    return [{k: v for k, v in row.items() if k not in ("images_per_s", "epoch_seconds")} for row in record["metrics"]]
+
+
+def assert_same_metrics(single, parallel, test_size, val_size):
+    one_sample = {"val": 100 / val_size, "test": 100 / test_size}
+    rows_1, rows_2 = comparable_rows(single), comparable_rows(parallel)
+    assert [r["epoch"] for r in rows_1] == [r["epoch"] for r in rows_2] == [1, 2]
+    for a, b in zip(rows_1, rows_2):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key.startswith("loss_"):
+                assert math.isclose(a[key], b[key], rel_tol=1e-4), (key, a, b)
+            elif key.endswith(("top1", "top5")):
+                assert abs(a[key] - b[key]) <= one_sample[key.split("_")[0]] + 1e-9, (key, a, b)
+            else:
+                assert a[key] == b[key], key
+
+
+def test_epoch_batches_split_each_global_batch_among_ranks():
+    single = list(EpochBatches(10, 4, seed=3))
+    assert [len(b) for b in single] == [4, 4, 2]
+    ranks = [list(EpochBatches(10, 4, seed=3, rank=r, world=2)) for r in range(2)]
+    assert [sorted(a + b) for a, b in zip(*ranks)] == [sorted(b) for b in single]
+    assert [len(b) for b in ranks[0]] == [2, 2, 1]
+    three = [list(EpochBatches(9, 4, seed=3, rank=r, world=3)) for r in range(3)]  # last batch of 1 < 3 ranks
+    assert all(len(batches) == 2 for batches in three)
+
+
+def test_two_processes_train_like_one(tmp_path):
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    assert main([*TEACHER, "--out", str(single)]) == 0
+    (teacher_id,) = [p.name for p in single.iterdir()]
+    student = ["train", "--student", "resnet8", "--teacher", "resnet14", "--method", "kd",
+               "--teacher-checkpoint", str(single / teacher_id / records.WEIGHTS), *COMMON]
+    assert main([*student, "--out", str(single)]) == 0
+
+    script = tmp_path / "launched.py"
+    script.write_text(LAUNCHED)
+    commands = ["\x1f".join([*argv, "--out", str(parallel)]) for argv in (TEACHER, student)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path), *commands], env=env, capture_output=True, text=True, timeout=180,
+                           check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    run_ids = sorted(p.name for p in single.iterdir())
+    assert sorted(p.name for p in parallel.iterdir()) == run_ids and len(run_ids) == 2
+    for run_id in run_ids:
+        one = records.read_json(single / run_id / records.RECORD)
+        two = records.read_json(parallel / run_id / records.RECORD)
+        assert two["environment"]["world_size"] == 2 and "world_size" not in one["environment"]
+        data = open_data(RunSpec(**one["spec"]), EngineOptions(), augment=False)
+        assert_same_metrics(one, two, test_size=len(data.test), val_size=len(data.val))
+        files = [sorted(p.name for p in (out / run_id).iterdir()) for out in (single, parallel)]
+        assert files[0] == files[1]
+    assert not (tmp_path / "writes-1.txt").exists()  # rank 1 wrote nothing
+    written = {os.path.basename(line) for line in (tmp_path / "writes-0.txt").read_text().split()}
+    assert {records.SPEC, records.METRICS, records.CHECKPOINT, records.WEIGHTS, records.TEST_LOGITS,
+            records.RECORD} <= written
+    assert json.loads((parallel / run_ids[0] / records.METRICS).read_text().splitlines()[0])["epoch"] == 1
