@@ -98,8 +98,12 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{len(outcome.failed)} failed; results in {directory}")
     for run_id, reason in outcome.failed.items():
         print(f"  failed {run_id}: {reason.splitlines()[0] if reason else ''}")
-    if outcome.finished or outcome.skipped:
-        print(f"next: kdbench report {directory}")
+    if (outcome.finished or outcome.skipped) and not args.no_report:
+        from .analysis.report import write_report
+
+        written = write_report(directory)
+        table = next(p for p in written if p.name == "table.md")
+        print(f"\n{table.read_text()}\nreport (LaTeX, CSV, figures): {table.parent}")
     return 0 if outcome.ok else 1
 
 
@@ -153,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="keep runs with dataset/method/student/teacher/seed/pair = VALUE (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
+    p.add_argument("--no-report", action="store_true", help="do not write the report (kdbench report) at the end")
     p.add_argument("--workers", type=int, help="parallel jobs (default: one per GPU, else one per CPU core up to 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, or cuda")
     p.add_argument("--data-root", help="where real data sets live (default: the suite's data_root, else $KDBENCH_DATA)")

@@ -221,26 +221,27 @@ def test_sigkill_then_rerun_gives_the_same_records(tmp_path):
     suite = changed(recipe={"epochs": 3, "batch_size": 128}, methods={"kd": {}})
     path = write(tmp_path, suite)
     reference = tmp_path / "reference"
-    assert run_cli("run", str(path), "--out", str(reference), "--workers", "1").wait(timeout=300) == 0
+    assert run_cli("run", str(path), "--out", str(reference), "--workers", "1", "--no-report").wait(timeout=300) == 0
     out = tmp_path / "killed"
     for delay in (4.0, 7.0):  # mid-teacher, then mid-student (at whatever point the kill lands)
-        process = run_cli("run", str(path), "--out", str(out), "--workers", "1", start_new_session=True)
+        process = run_cli("run", str(path), "--out", str(out), "--workers", "1", "--no-report", start_new_session=True)
         time.sleep(delay)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    final = run_cli("run", str(path), "--out", str(out), "--workers", "1")
+    final = run_cli("run", str(path), "--out", str(out), "--workers", "1", "--no-report")
     assert final.wait(timeout=300) == 0, final.stdout.read()
     assert finished_records(out) == finished_records(reference)
     rerun = run_cli("run", str(path), "--out", str(out))
     output = rerun.communicate(timeout=120)[0]
     assert rerun.returncode == 0 and "nothing to do" in output
+    assert "| KD |" in output and (out / "tiny" / "report" / "table.tex").exists()  # the report, at the end
 
 
 def test_two_runners_never_run_the_same_job_twice(tmp_path):
     path = write(tmp_path, changed(recipe={"epochs": 2, "batch_size": 128}))
     out = tmp_path / "results"
-    first = run_cli("run", str(path), "--out", str(out), "--workers", "1")
-    second = run_cli("run", str(path), "--out", str(out), "--workers", "1")
+    first = run_cli("run", str(path), "--out", str(out), "--workers", "1", "--no-report")
+    second = run_cli("run", str(path), "--out", str(out), "--workers", "1", "--no-report")
     assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0
     suite = load_suite(path)
     assert len(finished_records(out)) == len(suite.jobs)
