@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from .method import Batch, TrainContext, create_method, list_methods
 from .models import create_model
 from .spec import DataSpec, Recipe, RunSpec, TeacherRef
-from .training import (EngineOptions, Indexed, RngStream, _autocast, _loader, _to_device, cohort_step,
-                       make_trainee, open_data, resolve_device)
+from .training import (EngineOptions, EpochBatches, Indexed, ResidentTrainSet, RngStream, _autocast, _loader,
+                       _to_device, cohort_step, make_trainee, open_data, resolve_device)
 
 
 def _sync(device: torch.device) -> None:
@@ -129,6 +129,16 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     printer(f"\n(c) data pipeline ({dataset}, {image_size} px, 0 workers): {data_rate:,.0f} images/s; "
             f"KD training step: {step_rate:,.0f} images/s "
             f"({'data' if data_rate < step_rate else 'the step'} limits)")
+    resident = ResidentTrainSet.of(data, True, device)
+    if resident is not None:
+        sampler = EpochBatches(len(resident.labels), batch_size, 0)
+        stream = RngStream(0, device)
+        _sync(device)
+        start = time.perf_counter()
+        seen = sum(len(labels) for _, labels, _ in resident.batches(sampler, stream))
+        _sync(device)
+        resident_rate = seen / (time.perf_counter() - start)
+        printer(f"    held on {device} and augmented in batch: {resident_rate:,.0f} images/s")
 
     # (d) harness overhead against a minimal hand-written KD loop on identical models
     result = {"teacher_ms": t * 1e3, "cohort_speedup": speedup, "cohort_bound": bound, "data_images_per_s": data_rate}

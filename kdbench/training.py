@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from . import distributed, records
 from .checkpoints import atomic_torch_save, load_weights
 from .data import DataSplits, create_dataset
+from .data.base import BatchCrop, TensorImageDataset
 from .errors import ConfigError, KDBenchError
 from .method import Batch, Method, TrainContext, create_method
 from .models import Backbone, ModelOutput, create_model
@@ -70,6 +71,9 @@ class EngineOptions:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
     channels_last: bool = True  # NHWC tensors on CUDA, faster convolutions; ignored on CPU
     compile: bool = False  # torch.compile the student (CUDA; slow to start, faster to run)
+    # Keep an in-memory training set (the built-in sets, CIFAR-100) on the device and
+    # augment whole batches there instead of in loader processes; None: on CUDA only.
+    device_data: bool | None = None
     progress: bool = True
     subset: int | None = None  # use only the first N samples of each split (smoke runs)
     threads: int | None = None  # torch intra-op threads for a job (the runner shares the cores)
@@ -220,10 +224,34 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.devic
                       num_workers=workers, pin_memory=device.type == "cuda")
 
 
-def _train_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, seed: int) -> DataLoader:
-    """This rank's batches of an epoch (of ``batch_size`` / world samples) in the order drawn from ``seed``."""
-    sampler = EpochBatches(len(dataset), batch_size, seed, distributed.rank(), distributed.world())
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda")
+@dataclass
+class ResidentTrainSet:
+    """An in-memory training set held on the device, augmented a whole batch at a time
+    there (``BatchCrop``): no loader processes, no host-to-device copies per step."""
+
+    images: Tensor  # uint8 N×C×H×W on the device
+    labels: Tensor
+    transform: BatchCrop
+    augment: bool
+
+    @classmethod
+    def of(cls, data: DataSplits, augment: bool, device: torch.device) -> ResidentTrainSet | None:
+        """The set on ``device``, or None when it is not held in memory as uint8."""
+        train = data.train
+        if not isinstance(train, TensorImageDataset) or data.recipe is None or data.recipe.batch is None:
+            return None
+        return cls(train.images[train.indices].to(device), train.labels.to(device), data.recipe.batch, augment)
+
+    def batches(self, sampler: EpochBatches, stream: RngStream) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for indices in sampler:
+            index = torch.as_tensor(indices, device=self.images.device)
+            with stream.active():
+                images = self.transform(self.images[index], self.augment)
+            yield images, self.labels[index], index
+
+
+def _device_data(options: EngineOptions, device: torch.device) -> bool:
+    return options.device_data if options.device_data is not None else device.type == "cuda"
 
 
 def _shard(dataset: Dataset) -> Dataset:
@@ -376,6 +404,7 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
 
     teacher_test = evaluate(teacher, test_loader, device, reduce=True)["top1"] if teacher is not None else None
     train_set = Indexed(data.train)
+    resident = ResidentTrainSet.of(data, recipe.augment, device) if _device_data(options, device) else None
     started = time.time()
     for epoch in range(min(t.next_epoch for t in trainees), recipe.epochs + 1):
         active = [t for t in trainees if t.error is None and t.next_epoch == epoch]
@@ -385,9 +414,12 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
             trainee.rng = RngStream(distributed.rank_seed(epoch_seed(lead.seed, epoch, 2)), device)
             trainee.sums, trainee.seen = {}, 0
         data_stream = RngStream(distributed.rank_seed(epoch_seed(lead.seed, epoch, 1)), device)
-        loader = _train_loader(train_set, recipe.batch_size, workers, device, epoch_seed(lead.seed, epoch, 0))
+        sampler = EpochBatches(len(train_set), recipe.batch_size, epoch_seed(lead.seed, epoch, 0),
+                               distributed.rank(), distributed.world())
+        batches = (resident.batches(sampler, data_stream) if resident is not None else
+                   _loader_batches(train_set, sampler, workers, device, data_stream))
         epoch_start = time.perf_counter()
-        _train_epoch(epoch, loader, data_stream, teacher, active, autocast, device,
+        _train_epoch(epoch, batches, sampler, teacher, active, autocast, device,
                      options.progress and distributed.is_main())
         epoch_seconds = time.perf_counter() - epoch_start
         for trainee in active:
@@ -402,19 +434,19 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
     return results
 
 
-def _train_epoch(epoch: int, loader: DataLoader, data_stream: RngStream, teacher: Backbone | None,
-                 trainees: list[Trainee], autocast: Callable[[], contextlib.AbstractContextManager],
-                 device: torch.device, show_progress: bool) -> None:
+def _train_epoch(epoch: int, batches: Iterator[tuple[Tensor, Tensor, Tensor]], sampler: EpochBatches,
+                 teacher: Backbone | None, trainees: list[Trainee],
+                 autocast: Callable[[], contextlib.AbstractContextManager], device: torch.device,
+                 show_progress: bool) -> None:
     for trainee in trainees:
         trainee.model.train()
         trainee.method.train()
-    steps = len(loader)
-    batches = _batches(loader, data_stream)
+    steps = len(sampler)
     bar = _progress(batches, steps, f"{trainees[0].spec.describe()} epoch {epoch}", show_progress)
     for step, (images, labels, index) in enumerate(bar):
         batch = Batch(_to_device(images, device), labels.to(device, non_blocking=True), index.to(device, non_blocking=True))
         check = (step + 1) % CHECK_EVERY == 0 or step + 1 == steps
-        share = len(labels) / loader.batch_sampler.global_size(step) if distributed.active() else 1.0
+        share = len(labels) / sampler.global_size(step) if distributed.active() else 1.0
         cohort_step(batch, teacher, trainees, epoch, step / steps, autocast, share)
         for trainee in trainees:
             if check and trainee.error is None:
@@ -447,8 +479,11 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
             trainee.error = exc
 
 
-def _batches(loader: DataLoader, stream: RngStream) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """The loader's batches, drawn with the data stream (augmentation in this process)."""
+def _loader_batches(train_set: Dataset, sampler: EpochBatches, workers: int, device: torch.device,
+                    stream: RngStream) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """The epoch's batches through a DataLoader, drawn with the data stream (augmentation
+    in this process, or seeds for the loader's processes)."""
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda")
     with stream.active():
         iterator = iter(loader)
     while True:

@@ -138,3 +138,22 @@ def test_one_failing_run_does_not_stop_its_cohort(teacher_out, tmp_path):
     assert isinstance(results[0], TrainingDiverged)
     assert results[1]["status"] == "finished"
     assert comparable(results[1]) == comparable(train_run(good, tmp_path / "alone", QUIET, out / teacher.run_id / records.WEIGHTS))
+
+
+def test_device_resident_data_path_trains_reproducibly(teacher_out, tmp_path):
+    """The on-device path (default on CUDA) runs on the CPU when asked for, and falls back
+    to the loader path for sets that are not held in memory."""
+    from dataclasses import replace
+
+    from kdbench.training import ResidentTrainSet, _device_data, open_data
+
+    out, teacher = teacher_out
+    weights = out / teacher.run_id / records.WEIGHTS
+    resident = replace(QUIET, device_data=True)
+    a = train_run(student_spec(teacher), tmp_path / "a", resident, weights)
+    b = train_run(student_spec(teacher), tmp_path / "b", resident, weights)
+    assert comparable(a) == comparable(b)
+    assert a["summary"]["test_top1_last"] > 30
+    assert not _device_data(QUIET, torch.device("cpu"))
+    smoke = open_data(student_spec(teacher), replace(QUIET, subset=64), augment=True)
+    assert ResidentTrainSet.of(smoke, True, torch.device("cpu")) is None  # a subset view: loader path
