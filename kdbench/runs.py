@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import records
+from . import distributed, records
 from .errors import ConfigError
 from .spec import RunSpec
 from .training import EngineOptions, train_cohort
@@ -68,6 +68,8 @@ def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None =
             trained = [exc] * len(todo)
         for spec, result in zip(todo, trained):
             results[spec.run_id] = result
+            if not distributed.is_main():  # under torchrun, rank 0 keeps the books
+                continue
             if isinstance(result, BaseException):
                 _record_failure(spec, out / spec.run_id, result)
             else:
