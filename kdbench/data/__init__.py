@@ -35,7 +35,7 @@ name                expected under the data root
 ``stanford40``      ``Stanford40/{JPEGImages/*.jpg,ImageSplits/{actions.txt,<action>_{train,test}.txt}}``
 ``fgvc-aircraft``   ``fgvc-aircraft-2013b/data/{images/*.jpg,variants.txt,``
                     ``images_variant_trainval.txt,images_variant_test.txt}``; classes are variants
-``flowers102``      ``flowers-102/{jpg/image_XXXXX.jpg,imagelabels.mat,setid.mat}``;
+``flowers102``      ``flowers-102/{jpg/image_00001.jpg,…,imagelabels.mat,setid.mat}``;
                     train = trnid + valid, test = tstid (torchvision's layout)
 ``imagefolder``     option ``path`` (absolute, or relative to the data root):
                     ``train/<class>/*`` and ``test/<class>/*`` (or ``val/<class>/*``)

@@ -329,7 +329,7 @@ def fgvc_aircraft(root: Path, splitter: Splitter, *, image_size: PositiveInt = 2
 
 @register_dataset("flowers102")
 def flowers102(root: Path, splitter: Splitter, *, image_size: PositiveInt = 224) -> DataSplits:
-    """Oxford Flowers-102 from ``flowers-102/`` (torchvision's layout): ``jpg/image_XXXXX.jpg``,
+    """Oxford Flowers-102 from ``flowers-102/`` (torchvision's layout): ``jpg/image_00001.jpg …``,
     ``imagelabels.mat`` (``labels``: 1-based class of image k at position k-1) and
     ``setid.mat`` (1-based image ids ``trnid``, ``valid``, ``tstid``). Train = trnid + valid
     (2040 images), test = tstid (6149); the val split is carved from train like every set's."""
