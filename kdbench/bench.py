@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from .method import Batch, TrainContext, create_method, list_methods
 from .models import create_model
 from .spec import DataSpec, Recipe, RunSpec, TeacherRef
-from .training import (EngineOptions, EpochBatches, Indexed, ResidentTrainSet, RngStream, _autocast, _loader,
-                       _to_device, cohort_step, make_trainee, open_data, resolve_device)
+from .training import (EngineOptions, EpochBatches, Indexed, ResidentTrainSet, RngStream, _autocast,
+                       _loader_batches, _to_device, cohort_step, make_trainee, open_data, resolve_device)
 
 
 def _sync(device: torch.device) -> None:
@@ -120,10 +120,9 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     # (c) data pipeline against the training step
     data_spec = RunSpec(dataset=DataSpec(name=dataset, options={"image_size": image_size}), student=student_name)
     data = open_data(data_spec, options, augment=True)
-    loader = _loader(Indexed(data.train), batch_size, 0, device, torch.Generator().manual_seed(0))
-    seen, start = 0, time.perf_counter()
-    for images_, *_ in loader:
-        seen += len(images_)
+    sampler = EpochBatches(len(data.train), batch_size, 0)
+    start = time.perf_counter()
+    seen = sum(len(labels) for _, labels, _ in _loader_batches(Indexed(data.train), sampler, 0, device, RngStream(0, device)))
     data_rate = seen / (time.perf_counter() - start)
     step_rate = batch_size / times["kd"] if "kd" in times else batch_size / times[next(iter(trainees))]
     printer(f"\n(c) data pipeline ({dataset}, {image_size} px, 0 workers): {data_rate:,.0f} images/s; "
@@ -131,11 +130,9 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
             f"({'data' if data_rate < step_rate else 'the step'} limits)")
     resident = ResidentTrainSet.of(data, True, device)
     if resident is not None:
-        sampler = EpochBatches(len(resident.labels), batch_size, 0)
-        stream = RngStream(0, device)
         _sync(device)
         start = time.perf_counter()
-        seen = sum(len(labels) for _, labels, _ in resident.batches(sampler, stream))
+        seen = sum(len(labels) for _, labels, _ in resident.batches(sampler, RngStream(0, device)))
         _sync(device)
         resident_rate = seen / (time.perf_counter() - start)
         printer(f"    held on {device} and augmented in batch: {resident_rate:,.0f} images/s")

@@ -218,10 +218,9 @@ def _to_device(images: Tensor, device: torch.device) -> Tensor:
     return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
 
 
-def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device,
-            generator: torch.Generator | None = None) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
-                      num_workers=workers, pin_memory=device.type == "cuda")
+def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    """An evaluation loader: in order, no augmentation beyond the split's transform."""
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
 
 
 @dataclass
