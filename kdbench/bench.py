@@ -97,15 +97,17 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     printer(f"kdbench bench: {teacher_name}→{student_name}, batch {batch_size}, {image_size}×{image_size}, "
             f"{num_classes} classes, {device} ({torch.get_num_threads()} threads), median of {rounds} rounds × {steps} steps")
 
-    # (a) + (b): teacher forward, every run alone (teacher forward + its step), the cohort
+    # (a) + (b): teacher forward, every run alone (its step, after a teacher forward if it
+    # needs one), the cohort
     contenders: dict[str, Callable[[], None]] = {"teacher forward": teacher_forward}
     contenders.update({name: partial(alone, name) for name in trainees})
     contenders["cohort"] = lambda: cohort_step(batch, teacher, list(trainees.values()), 1, 0.0, autocast)
     times = interleaved(contenders, device, steps, rounds)
     t = times["teacher forward"]
-    student_step = {name: max(times[name] - t, 1e-9) for name in trainees}
+    student_step = {name: max(times[name] - (t if trainee.method.needs.teacher else 0.0), 1e-9)
+                    for name, trainee in trainees.items()}
     reference = student_step.get("kd")
-    printer("\n(a) student step per method (after one teacher forward)")
+    printer("\n(a) student step per method (a run alone costs this plus the teacher forward, if it has one)")
     printer(f"    {'method':<10} {'step ms':>9} {'vs kd':>7}")
     for name, seconds in student_step.items():
         ratio = f"{seconds / reference:6.2f}x" if reference else "   n/a"
