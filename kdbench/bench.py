@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from .method import Batch, TrainContext, create_method, list_methods
 from .models import create_model
@@ -124,7 +125,8 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     data = open_data(data_spec, options, augment=True)
     sampler = EpochBatches(len(data.train), batch_size, 0)
     start = time.perf_counter()
-    seen = sum(len(labels) for _, labels, _ in _loader_batches(Indexed(data.train), sampler, 0, device, RngStream(0, device)))
+    loader = DataLoader(Indexed(data.train), batch_sampler=sampler)
+    seen = sum(len(labels) for _, labels, _ in _loader_batches(loader, RngStream(0, device)))
     data_rate = seen / (time.perf_counter() - start)
     step_rate = batch_size / times["kd"] if "kd" in times else batch_size / times[next(iter(trainees))]
     printer(f"\n(c) data pipeline ({dataset}, {image_size} px, 0 workers): {data_rate:,.0f} images/s; "

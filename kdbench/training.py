@@ -10,8 +10,9 @@ gets the same record in a cohort as alone.
 Reproducibility: every epoch reseeds the data stream and each run's stream from (seed,
 epoch), so a run resumed from its last checkpoint produces exactly the metrics of an
 uninterrupted one, and the same seed on the same CPU gives identical metrics (with
-``workers=0``; data-loader processes draw their augmentation from seeds taken from the
-same generator, and GPU kernels are not bit-exact in general).
+``workers=0``; loader processes persist through a run and are seeded once, so with
+``workers>0`` a resumed run augments differently from an uninterrupted one, and GPU
+kernels are not bit-exact in general).
 
 Data-parallel: launched by ``torchrun`` (``WORLD_SIZE`` > 1), the same loop trains each run
 over all the ranks (see ``distributed``): the epoch's permutation is cut into global batches
@@ -404,6 +405,12 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
     teacher_test = evaluate(teacher, test_loader, device, reduce=True)["top1"] if teacher is not None else None
     train_set = Indexed(data.train)
     resident = ResidentTrainSet.of(data, recipe.augment, device) if _device_data(options, device) else None
+    sampler = EpochBatches(len(train_set), recipe.batch_size, 0, distributed.rank(), distributed.world())
+    # Loader processes live as long as the run (their start-up is paid once); they are
+    # seeded from the data stream of the first epoch trained in this process.
+    loader = None if resident is not None else DataLoader(
+        train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0)
     started = time.time()
     for epoch in range(min(t.next_epoch for t in trainees), recipe.epochs + 1):
         active = [t for t in trainees if t.error is None and t.next_epoch == epoch]
@@ -413,10 +420,8 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
             trainee.rng = RngStream(distributed.rank_seed(epoch_seed(lead.seed, epoch, 2)), device)
             trainee.sums, trainee.seen = {}, 0
         data_stream = RngStream(distributed.rank_seed(epoch_seed(lead.seed, epoch, 1)), device)
-        sampler = EpochBatches(len(train_set), recipe.batch_size, epoch_seed(lead.seed, epoch, 0),
-                               distributed.rank(), distributed.world())
-        batches = (resident.batches(sampler, data_stream) if resident is not None else
-                   _loader_batches(train_set, sampler, workers, device, data_stream))
+        sampler.seed = epoch_seed(lead.seed, epoch, 0)
+        batches = resident.batches(sampler, data_stream) if resident is not None else _loader_batches(loader, data_stream)
         epoch_start = time.perf_counter()
         _train_epoch(epoch, batches, sampler, teacher, active, autocast, device,
                      options.progress and distributed.is_main())
@@ -478,11 +483,9 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
             trainee.error = exc
 
 
-def _loader_batches(train_set: Dataset, sampler: EpochBatches, workers: int, device: torch.device,
-                    stream: RngStream) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """The epoch's batches through a DataLoader, drawn with the data stream (augmentation
-    in this process, or seeds for the loader's processes)."""
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda")
+def _loader_batches(loader: DataLoader, stream: RngStream) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """An epoch of the loader's batches, drawn with the data stream (augmentation in this
+    process, or the seeds of new loader processes)."""
     with stream.active():
         iterator = iter(loader)
     while True:

@@ -157,3 +157,14 @@ def test_device_resident_data_path_trains_reproducibly(teacher_out, tmp_path):
     assert not _device_data(QUIET, torch.device("cpu"))
     smoke = open_data(student_spec(teacher), replace(QUIET, subset=64), augment=True)
     assert ResidentTrainSet.of(smoke, True, torch.device("cpu")) is None  # a subset view: loader path
+
+
+def test_loader_processes_persist_and_stay_reproducible(teacher_out, tmp_path):
+    from dataclasses import replace
+
+    out, teacher = teacher_out
+    weights = out / teacher.run_id / records.WEIGHTS
+    with_workers = replace(QUIET, workers=1)
+    a = train_run(student_spec(teacher), tmp_path / "a", with_workers, weights)
+    b = train_run(student_spec(teacher), tmp_path / "b", with_workers, weights)
+    assert comparable(a) == comparable(b) and len(a["metrics"]) == 2
