@@ -50,9 +50,8 @@ def test_discovery_runs_once_on_first_lookup():
 def test_top_level_api_lists_builtins():
     assert {"none", "kd"} <= set(kdbench.list_methods())
     assert "resnet8x4" in kdbench.list_models()
-    from kdbench.data import list_datasets
-
-    assert {"digits", "synthetic-fg"} <= set(list_datasets())
+    assert {"digits", "synthetic-fg", "cifar100", "cub200"} <= set(kdbench.list_datasets())
+    assert kdbench.create_dataset("digits", image_size=8).num_classes == 10
 
 
 @pytest.mark.parametrize(
