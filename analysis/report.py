@@ -28,7 +28,9 @@ Outputs, in ``out_dir`` (default ``<suite_dir>/report``):
   label, role, seed, status, value (the selected accuracy), error.
 - ``figures/``: training curves per dataset and pair (``curves_<dataset>_<pair>``) and the
   student − teacher accuracy gap (``teacher_gap``), each as PDF and PNG (see
-  ``analysis.curves``).
+  ``analysis.curves``);
+- the logit spectra of every finished run (``spectra.csv``, ``spectra_positions.csv``,
+  ``figures/spectrum_*``; see ``analysis.spectra``).
 """
 
 from __future__ import annotations
@@ -148,6 +150,10 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
     written[3].write_text(_latex(summary, missing, name, manifest, n_seeds, transpose))
     written += curves.plot_training_curves(suite_dir, runs, out / "figures")
     written += curves.plot_teacher_gap(summary, out / "figures" / "teacher_gap")
+    if (runs["status"] == "finished").any():  # runs keep their test logits: the spectra come with the report
+        from .spectra import write_spectra
+
+        written += write_spectra(suite_dir, out)
     return written
 
 

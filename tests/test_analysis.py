@@ -215,10 +215,12 @@ def test_report_figures(report):
     out, written = report
     figures = sorted(p.name for p in (out / "figures").iterdir())
     stems = [f"curves_digits_{TEACHER}-{STUDENT}", f"curves_synthetic-fg_{TEACHER}-{STUDENT}", "teacher_gap"]
+    stems += [f"spectrum_{kind}_{d}_{TEACHER}-{STUDENT}" for kind in ("energy", "distance", "coefficients")
+              for d in CLASSES]
     assert figures == sorted(f"{s}.{ext}" for s in stems for ext in ("pdf", "png"))
     for path in written:
         assert path.exists() and path.stat().st_size > 0
-    assert {p.name for p in written} >= {"table.tex", "table.md", "summary.csv", "runs.csv"}
+    assert {p.name for p in written} >= {"table.tex", "table.md", "summary.csv", "runs.csv", "spectra.csv"}
 
 
 def test_report_runs_csv_lists_every_run(report):
