@@ -18,18 +18,13 @@ import torch
 
 from kdbench import records
 from kdbench.errors import ConfigError, KDBenchError
-from kdbench.results import RUNS, load_manifest, load_results
+from kdbench.results import load_manifest, load_results, runs_dir
 
 SELECTION_COLUMN = {"best_val": "test_top1_best_val", "last": "test_top1_last"}
 SELECTION_TEXT = {
     "best_val": "the epoch with the best validation accuracy",
     "last": "the last epoch",
 }
-
-
-def runs_dir(suite_dir: Path) -> Path:
-    suite_dir = Path(suite_dir)
-    return suite_dir / RUNS if (suite_dir / RUNS).is_dir() else suite_dir
 
 
 def suite_runs(suite_dir: str | Path) -> pd.DataFrame:

@@ -40,7 +40,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(fn: Callable[[], None], device: torch.device, steps: int) -> float:
+def _seconds_per_call(fn: Callable[[], None], device: torch.device, steps: int) -> float:
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -56,7 +56,7 @@ def interleaved(contenders: dict[str, Callable[[], None]], device: torch.device,
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
-            samples[name].append(_median_seconds(fn, device, steps))
+            samples[name].append(_seconds_per_call(fn, device, steps))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -26,10 +26,16 @@ def load_manifest(suite_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {"jobs": [], "paper": {}, "selection": "best_val"}
 
 
+def runs_dir(suite_dir: str | Path) -> Path:
+    """Where a suite folder keeps its runs (``runs/``), or the folder itself for loose runs."""
+    suite_dir = Path(suite_dir)
+    return suite_dir / RUNS if (suite_dir / RUNS).is_dir() else suite_dir
+
+
 def load_results(suite_dir: str | Path) -> pd.DataFrame:
     """One row per run under ``suite_dir/runs`` (or ``suite_dir`` itself for loose runs)."""
     suite_dir = Path(suite_dir)
-    runs = suite_dir / RUNS if (suite_dir / RUNS).is_dir() else suite_dir
+    runs = runs_dir(suite_dir)
     jobs = {j["run_id"]: j for j in load_manifest(suite_dir)["jobs"]}
     rows = []
     for run_dir in sorted(p for p in runs.iterdir() if p.is_dir()):

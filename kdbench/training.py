@@ -392,10 +392,10 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
         teacher_train_logits = _predict(teacher, _loader(open_data(lead, options, augment=False).train, eval_batch, workers, device), device)
 
     trainees = []
+    probe = torch.stack([data.train[i][0] for i in range(2)])  # shapes for the methods' setup
+    context = partial(TrainContext, data.num_classes, torch.as_tensor(data.train_labels, dtype=torch.long),
+                      recipe.epochs, lead.seed, teacher_train_logits=teacher_train_logits)
     for spec, run_dir, method in zip(specs, run_dirs, methods):
-        probe = torch.stack([data.train[i][0] for i in range(2)])
-        context = partial(TrainContext, data.num_classes, torch.as_tensor(data.train_labels, dtype=torch.long),
-                          recipe.epochs, spec.seed, teacher_train_logits=teacher_train_logits)
         trainee = make_trainee(spec, Path(run_dir), method, data.num_classes, teacher, probe, context, device, options)
         trainee.resume(device)
         distributed.broadcast_state(trainee.model)
