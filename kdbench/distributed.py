@@ -87,6 +87,15 @@ def rank_seed(seed: int) -> int:
     return seed * world() + rank()
 
 
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (``value`` itself without torchrun)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_reduce_sum(tensor: Tensor) -> Tensor:
     """The sum over ranks of ``tensor`` (a new tensor; ``tensor`` itself without torchrun)."""
     if not active():

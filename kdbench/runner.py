@@ -17,20 +17,21 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import records
-from .errors import DataError
+from . import distributed, records
+from .errors import ConfigError, DataError
 from .results import MANIFEST, RUNS
 from .runs import FAILED, ensure_runs
 from .spec import RunSpec
 from .suite import Job, Suite
-from .training import EngineOptions, cohort_key
+from .training import EngineOptions, cohort_key, resolve_device
 
 POLL_SECONDS = 1.0
 SMOKE_SAMPLES = 128  # per split: a smoke run checks that everything runs, not what it learns
@@ -44,25 +45,44 @@ class Handle(Protocol):
     def result(self) -> Any: ...
 
 
+@dataclass
+class FirstTask:
+    """A submitit job answering with its first task's result (every task of a
+    data-parallel job returns the first one's answer)."""
+
+    job: Any
+
+    def done(self) -> bool:
+        return self.job.done()
+
+    def result(self) -> Any:
+        return self.job.results()[0]
+
+
 def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: EngineOptions,
                    method_files: list[str]) -> dict[str, dict[str, str]]:
     """Train runs together in this process, each under its own lock. Returns, per run id,
     {"status", "reason"}: finished, failed, busy (another process holds its lock) or
-    skipped (finished meanwhile by another process)."""
+    skipped (finished meanwhile by another process).
+
+    As one of several processes of a data-parallel job (``launch_cohort``, or a Slurm job
+    with several tasks) it joins the others; the first takes the locks and decides."""
     import torch
 
     from .method import load_method_files
 
+    _join_slurm_tasks()
     if method_files:
         load_method_files(*method_files)
     if options.threads:
         torch.set_num_threads(options.threads)
+    distributed.setup(resolve_device(options.device))
     runs = Path(runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
     outcome: dict[str, dict[str, str]] = {}
     with contextlib.ExitStack() as locks:
         todo = []
-        for spec in (RunSpec(**s) for s in spec_jsons):
+        for spec in (RunSpec(**s) for s in spec_jsons) if distributed.is_main() else ():
             lock = locks.enter_context(open(runs / f"{spec.run_id}.lock", "w"))
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -76,11 +96,64 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
                 outcome[spec.run_id] = {"status": "failed", "reason": f"in another kdbench process: {error}"}
             else:
                 todo.append(spec)
+        outcome, todo = distributed.broadcast_object((outcome, todo))
         for spec, result in zip(todo, ensure_runs(todo, runs, options)):
             failed = isinstance(result, BaseException)
             outcome[spec.run_id] = {"status": "failed" if failed else "finished",
                                     "reason": f"{type(result).__name__}: {result}" if failed else ""}
     return outcome
+
+
+def launch_cohort(devices: tuple[str, ...], spec_jsons: list[dict[str, Any]], runs_dir: str, options: EngineOptions,
+                  method_files: list[str]) -> dict[str, dict[str, str]]:
+    """``execute_cohort`` in one process per device, data-parallel (torchrun's launcher,
+    with a rendezvous on a free local port); rank 0's answer."""
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if len(devices) == 1:
+        return execute_cohort(spec_jsons, runs_dir, replace(options, device=devices[0]), method_files)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=len(devices), run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
+    gpus = ",".join(d.split(":")[1] for d in devices if d.startswith("cuda:"))
+    # rank r trains on cuda:r of the devices it sees (distributed.setup); OMP_NUM_THREADS
+    # is set so that the launcher does not set it to 1
+    env = {"CUDA_VISIBLE_DEVICES": gpus} if gpus else {}
+    with _environment(OMP_NUM_THREADS=str(options.threads or 1), **env):
+        device = "cuda" if gpus else devices[0]
+        answers = elastic_launch(config, execute_cohort)(spec_jsons, runs_dir, replace(options, device=device),
+                                                         method_files)
+    return answers[0]
+
+
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _join_slurm_tasks() -> None:
+    """In a submitit job of several tasks, export what torch.distributed reads (rank, world
+    size, address of the first task), so that the tasks train as one data-parallel job."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    import submitit
+
+    try:
+        tasks = submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # not in a submitit job
+        return
+    if tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def form_cohorts(jobs: list[Job], size: int) -> list[tuple[Job, ...]]:
@@ -246,9 +319,16 @@ class Scheduler:
         self.say = options.printer
         self.by_id = {j.run_id: j for j in jobs}
         self.outcome = Outcome()
-        self.devices = _devices(engine.device, options.workers or suite.file.executor.workers)
-        # CPU jobs share the cores; small models scale better across processes than threads
-        self.threads = max(1, (os.cpu_count() or 1) // len(self.devices)) if self.devices[0] == "cpu" else None
+        executor = suite.file.executor
+        workers = options.workers or executor.workers
+        if executor.kind == "slurm":  # devices are the nodes' business; Slurm queues the jobs
+            self.slots = [(engine.device,)] * (workers or len(jobs))
+            self.threads = None
+        else:
+            self.slots = _slots(engine.device, workers, executor.processes_per_job)
+            # CPU jobs share the cores; small models scale better across processes than threads
+            processes = len(self.slots) * executor.processes_per_job
+            self.threads = max(1, (os.cpu_count() or 1) // processes) if self.slots[0][0] == "cpu" else None
         self.started = time.time()
 
     def run(self) -> Outcome:
@@ -269,10 +349,10 @@ class Scheduler:
             return self.outcome
         units = form_cohorts(pending, self.suite.file.executor.cohort_size)
         self.say(f"[{self.suite.name}] {len(pending)} runs to do ({len(self.outcome.skipped)} already finished) "
-                 f"in {len(units)} cohort(s) on {len(self.devices)} worker(s): {', '.join(self.devices)}")
+                 f"in {len(units)} cohort(s) on {len(self.slots)} worker(s): {', '.join('+'.join(s) for s in self.slots)}")
         submit, close = self._executor()
-        running: list[tuple[Handle, str, tuple[Job, ...]]] = []
-        free = list(self.devices)
+        running: list[tuple[Handle, Slot, tuple[Job, ...]]] = []
+        free = list(self.slots)
         last_report = 0.0
         try:
             while units or running:
@@ -282,17 +362,17 @@ class Scheduler:
                         continue
                     units.remove(unit)
                     if ready and free:
-                        device = free.pop(0)
-                        options = replace(self.engine, device=device, progress=False, threads=self.threads)
-                        handle = submit(execute_cohort, [j.spec.model_dump(mode="json") for j in ready],
+                        slot = free.pop(0)
+                        options = replace(self.engine, progress=False, threads=self.threads)
+                        handle = submit(slot, [j.spec.model_dump(mode="json") for j in ready],
                                         str(self.runs), options, [str(p) for p in self.suite.method_files()])
-                        running.append((handle, device, ready))
+                        running.append((handle, slot, ready))
                     elif ready:
                         units.append(ready)
                 for entry in [e for e in running if e[0].done()]:
                     running.remove(entry)
-                    handle, device, unit = entry
-                    free.append(device)
+                    handle, slot, unit = entry
+                    free.append(slot)
                     units.extend(self._finish(unit, handle))
                 if time.time() - last_report > 10 or not (units or running):
                     self._report(units, running)
@@ -357,7 +437,7 @@ class Scheduler:
             "run_id": job.run_id, "status": "failed", "spec": job.spec.model_dump(mode="json"), "error": reason,
         })
 
-    def _report(self, units: list[tuple[Job, ...]], running: list[tuple[Handle, str, tuple[Job, ...]]]) -> None:
+    def _report(self, units: list[tuple[Job, ...]], running: list[tuple[Handle, Slot, tuple[Job, ...]]]) -> None:
         done = len(self.outcome.finished) + len(self.outcome.skipped)
         left = sum(len(u) for u in units)
         active = [job for _, _, unit in running for job in unit]
@@ -375,6 +455,7 @@ class Scheduler:
         self.say("\n".join(lines))
 
     def _executor(self) -> tuple[Callable[..., Handle], Callable[[], None]]:
+        """A function submitting (slot, *execute_cohort's arguments), and one to close."""
         executor = self.suite.file.executor
         if executor.kind == "slurm":
             import submitit
@@ -382,22 +463,36 @@ class Scheduler:
             slurm = dict(executor.slurm)
             cluster = slurm.pop("cluster", None)  # "local" / "debug" run submitit without Slurm
             pool = submitit.AutoExecutor(folder=self.runs.parent / "slurm", cluster=cluster)
-            if slurm:
-                pool.update_parameters(**slurm)
-            return pool.submit, lambda: None
-        processes = ProcessPoolExecutor(max_workers=len(self.devices), mp_context=get_context("spawn"))
-        return processes.submit, lambda: processes.shutdown(wait=True, cancel_futures=True)
+            tasks = {"tasks_per_node": executor.processes_per_job} if executor.processes_per_job > 1 else {}
+            if slurm or tasks:
+                pool.update_parameters(**{**tasks, **slurm})
+
+            def submit_job(slot: Slot, specs: list[dict[str, Any]], runs: str, options: EngineOptions,
+                           files: list[str]) -> Handle:
+                return FirstTask(pool.submit(execute_cohort, specs, runs, replace(options, device=slot[0]), files))
+
+            return submit_job, lambda: None
+        processes = ProcessPoolExecutor(max_workers=len(self.slots), mp_context=get_context("spawn"))
+        return partial(processes.submit, launch_cohort), lambda: processes.shutdown(wait=True, cancel_futures=True)
 
 
-def _devices(device: str, workers: int | None) -> list[str]:
+Slot = tuple[str, ...]  # the devices of one job, one process each
+
+
+def _slots(device: str, workers: int | None, processes: int) -> list[Slot]:
+    """The machine's devices as ``workers`` jobs' worth of ``processes`` devices each."""
     import torch
 
     if device in ("auto", "cuda") and torch.cuda.is_available():
         gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        return gpus[: workers or len(gpus)]
+        if processes > len(gpus):
+            raise ConfigError(f"executor.processes_per_job is {processes}, but this machine has {len(gpus)} GPU(s); "
+                              f"lower it to {len(gpus)} or run on a machine with more GPUs")
+        slots = [tuple(gpus[i:i + processes]) for i in range(0, len(gpus) - processes + 1, processes)]
+        return slots[: workers or len(slots)]
     if device not in ("auto", "cpu"):
-        return [device] * (workers or 1)
-    return ["cpu"] * (workers or min(os.cpu_count() or 1, 8))
+        return [(device,) * processes] * (workers or 1)
+    return [("cpu",) * processes] * (workers or max(1, min(os.cpu_count() or 1, 8) // processes))
 
 
 def _duration(seconds: float) -> str:

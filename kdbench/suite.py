@@ -21,7 +21,7 @@ A suite file::
       figkd_random: {method: figkd, class_order: random}  # a label that is not a method names one
     paper:                            # published numbers, printed beside ours by reports
       digits/resnet20/resnet8: {kd: 90.1}
-    executor: {kind: local, workers: 2}
+    executor: {kind: local, workers: 2}  # processes_per_job: 4 trains each job on 4 GPUs
     method_files: [my_methods/]       # extra method files to load (paths relative to the suite)
 
 Errors name the file, the key path, the line where known, and a suggestion.
@@ -70,6 +70,9 @@ class ExecutorEntry(Strict):
     # Runs sharing data, seed, recipe and teacher train together, one data stream and one
     # teacher forward per batch, at most this many at once (memory grows with it); 1: off.
     cohort_size: PositiveInt = 8
+    # Processes that train each job together, data-parallel (one GPU each; on CPU, gloo
+    # processes): for sets too big for one GPU. Slurm: the default of tasks_per_node.
+    processes_per_job: PositiveInt = 1
     slurm: dict[str, Any] = Field(default_factory=dict)  # submitit parameters (partition, timeout_min, …)
 
 

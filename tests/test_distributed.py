@@ -1,5 +1,6 @@
 """One run trained data-parallel by two CPU processes (torchrun, gloo) equals the run in
-one process with the same global batch, and only rank 0 writes files."""
+one process with the same global batch, and only rank 0 writes files; the runner gives a
+job two processes, locally and as a Slurm job of two tasks."""
 
 import json
 import math
@@ -13,7 +14,9 @@ import torch
 
 from kdbench import records
 from kdbench.cli import main
+from kdbench.runner import RunnerOptions, run_suite
 from kdbench.spec import RunSpec
+from kdbench.suite import load_suite
 from kdbench.training import EngineOptions, EpochBatches, open_data
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -50,7 +53,7 @@ def comparable_rows(record):
     return [{k: v for k, v in row.items() if k not in ("images_per_s", "epoch_seconds")} for row in record["metrics"]]
 
 
-def assert_same_metrics(single, parallel, test_size, val_size):
+def assert_same_metrics(single, parallel, test_size, val_size, loss_rtol=1e-4):
     one_sample = {"val": 100 / val_size, "test": 100 / test_size}
     rows_1, rows_2 = comparable_rows(single), comparable_rows(parallel)
     assert [r["epoch"] for r in rows_1] == [r["epoch"] for r in rows_2] == [1, 2]
@@ -58,7 +61,7 @@ def assert_same_metrics(single, parallel, test_size, val_size):
         assert a.keys() == b.keys()
         for key in a:
             if key.startswith("loss_"):
-                assert math.isclose(a[key], b[key], rel_tol=1e-4), (key, a, b)
+                assert math.isclose(a[key], b[key], rel_tol=loss_rtol), (key, a, b)
             elif key.endswith(("top1", "top5")):
                 assert abs(a[key] - b[key]) <= one_sample[key.split("_")[0]] + 1e-9, (key, a, b)
             else:
@@ -107,3 +110,41 @@ def test_two_processes_train_like_one(tmp_path):
     assert {records.SPEC, records.METRICS, records.CHECKPOINT, records.WEIGHTS, records.TEST_LOGITS,
             records.RECORD} <= written
     assert json.loads((parallel / run_ids[0] / records.METRICS).read_text().splitlines()[0])["epoch"] == 1
+
+
+SUITE = textwrap.dedent("""
+    name: tiny
+    recipe: {epochs: 2, batch_size: 64, lr: 0.01, augment: false}
+    datasets: {digits: {options: {image_size: 8}}}
+    pairs: [{dataset: digits, teacher: resnet14, student: resnet8}]
+    methods: {none: {}, kd: {}}
+""")
+
+
+def run_tiny_suite(directory, executor, only=None):
+    path = directory / "suite.yaml"
+    path.write_text(SUITE + f"executor: {json.dumps(executor)}\n")
+    options = RunnerOptions(out=directory, workers=1, only=only or {}, printer=lambda line: None,
+                            engine=EngineOptions(progress=False))
+    assert run_suite(load_suite(path), options).ok
+    return {p.parent.name: records.read_json(p) for p in directory.glob("tiny/runs/*/record.json")}
+
+
+@pytest.fixture(scope="module")
+def one_process_records(tmp_path_factory):
+    return run_tiny_suite(tmp_path_factory.mktemp("one"), {"processes_per_job": 1})
+
+
+@pytest.mark.parametrize("executor, only", [
+    ({"processes_per_job": 2}, None),  # a teacher, then a cohort (none, kd), each over two processes
+    ({"kind": "slurm", "processes_per_job": 2, "slurm": {"cluster": "local", "timeout_min": 10}}, {"method": "none"}),
+], ids=["local", "slurm"])
+def test_the_runner_gives_a_job_two_processes(tmp_path, one_process_records, executor, only):
+    two = run_tiny_suite(tmp_path, executor, only)
+    assert two and set(two) <= set(one_process_records)
+    data = open_data(RunSpec(**next(iter(two.values()))["spec"]), EngineOptions(), augment=False)
+    for run_id, record in two.items():
+        assert record["environment"]["world_size"] == 2
+        # a student's teacher was itself trained over two processes, so it differs by rounding too
+        assert_same_metrics(one_process_records[run_id], record, test_size=len(data.test), val_size=len(data.val),
+                            loss_rtol=3e-3)

@@ -72,6 +72,7 @@ MALFORMED = [
     (changed(selection="best"), r"'selection': Input should be 'best_val' or 'last'"),
     (changed(name="my suite/1"), r"'name': String should match pattern"),
     (changed(executor={"kind": "sge"}), r"'executor.kind': Input should be 'local' or 'slurm'"),
+    (changed(executor={"processes_per_job": 0}), r"'executor.processes_per_job': Input should be greater than 0"),
     (changed(datasets={"digits": {"val_fraction": 1.5}}), r"'datasets.digits.val_fraction': Input should be less than 1"),
     ("- just\n- a list\n", r"a suite is a YAML mapping"),
     ("name: [unclosed\n", r"not valid YAML"),
@@ -271,3 +272,19 @@ def test_cohorts_group_runs_sharing_data_seed_recipe_and_teacher(tmp_path):
     assert sorted(len(c) for c in students) == [3, 3]  # per seed: none rides along with kd and dkd
     assert all(len({j.spec.seed for j in c}) == 1 for c in students)
     assert all(len(c) <= 2 for c in form_cohorts(suite.jobs, size=2))
+
+
+def test_a_job_of_several_processes_gets_disjoint_gpus(monkeypatch):
+    import torch
+
+    from kdbench.runner import _slots
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 5)
+    assert _slots("auto", None, 2) == [("cuda:0", "cuda:1"), ("cuda:2", "cuda:3")]
+    assert _slots("cuda", 1, 1) == [("cuda:0",)]
+    with pytest.raises(ConfigError, match=r"processes_per_job is 8, but this machine has 5 GPU\(s\)"):
+        _slots("auto", None, 8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert _slots("auto", None, 2) == [("cpu", "cpu")] * 4
