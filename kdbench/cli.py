@@ -88,7 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     options = RunnerOptions(
         out=Path(args.out), dry_run=args.dry_run, smoke=args.smoke, only=only, retry_failed=args.retry_failed,
-        workers=args.workers, engine=EngineOptions(device=args.device, data_root=args.data_root, progress=False),
+        workers=args.workers, engine=EngineOptions(device=args.device, data_root=args.data_root, progress=False,
+                                                   stack_students=args.stack_students),
     )
     outcome = run_suite(suite, options)
     if args.dry_run:
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="parallel jobs (default: one per GPU, else one per CPU core up to 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, or cuda")
     p.add_argument("--data-root", help="where real data sets live (default: the suite's data_root, else $KDBENCH_DATA)")
+    p.add_argument("--stack-students", action="store_true",
+                   help="step a cohort's students of one architecture as one vmapped network (for GPUs: see "
+                        "kdbench bench (b); records then equal the separate runs' up to float rounding)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("bench", help="time each method's step, a cohort against one-by-one, the data pipeline",

@@ -34,6 +34,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -52,6 +53,7 @@ from .data.base import BatchCrop, TensorImageDataset
 from .errors import ConfigError, KDBenchError
 from .method import Batch, Method, TrainContext, create_method
 from .models import Backbone, ModelOutput, create_model
+from .models.stacked import StackedForward
 from .spec import Recipe, RunSpec
 
 SPLIT_SEED = 0  # one validation split for every training seed, so model selection is comparable
@@ -78,6 +80,10 @@ class EngineOptions:
     progress: bool = True
     subset: int | None = None  # use only the first N samples of each split (smoke runs)
     threads: int | None = None  # torch intra-op threads for a job (the runner shares the cores)
+    # Step a cohort's students of one architecture as one vmapped network (models.stacked):
+    # for GPUs that small students leave idle; slower on a CPU. Records equal the separate
+    # runs' up to float rounding instead of exactly. Not with compile or torchrun.
+    stack_students: bool = False
     # Called after each epoch's checkpoint with (epoch, metrics row); Optuna's pruning
     # raises from here. Runs in the training process.
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None
@@ -401,6 +407,7 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
         distributed.broadcast_state(trainee.model)
         distributed.broadcast_state(trainee.method)
         trainees.append(trainee)
+    stacks = student_stacks(trainees, data.num_classes, options)
 
     teacher_test = evaluate(teacher, test_loader, device, reduce=True)["top1"] if teacher is not None else None
     train_set = Indexed(data.train)
@@ -423,7 +430,7 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
         sampler.seed = epoch_seed(lead.seed, epoch, 0)
         batches = resident.batches(sampler, data_stream) if resident is not None else _loader_batches(loader, data_stream)
         epoch_start = time.perf_counter()
-        _train_epoch(epoch, batches, sampler, teacher, active, autocast, device,
+        _train_epoch(epoch, batches, sampler, teacher, active, stacks, autocast, device,
                      options.progress and distributed.is_main())
         epoch_seconds = time.perf_counter() - epoch_start
         for trainee in active:
@@ -439,7 +446,7 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
 
 
 def _train_epoch(epoch: int, batches: Iterator[tuple[Tensor, Tensor, Tensor]], sampler: EpochBatches,
-                 teacher: Backbone | None, trainees: list[Trainee],
+                 teacher: Backbone | None, trainees: list[Trainee], stacks: list[StudentStack],
                  autocast: Callable[[], contextlib.AbstractContextManager], device: torch.device,
                  show_progress: bool) -> None:
     for trainee in trainees:
@@ -451,7 +458,7 @@ def _train_epoch(epoch: int, batches: Iterator[tuple[Tensor, Tensor, Tensor]], s
         batch = Batch(_to_device(images, device), labels.to(device, non_blocking=True), index.to(device, non_blocking=True))
         check = (step + 1) % CHECK_EVERY == 0 or step + 1 == steps
         share = len(labels) / sampler.global_size(step) if distributed.active() else 1.0
-        cohort_step(batch, teacher, trainees, epoch, step / steps, autocast, share)
+        cohort_step(batch, teacher, trainees, epoch, step / steps, autocast, share, stacks)
         for trainee in trainees:
             if check and trainee.error is None:
                 try:
@@ -466,15 +473,20 @@ def _train_epoch(epoch: int, batches: Iterator[tuple[Tensor, Tensor, Tensor]], s
 
 def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Trainee], epoch: int, fraction: float,
                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                share: float = 1.0) -> None:
+                share: float = 1.0, stacks: Sequence[StudentStack] = ()) -> None:
     """One optimisation step of every trainee on one batch, with one teacher forward;
-    ``share``: this rank's fraction of the global batch (1 in a single process)."""
+    ``share``: this rank's fraction of the global batch (1 in a single process); the
+    trainees of each of ``stacks`` step as one network."""
     teacher_out = None
     if teacher is not None and any(t.error is None and t.method.needs.teacher for t in trainees):
         with torch.no_grad(), autocast():
             teacher_out = teacher(batch.images)
+    live = {id(t) for t in trainees if t.error is None}
+    stepped = {id(t) for stack in stacks
+               for t in _stacked_step(stack, [t for t in stack.trainees if id(t) in live], batch, teacher_out, epoch,
+                                      fraction, autocast)}
     for trainee in trainees:
-        if trainee.error is not None:
+        if trainee.error is not None or id(trainee) in stepped:
             continue
         try:
             with trainee.rng.active():
@@ -498,29 +510,106 @@ def _loader_batches(loader: DataLoader, stream: RngStream) -> Iterator[tuple[Ten
 
 def _step(trainee: Trainee, batch: Batch, teacher_out: ModelOutput | None, epoch: int, fraction: float,
           autocast: Callable[[], contextlib.AbstractContextManager], share: float = 1.0) -> None:
-    for group in trainee.optimizer.param_groups:
-        group["lr"] = learning_rate(trainee.spec.recipe, epoch, fraction)
+    _set_learning_rate(trainee, epoch, fraction)
     params = [p for group in trainee.optimizer.param_groups for p in group["params"]]
     try:
         with autocast():
-            student_out = trainee.model(batch.images)
-            terms = trainee.method.loss(student_out, teacher_out if trainee.method.needs.teacher else None, batch, epoch)
+            terms = _loss_terms(trainee, trainee.model(batch.images), teacher_out, batch, epoch)
         loss = sum(terms.values())
         if distributed.active():
             loss = loss * share  # summed over ranks, the gradient is the global batch's
         trainee.optimizer.zero_grad(set_to_none=True)
-        (trainee.scaler.scale(loss) if trainee.scaler is not None else loss).backward()
+        _scaled(trainee, loss).backward()
     except Exception:
         distributed.sum_gradients(params, failed=True)  # the other ranks learn of it and stop too
         raise
     if distributed.sum_gradients(params):
         raise KDBenchError("the step failed on another process")
+    _update(trainee, terms, len(batch.labels))
+
+
+@dataclass
+class StudentStack:
+    """Trainees with students of one architecture, stepped as one vmapped network
+    (``models.stacked``); ``forward`` is None once the models turned out not to vmap."""
+
+    forward: StackedForward | None
+    trainees: list[Trainee]
+
+
+def student_stacks(trainees: Sequence[Trainee], num_classes: int, options: EngineOptions) -> list[StudentStack]:
+    """The cohort's students grouped by architecture, when ``options.stack_students``."""
+    if not options.stack_students or options.compile or distributed.active():
+        return []
+    groups: dict[str, list[Trainee]] = {}
+    for trainee in trainees:
+        groups.setdefault(trainee.spec.student, []).append(trainee)
+    return [StudentStack(StackedForward(name, num_classes, sorted({s for t in group for s in t.method.needs.stages})),
+                         group)
+            for name, group in groups.items() if len(group) > 1]
+
+
+def _stacked_step(stack: StudentStack, members: list[Trainee], batch: Batch, teacher_out: ModelOutput | None,
+                  epoch: int, fraction: float, autocast: Callable[[], contextlib.AbstractContextManager]
+                  ) -> list[Trainee]:
+    """One step of ``members``, trainees of the stack: one forward, each method's loss (in
+    the trainee's random stream), one backward of the sum (each loss reaches only its own
+    student), each optimizer's step. Returns the trainees it stepped: none when fewer
+    than two are given, or when the models cannot be vmapped (they step alone from then)."""
+    if stack.forward is None or len(members) < 2:
+        return []
+    try:
+        with autocast():
+            outputs = stack.forward([t.model for t in members], batch.images)
+    except Exception as exc:  # e.g. a random layer, which vmap refuses
+        warnings.warn(f"{members[0].spec.student} students cannot be stacked, so they step one by one: {exc}",
+                      stacklevel=2)
+        stack.forward = None
+        return []
+    live, all_terms = [], []
+    for trainee, output in zip(members, outputs):
+        _set_learning_rate(trainee, epoch, fraction)
+        try:
+            with trainee.rng.active(), autocast():
+                all_terms.append(_loss_terms(trainee, output, teacher_out, batch, epoch))
+            live.append(trainee)
+        except Exception as exc:
+            trainee.error = exc
+    for trainee in live:
+        trainee.optimizer.zero_grad(set_to_none=True)
+    try:
+        if live:
+            sum(_scaled(t, sum(terms.values())) for t, terms in zip(live, all_terms)).backward()
+    except Exception as exc:
+        for trainee in live:
+            trainee.error = exc
+        return members
+    for trainee, terms in zip(live, all_terms):
+        _update(trainee, terms, len(batch.labels))
+    return members
+
+
+def _set_learning_rate(trainee: Trainee, epoch: int, fraction: float) -> None:
+    for group in trainee.optimizer.param_groups:
+        group["lr"] = learning_rate(trainee.spec.recipe, epoch, fraction)
+
+
+def _loss_terms(trainee: Trainee, student_out: ModelOutput, teacher_out: ModelOutput | None, batch: Batch,
+                epoch: int) -> dict[str, Tensor]:
+    return trainee.method.loss(student_out, teacher_out if trainee.method.needs.teacher else None, batch, epoch)
+
+
+def _scaled(trainee: Trainee, loss: Tensor) -> Tensor:
+    return trainee.scaler.scale(loss) if trainee.scaler is not None else loss
+
+
+def _update(trainee: Trainee, terms: dict[str, Tensor], n: int) -> None:
+    """The optimizer's step on the gradients in place, and the epoch's loss sums."""
     if trainee.scaler is not None:
         trainee.scaler.step(trainee.optimizer)
         trainee.scaler.update()
     else:
         trainee.optimizer.step()
-    n = len(batch.labels)
     for name, value in terms.items():
         trainee.sums[name] = trainee.sums.get(name, 0) + value.detach().float() * n
     trainee.seen += n

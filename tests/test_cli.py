@@ -63,4 +63,5 @@ def test_bench_runs_on_tiny_models():
     for method in ("kd", "figkd", "crd"):
         assert f"    {method} " in text
     assert "cohort speed-up" in text and result["cohort_bound"] > 1
+    assert "students stacked (one vmapped resnet8)" in text and result["stacked_speedup"] > 0
     assert abs(result["step_ratio_kd"] - 1) < 1e-9

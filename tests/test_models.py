@@ -186,3 +186,36 @@ def test_cifar_resnet_computes_the_published_function(name):
     for ours, ref in zip(out.features.values(), stages):
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.logits, logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [*MODELS, "timm:resnet18"])
+def test_stacked_forward_equals_separate_forwards(name):
+    """Two models as one vmapped network: the separate forwards' outputs, gradients and
+    BatchNorm statistics, up to rounding (in float64, where BatchNorm over a small batch
+    does not amplify it past a tight tolerance)."""
+    from kdbench.models.stacked import StackedForward
+
+    torch.manual_seed(0)
+    separate = [create_model(name, num_classes=10).double().train() for _ in range(2)]
+    stacked = [create_model(name, num_classes=10).double().train() for _ in range(2)]
+    for a, b in zip(separate, stacked):
+        b.load_state_dict(a.state_dict())
+        a.tap(a.stages)
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    expected = [m(x) for m in separate]
+    got = StackedForward(name, 10, separate[0].stages)(stacked, x)
+
+    def close(a: Tensor, b: Tensor) -> bool:
+        return torch.allclose(a, b, rtol=1e-9, atol=1e-10)
+
+    for e, g, model in zip(expected, got, stacked):
+        assert close(e.logits, g.logits) and close(e.embedding, g.embedding) and close(e.feature_map, g.feature_map)
+        assert e.features.keys() == g.features.keys() and all(close(e.features[k], g.features[k]) for k in e.features)
+        assert g.head is model.head
+    for outputs in (expected, got):
+        sum(o.logits.square().mean() + o.features[o_stage].mean() for o in outputs for o_stage in o.features).backward()
+    for a, b in zip(separate, stacked):
+        for (key, p), q in zip(a.named_parameters(), b.parameters()):
+            assert q.grad is not None and close(p.grad, q.grad), key
+        for (key, s), t in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(s, t) if key.endswith("num_batches_tracked") else close(s, t), key

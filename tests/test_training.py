@@ -1,5 +1,6 @@
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -168,3 +169,67 @@ def test_loader_processes_persist_and_stay_reproducible(teacher_out, tmp_path):
     a = train_run(student_spec(teacher), tmp_path / "a", with_workers, weights)
     b = train_run(student_spec(teacher), tmp_path / "b", with_workers, weights)
     assert comparable(a) == comparable(b) and len(a["metrics"]) == 2
+
+
+def test_stacked_students_train_like_separate_ones(teacher_out, tmp_path, monkeypatch):
+    """A cohort's resnet8 students stepped as one vmapped network: the losses and weights
+    of the same cohort stepped one by one, up to float rounding; a diverging member drops
+    out and the rest stay stacked. A few steps only (two per epoch), since training
+    amplifies rounding, as it amplifies a change in the number of threads."""
+    from kdbench.models import create_model
+    from kdbench.models.stacked import StackedForward
+    from kdbench.training import seed_everything, train_cohort
+
+    out, teacher = teacher_out
+    weights = out / teacher.run_id / records.WEIGHTS
+    methods = ("kd", "sdd", "crd", "freekd")  # logits, the head on local features, taps, a method's own modules
+    specs = [student_spec(teacher, method=m) for m in methods]
+    specs.append(student_spec(teacher, hparams={"w_kd": float("inf")}))
+    few_steps = EngineOptions(progress=False, subset=128)
+    separate = train_cohort(specs, [tmp_path / "separate" / s.run_id for s in specs], few_steps, weights)
+    stacked_sizes = []
+    call = StackedForward.__call__
+    monkeypatch.setattr(StackedForward, "__call__", lambda self, models, x: stacked_sizes.append(len(models))
+                        or call(self, models, x))
+    stacked = train_cohort(specs, [tmp_path / "stacked" / s.run_id for s in specs],
+                           replace(few_steps, stack_students=True), weights)
+    assert stacked_sizes == [5, 5, 4, 4]  # the diverging run is caught at the end of epoch 1
+    assert isinstance(separate[-1], TrainingDiverged) and isinstance(stacked[-1], TrainingDiverged)
+    for spec, a, b in zip(specs, separate, stacked):
+        if spec is specs[-1]:
+            continue
+        for row_a, row_b in zip(comparable(a), comparable(b), strict=True):
+            for key, value in row_a.items():
+                tolerance = 1e-4 if key.startswith("loss_") else 100 / 128 if key.endswith(("top1", "top5")) else 0
+                assert math.isclose(value, row_b[key], rel_tol=tolerance, abs_tol=tolerance), (spec.method, key)
+        # the weights' distance, relative to how far training moved them: about 1e-5 here,
+        # as far as one thread against two moves them
+        seed_everything(spec.seed)  # the student's initialisation, drawn as make_trainee draws it
+        initial = _flat(create_model(spec.student, num_classes=10).state_dict())
+        trained = [_flat(torch.load(d / spec.run_id / records.WEIGHTS, weights_only=True)["model"])
+                   for d in (tmp_path / "separate", tmp_path / "stacked")]
+        assert (trained[0] - trained[1]).norm() <= 1e-3 * (trained[0] - initial).norm(), spec.method
+
+
+def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([v.double().flatten() for k, v in state.items() if not k.endswith("num_batches_tracked")])
+
+
+def test_students_that_cannot_be_stacked_step_one_by_one(teacher_out, tmp_path, monkeypatch):
+    from kdbench.models.stacked import StackedForward
+    from kdbench.training import train_cohort
+
+    out, teacher = teacher_out
+    weights = out / teacher.run_id / records.WEIGHTS
+    specs = [student_spec(teacher, method=m) for m in ("kd", "dkd")]
+    few_steps = EngineOptions(progress=False, subset=128)
+    separate = train_cohort(specs, [tmp_path / "separate" / s.run_id for s in specs], few_steps, weights)
+
+    def refuse(self, models, images):
+        raise RuntimeError("vmap: called random operation while in randomness error mode")
+
+    monkeypatch.setattr(StackedForward, "__call__", refuse)
+    with pytest.warns(UserWarning, match="resnet8 students cannot be stacked, so they step one by one: vmap"):
+        fallen_back = train_cohort(specs, [tmp_path / "stacked" / s.run_id for s in specs],
+                                   replace(few_steps, stack_students=True), weights)
+    assert [comparable(r) for r in fallen_back] == [comparable(r) for r in separate]
