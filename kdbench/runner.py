@@ -116,15 +116,21 @@ def launch_cohort(devices: tuple[str, ...], spec_jsons: list[dict[str, Any]], ru
         return execute_cohort(spec_jsons, runs_dir, replace(options, device=devices[0]), method_files)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=len(devices), run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
-    gpus = ",".join(d.split(":")[1] for d in devices if d.startswith("cuda:"))
-    # rank r trains on cuda:r of the devices it sees (distributed.setup); OMP_NUM_THREADS
-    # is set so that the launcher does not set it to 1
+    gpus = job_gpus(devices, os.environ.get("CUDA_VISIBLE_DEVICES"))
     env = {"CUDA_VISIBLE_DEVICES": gpus} if gpus else {}
-    with _environment(OMP_NUM_THREADS=str(options.threads or 1), **env):
+    with _environment(OMP_NUM_THREADS=str(options.threads or 1), **env):  # else the launcher sets 1
         device = "cuda" if gpus else devices[0]
         answers = elastic_launch(config, execute_cohort)(spec_jsons, runs_dir, replace(options, device=device),
                                                          method_files)
     return answers[0]
+
+
+def job_gpus(devices: tuple[str, ...], visible: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for a job's processes, rank r training on cuda:r of what it
+    sees (``distributed.setup``): the job's GPUs as the machine names them, given what the
+    runner itself sees (``visible``, e.g. a Slurm allocation); '' for CPU devices."""
+    indices = [int(d.split(":")[1]) for d in devices if d.startswith("cuda:")]
+    return ",".join(visible.split(",")[i] if visible else str(i) for i in indices)
 
 
 @contextlib.contextmanager
@@ -491,7 +497,10 @@ def _slots(device: str, workers: int | None, processes: int) -> list[Slot]:
         slots = [tuple(gpus[i:i + processes]) for i in range(0, len(gpus) - processes + 1, processes)]
         return slots[: workers or len(slots)]
     if device not in ("auto", "cpu"):
-        return [(device,) * processes] * (workers or 1)
+        if processes > 1:
+            raise ConfigError(f"executor.processes_per_job is {processes}, but --device {device} names one device; "
+                              "use --device cuda (every GPU of the machine) or cpu")
+        return [(device,)] * (workers or 1)
     return [("cpu",) * processes] * (workers or max(1, min(os.cpu_count() or 1, 8) // processes))
 
 

@@ -277,7 +277,7 @@ def test_cohorts_group_runs_sharing_data_seed_recipe_and_teacher(tmp_path):
 def test_a_job_of_several_processes_gets_disjoint_gpus(monkeypatch):
     import torch
 
-    from kdbench.runner import _slots
+    from kdbench.runner import _slots, job_gpus
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 5)
@@ -288,3 +288,8 @@ def test_a_job_of_several_processes_gets_disjoint_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert _slots("auto", None, 2) == [("cpu", "cpu")] * 4
+    with pytest.raises(ConfigError, match="--device cuda:1 names one device"):
+        _slots("cuda:1", None, 2)
+    assert job_gpus(("cuda:2", "cuda:3"), None) == "2,3"
+    assert job_gpus(("cuda:2", "cuda:3"), "4,5,6,7") == "6,7"  # the runner sees part of the machine
+    assert job_gpus(("cpu", "cpu"), "0") == ""
