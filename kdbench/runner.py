@@ -31,7 +31,7 @@ from .results import MANIFEST, RUNS
 from .runs import FAILED, ensure_runs
 from .spec import RunSpec
 from .suite import Job, Suite
-from .training import EngineOptions, cohort_key, resolve_device
+from .training import CohortOutOfMemory, EngineOptions, cohort_key, resolve_device
 
 POLL_SECONDS = 1.0
 SMOKE_SAMPLES = 128  # per split: a smoke run checks that everything runs, not what it learns
@@ -62,8 +62,9 @@ class FirstTask:
 def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: EngineOptions,
                    method_files: list[str]) -> dict[str, dict[str, str]]:
     """Train runs together in this process, each under its own lock. Returns, per run id,
-    {"status", "reason"}: finished, failed, busy (another process holds its lock) or
-    skipped (finished meanwhile by another process).
+    {"status", "reason"}: finished, failed, busy (another process holds its lock),
+    skipped (finished meanwhile by another process) or split (the cohort ran out of
+    device memory: train it in smaller ones).
 
     As one of several processes of a data-parallel job (``launch_cohort``, or a Slurm job
     with several tasks) it joins the others; the first takes the locks and decides."""
@@ -98,9 +99,10 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
                 todo.append(spec)
         outcome, todo = distributed.broadcast_object((outcome, todo))
         for spec, result in zip(todo, ensure_runs(todo, runs, options)):
-            failed = isinstance(result, BaseException)
-            outcome[spec.run_id] = {"status": "failed" if failed else "finished",
-                                    "reason": f"{type(result).__name__}: {result}" if failed else ""}
+            status = ("split" if isinstance(result, CohortOutOfMemory) else
+                      "failed" if isinstance(result, BaseException) else "finished")
+            outcome[spec.run_id] = {"status": status,
+                                    "reason": f"{type(result).__name__}: {result}" if status != "finished" else ""}
     return outcome
 
 
@@ -415,17 +417,20 @@ class Scheduler:
         return None
 
     def _finish(self, unit: tuple[Job, ...], handle: Handle) -> list[tuple[Job, ...]]:
-        """Book a finished cohort's results; returns what must wait for another runner."""
+        """Book a finished cohort's results; returns the units still to run: jobs that wait
+        for another runner, and the halves of a cohort that did not fit in memory."""
         try:
             results = handle.result()
         except Exception as exc:  # the worker process itself died
             reason = f"worker died: {type(exc).__name__}: {exc}"
             results = {j.run_id: {"status": "failed", "reason": reason} for j in unit}
-        elsewhere = []
+        elsewhere, split = [], []
         for job in unit:
             result = results[job.run_id]
             if result["status"] == "busy":
                 elsewhere.append(job)
+            elif result["status"] == "split":
+                split.append(job)
             elif result["status"] == "skipped":
                 self.outcome.skipped.append(job.run_id)
             elif result["status"] == "finished":
@@ -435,6 +440,11 @@ class Scheduler:
                 if not (self.runs / job.run_id / FAILED).exists():
                     self._record_failure(job, result["reason"])
                 self.say(f"FAILED {job.describe()}: {result['reason']}")
+        if split:
+            half = (len(split) + 1) // 2
+            self.say(f"[{self.suite.name}] a cohort of {len(split)} runs ran out of device memory; "
+                     f"it goes on as cohorts of {half} and {len(split) - half}, from the runs' last epochs")
+            return [u for u in (tuple(elsewhere), tuple(split[:half]), tuple(split[half:])) if u]
         return [tuple(elsewhere)] if elsewhere else []
 
     def _record_failure(self, job: Job, reason: str) -> None:

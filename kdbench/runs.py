@@ -8,10 +8,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import distributed, records
 from .errors import ConfigError
 from .spec import RunSpec
-from .training import EngineOptions, train_cohort
+from .training import CohortOutOfMemory, EngineOptions, train_cohort
 
 FAILED = "failed.json"
 
@@ -64,11 +66,14 @@ def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None =
         lead = next((s for s in todo if s.teacher is not None), todo[0])
         try:
             trained = train_cohort(todo, [out / s.run_id for s in todo], options, teacher_weights(lead, out))
-        except Exception as exc:  # before training started: every run of the cohort fails with it
+        except Exception as exc:  # every run of the cohort ends with it
+            if isinstance(exc, torch.OutOfMemoryError) and len(todo) > 1:  # e.g. moving the students to the GPU
+                exc = CohortOutOfMemory(f"out of device memory with {len(todo)} runs training together")
             trained = [exc] * len(todo)
         for spec, result in zip(todo, trained):
             results[spec.run_id] = result
-            if not distributed.is_main():  # under torchrun, rank 0 keeps the books
+            # under torchrun, rank 0 keeps the books; a cohort too large is no run's failure
+            if not distributed.is_main() or isinstance(result, CohortOutOfMemory):
                 continue
             if isinstance(result, BaseException):
                 _record_failure(spec, out / spec.run_id, result)

@@ -68,7 +68,8 @@ class ExecutorEntry(Strict):
     kind: Literal["local", "slurm"] = "local"
     workers: PositiveInt | None = None  # local: parallel jobs (default: one per GPU, else one per core up to 8)
     # Runs sharing data, seed, recipe and teacher train together, one data stream and one
-    # teacher forward per batch, at most this many at once (memory grows with it); 1: off.
+    # teacher forward per batch, at most this many at once; 1: off. A cohort that runs out
+    # of device memory is halved and goes on from its runs' last epochs.
     cohort_size: PositiveInt = 8
     # Processes that train each job together, data-parallel (one GPU each; on CPU, gloo
     # processes): for sets too big for one GPU. Slurm: the default of tasks_per_node.

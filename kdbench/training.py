@@ -64,6 +64,11 @@ class TrainingDiverged(KDBenchError):
     """The loss became NaN or infinite."""
 
 
+class CohortOutOfMemory(KDBenchError):
+    """The device ran out of memory while several runs trained together: they fit in
+    smaller cohorts (the runner halves it). Their last epoch checkpoints are kept."""
+
+
 @dataclass
 class EngineOptions:
     """How runs are executed; none of this changes what they compute, so none is in their id."""
@@ -477,11 +482,16 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
     """One optimisation step of every trainee on one batch, with one teacher forward;
     ``share``: this rank's fraction of the global batch (1 in a single process); the
     trainees of each of ``stacks`` step as one network."""
+    live = {id(t) for t in trainees if t.error is None}
     teacher_out = None
     if teacher is not None and any(t.error is None and t.method.needs.teacher for t in trainees):
-        with torch.no_grad(), autocast():
-            teacher_out = teacher(batch.images)
-    live = {id(t) for t in trainees if t.error is None}
+        try:
+            with torch.no_grad(), autocast():
+                teacher_out = teacher(batch.images)
+        except torch.OutOfMemoryError as exc:
+            if len(live) > 1:
+                raise CohortOutOfMemory(f"out of device memory with {len(live)} runs training together") from exc
+            raise
     stepped = {id(t) for stack in stacks
                for t in _stacked_step(stack, [t for t in stack.trainees if id(t) in live], batch, teacher_out, epoch,
                                       fraction, autocast)}
@@ -493,6 +503,8 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
                 _step(trainee, batch, teacher_out, epoch, fraction, autocast, share)
         except Exception as exc:  # one run failing must not stop its cohort
             trainee.error = exc
+    if len(live) > 1 and any(isinstance(t.error, torch.OutOfMemoryError) for t in trainees if id(t) in live):
+        raise CohortOutOfMemory(f"out of device memory with {len(live)} runs training together")
 
 
 def _loader_batches(loader: DataLoader, stream: RngStream) -> Iterator[tuple[Tensor, Tensor, Tensor]]:

@@ -293,3 +293,47 @@ def test_a_job_of_several_processes_gets_disjoint_gpus(monkeypatch):
     assert job_gpus(("cuda:2", "cuda:3"), None) == "2,3"
     assert job_gpus(("cuda:2", "cuda:3"), "4,5,6,7") == "6,7"  # the runner sees part of the machine
     assert job_gpus(("cpu", "cpu"), "0") == ""
+
+
+HUNGRY_METHOD = '''
+import gc
+import weakref
+
+import torch
+import torch.nn.functional as F
+from kdbench.method import HParams, Method, register_method
+
+ALIVE = weakref.WeakSet()
+
+
+@register_method
+class Hungry(Method):
+    """Cross-entropy, on a device that holds the state of at most two runs at once."""
+
+    name = "hungry"
+
+    class HParams(HParams):
+        tag: int = 0
+
+    def setup(self, context):
+        gc.collect()  # runs of earlier cohorts are gone
+        ALIVE.add(self)
+
+    def loss(self, student, teacher, batch, epoch):
+        if len(ALIVE) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return {"ce": F.cross_entropy(student.logits, batch.labels)}
+'''
+
+
+def test_a_cohort_out_of_memory_goes_on_in_halves(tmp_path):
+    (tmp_path / "hungry.py").write_text(HUNGRY_METHOD)
+    methods = {f"hungry{i}": {"method": "hungry", "tag": i} for i in range(4)}
+    suite = load_suite(write(tmp_path, changed(methods=methods, seeds=[0], method_files=["hungry.py"])))
+    lines = []
+    options = quiet(out=tmp_path / "results")
+    options.printer = lines.append
+    outcome = run_suite(suite, options)
+    assert outcome.ok and len(outcome.finished) == len(suite.jobs) == 5, outcome.failed  # with the teacher
+    assert any("a cohort of 4 runs ran out of device memory; it goes on as cohorts of 2 and 2" in line for line in lines)
+    assert not list((tmp_path / "results").glob("tiny/runs/*/failed.json"))

@@ -233,3 +233,27 @@ def test_students_that_cannot_be_stacked_step_one_by_one(teacher_out, tmp_path, 
         fallen_back = train_cohort(specs, [tmp_path / "stacked" / s.run_id for s in specs],
                                    replace(few_steps, stack_students=True), weights)
     assert [comparable(r) for r in fallen_back] == [comparable(r) for r in separate]
+
+
+def test_out_of_memory_ends_a_lone_run_but_only_splits_a_cohort(teacher_out, tmp_path, monkeypatch):
+    from kdbench.method import create_method
+    from kdbench.runs import ensure_runs
+    from kdbench.training import CohortOutOfMemory
+
+    def out_of_memory(self, student, teacher, batch, epoch):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(type(create_method("kd")), "loss", out_of_memory)
+    shared, teacher = teacher_out
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / teacher.run_id).symlink_to(shared / teacher.run_id)
+    few_steps = EngineOptions(progress=False, subset=64)
+    lone = student_spec(teacher)
+    (result,) = ensure_runs([lone], out, few_steps)
+    assert isinstance(result, torch.OutOfMemoryError)
+    assert "out of memory" in records.read_json(out / lone.run_id / FAILED)["error"]
+    cohort = [student_spec(teacher, seed=1), student_spec(teacher, seed=1, method="dkd")]
+    results = ensure_runs(cohort, out, few_steps)
+    assert all(isinstance(r, CohortOutOfMemory) for r in results)
+    assert not any((out / s.run_id / FAILED).exists() for s in cohort)
