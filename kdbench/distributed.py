@@ -14,10 +14,10 @@ method's BatchNorm layers become ``nn.SyncBatchNorm``, and on CPU ``CPUSyncBatch
 (sums of x and x² all-reduced in float64, differentiable through the all-reduce). Both
 keep the BatchNorm state-dict keys, so weights load into an ordinary model.
 
-Limitations: state a method keeps across samples is not synchronised. CRD's memory bank,
-for one, is updated on each rank with that rank's samples only, so the ranks' banks (and
-the run) differ from a single-process run. Random draws (dropout, augmentation, a
-method's sampling) come from per-rank streams and so differ from a single process too.
+State a method keeps across samples is the method's to synchronise: ``all_gather_cat``
+gives every rank the global batch's rows in order (CRD updates its memory with it, so
+every rank's memory is the single process's). Random draws (dropout, augmentation, a
+method's sampling) come from per-rank streams and so differ from a single process.
 All ranks must see the same run folder (one machine, or a shared file system); the
 checkpoint is read by every rank when a run resumes.
 """
@@ -94,6 +94,22 @@ def broadcast_object(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_cat(tensor: Tensor) -> Tensor:
+    """The ranks' ``tensor``s concatenated along dim 0 in rank order, which is the order of
+    the global batch when each rank holds its slice (``tensor`` itself without torchrun).
+    Their first dimensions may differ (a last, uneven batch)."""
+    if not active():
+        return tensor
+    size = torch.tensor([len(tensor)], device=tensor.device)
+    sizes = [torch.empty_like(size) for _ in range(world())]
+    dist.all_gather(sizes, size)
+    longest = int(max(sizes))
+    padded = torch.cat([tensor, tensor.new_zeros((longest - len(tensor), *tensor.shape[1:]))])
+    parts = [torch.empty_like(padded) for _ in range(world())]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:int(n)] for part, n in zip(parts, sizes)])
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:

@@ -21,9 +21,9 @@ ranks together see exactly the single-process batches; each rank's loss is weigh
 share of the global batch and the gradients are summed, BatchNorm uses the global batch's
 statistics, loss sums, sample counts and val/test accuracy counts are summed over ranks,
 and only rank 0 writes the run's files. The record equals a single-process run's up to
-floating-point rounding, except where a method keeps cross-sample state (CRD's memory
-bank is updated with each rank's own samples only) or draws random numbers (each rank
-has its own streams). A last partial global batch is split as evenly as possible; if it
+floating-point rounding, except where random numbers are drawn (augmentation, CRD's
+negatives: each rank has its own streams). State kept across samples is synchronised
+by the method that keeps it (CRD's memory takes every rank's samples). A last partial global batch is split as evenly as possible; if it
 holds fewer samples than there are ranks it is dropped (only ever with several ranks).
 """
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, confloat
 from torch import Tensor, nn
 
+from kdbench.distributed import all_gather_cat
 from kdbench.errors import ConfigError
 from kdbench.method import Batch, HParams, Method, TrainContext, register_method
 from kdbench.models import ModelOutput
@@ -133,8 +134,8 @@ class CRD(Method):
         crd = nce_loss(scores_s, self.log_z[0], self.num_data, self.k, mask) + nce_loss(
             scores_t, self.log_z[1], self.num_data, self.k, mask
         )
-        with torch.no_grad():
-            self._update_memory(e_s, e_t, y, batch.index)
+        with torch.no_grad():  # under torchrun, from every rank's samples: one memory, as in one process
+            self._update_memory(*(all_gather_cat(t) for t in (e_s, e_t, y, batch.index)))
         return {
             "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
             "crd": hp.w_crd * crd,

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from kdbench import records
+from kdbench import distributed, records
 from kdbench.cli import main
 from kdbench.runner import RunnerOptions, run_suite
 from kdbench.spec import RunSpec
@@ -148,3 +148,27 @@ def test_the_runner_gives_a_job_two_processes(tmp_path, one_process_records, exe
         # a student's teacher was itself trained over two processes, so it differs by rounding too
         assert_same_metrics(one_process_records[run_id], record, test_size=len(data.test), val_size=len(data.val),
                             loss_rtol=3e-3)
+
+
+def _gather_on_rank():
+    distributed.setup(torch.device("cpu"))
+    rank = distributed.rank()
+    rows = torch.arange(3 - rank)[:, None] + 10 * rank  # uneven: 3 rows on rank 0, 2 on rank 1
+    gathered = distributed.all_gather_cat(rows.float().repeat(1, 2))
+    labels = distributed.all_gather_cat(torch.tensor([rank] * (3 - rank)))
+    distributed.teardown()
+    return gathered.tolist(), labels.tolist()
+
+
+def test_all_gather_cat_concatenates_the_ranks_rows_in_rank_order():
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    answers = elastic_launch(config, _gather_on_rank)()
+    expected = ([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [10.0, 10.0], [11.0, 11.0]], [0, 0, 0, 1, 1])
+    assert answers[0] == answers[1] == expected
+    single = torch.ones(2, 3)
+    assert distributed.all_gather_cat(single) is single  # no process group: the identity
