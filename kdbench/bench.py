@@ -1,8 +1,8 @@
 """``kdbench bench``: what the harness costs, measured side by side in one process.
 
 (a) Per-method step time: one optimisation step of the student (the training loop's own
-    step: student forward, the method's loss, backward, SGD step) for every method, after
-    one teacher forward, as a ratio to KD's.
+    step: student forward, the method's loss, backward, SGD step) for every method, on a
+    teacher output computed once, as a ratio to KD's.
 (b) Cohort: every method as one cohort (one teacher forward per batch) against the same
     runs one by one. With t the teacher forward and s_i each student's step, one by one
     costs Σ(t + s_i) and a cohort t + Σs_i: the bound on the speed-up is printed beside
@@ -19,6 +19,7 @@ named data set (c).
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from .method import Batch, TrainContext, create_method, list_methods
 from .models import create_model
 from .spec import DataSpec, Recipe, RunSpec, TeacherRef
 from .training import (EngineOptions, EpochBatches, Indexed, ResidentTrainSet, RngStream, _autocast,
-                       _loader_batches, _to_device, cohort_step, make_trainee, open_data, resolve_device,
+                       _loader_batches, _step, _to_device, cohort_step, make_trainee, open_data, resolve_device,
                        student_stacks)
 
 
@@ -52,20 +53,27 @@ def _seconds_per_call(fn: Callable[[], None], device: torch.device, steps: int) 
     return (time.perf_counter() - start) / steps
 
 
-def interleaved(contenders: dict[str, Callable[[], None]], device: torch.device, steps: int, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each contender, measured in alternating rounds."""
-    for fn in contenders.values():  # warm-up: allocator, cuDNN autotuning, lazy init
-        fn()
+ROUND_SECONDS = 0.3  # a contender's calls per round fill at least this long, unless steps are given
+
+
+def interleaved(contenders: dict[str, Callable[[], None]], device: torch.device, steps: int | None,
+                rounds: int) -> dict[str, float]:
+    """Median seconds per call of each contender, measured in alternating rounds of
+    ``steps`` calls each (None: as many as fill ROUND_SECONDS, per contender)."""
+    calls = {}
+    for name, fn in contenders.items():
+        fn()  # warm-up: allocator, cuDNN autotuning, lazy init
+        calls[name] = steps or max(1, math.ceil(ROUND_SECONDS / _seconds_per_call(fn, device, 1)))
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
-            samples[name].append(_seconds_per_call(fn, device, steps))
+            samples[name].append(_seconds_per_call(fn, device, calls[name]))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4", batch_size: int = 64,
               image_size: int = 32, num_classes: int = 100, methods: list[str] | None = None,
-              steps: int = 5, rounds: int = 5, device_name: str = "auto", dataset: str = "synthetic-fg",
+              steps: int | None = None, rounds: int = 5, device_name: str = "auto", dataset: str = "synthetic-fg",
               printer: Callable[[str], None] = print) -> dict[str, float]:
     device = resolve_device(device_name)
     methods = methods or list_methods()
@@ -95,32 +103,42 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
         with torch.no_grad(), autocast():
             teacher(batch.images)
 
+    with torch.no_grad(), autocast():
+        teacher_out = teacher(batch.images)
+
+    def student_step(name: str) -> None:
+        trainee = trainees[name]
+        with trainee.rng.active():
+            _step(trainee, batch, teacher_out, 1, 0.0, autocast)
+
     def alone(name: str) -> None:
         cohort_step(batch, teacher, [trainees[name]], 1, 0.0, autocast)
 
     printer(f"kdbench bench: {teacher_name}→{student_name}, batch {batch_size}, {image_size}×{image_size}, "
-            f"{num_classes} classes, {device} ({torch.get_num_threads()} threads), median of {rounds} rounds × {steps} steps")
+            f"{num_classes} classes, {device} ({torch.get_num_threads()} threads), median of {rounds} rounds × "
+            f"{steps or f'{ROUND_SECONDS} s of'} steps")
 
-    # (a) + (b): teacher forward, every run alone (its step, after a teacher forward if it
-    # needs one), the cohort
+    # (a) + (b): the teacher forward, every student's step, every run alone (its step after
+    # a teacher forward, if it needs one), the cohort, the cohort stacked
     contenders: dict[str, Callable[[], None]] = {"teacher forward": teacher_forward}
-    contenders.update({name: partial(alone, name) for name in trainees})
+    contenders.update({f"step {name}": partial(student_step, name) for name in trainees})
+    contenders.update({f"alone {name}": partial(alone, name) for name in trainees})
     cohort = list(trainees.values())
     stacks = student_stacks(cohort, num_classes, replace(options, stack_students=True))
     contenders["cohort"] = lambda: cohort_step(batch, teacher, cohort, 1, 0.0, autocast)
     contenders["stacked cohort"] = lambda: cohort_step(batch, teacher, cohort, 1, 0.0, autocast, stacks=stacks)
     times = interleaved(contenders, device, steps, rounds)
     t = times["teacher forward"]
-    student_step = {name: max(times[name] - (t if trainee.method.needs.teacher else 0.0), 1e-9)
-                    for name, trainee in trainees.items()}
-    reference = student_step.get("kd")
+    step_seconds = {name: times[f"step {name}"] for name in trainees}
+    reference = step_seconds.get("kd")
     printer("\n(a) student step per method (a run alone costs this plus the teacher forward, if it has one)")
     printer(f"    {'method':<10} {'step ms':>9} {'vs kd':>7}")
-    for name, seconds in student_step.items():
+    for name, seconds in step_seconds.items():
         ratio = f"{seconds / reference:6.2f}x" if reference else "   n/a"
         printer(f"    {name:<10} {seconds * 1e3:9.1f} {ratio}")
-    one_by_one = sum(times[name] for name in trainees)
-    bound = one_by_one / (t + sum(student_step.values()))
+    one_by_one = sum(times[f"alone {name}"] for name in trainees)
+    bound = sum(s + (t if trainees[name].method.needs.teacher else 0.0) for name, s in step_seconds.items()) / (
+        t + sum(step_seconds.values()))
     speedup = one_by_one / times["cohort"]
     printer(f"\n(b) teacher forward t = {t * 1e3:.1f} ms; {len(trainees)} runs one by one {one_by_one * 1e3:.1f} ms "
             f"per batch, as one cohort {times['cohort'] * 1e3:.1f} ms")
@@ -137,7 +155,7 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     loader = DataLoader(Indexed(data.train), batch_sampler=sampler)
     seen = sum(len(labels) for _, labels, _ in _loader_batches(loader, RngStream(0, device)))
     data_rate = seen / (time.perf_counter() - start)
-    step_rate = batch_size / times["kd"] if "kd" in times else batch_size / times[next(iter(trainees))]
+    step_rate = batch_size / times[f"alone {'kd' if 'kd' in trainees else next(iter(trainees))}"]
     printer(f"\n(c) data pipeline ({dataset}, {image_size} px, 0 workers): {data_rate:,.0f} images/s; "
             f"KD training step: {step_rate:,.0f} images/s "
             f"({'data' if data_rate < step_rate else 'the step'} limits)")
@@ -173,5 +191,5 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
         printer(f"\n(d) KD step: harness {overhead['harness'] * 1e3:.1f} ms, minimal PyTorch loop "
                 f"{overhead['minimal'] * 1e3:.1f} ms ({(ratio - 1) * 100:+.1f}%)")
         result["harness_overhead"] = ratio - 1
-    result.update({f"step_ratio_{name}": s / reference for name, s in student_step.items() if reference})
+    result.update({f"step_ratio_{name}": s / reference for name, s in step_seconds.items() if reference})
     return result

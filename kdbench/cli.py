@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=100)
     p.add_argument("--methods", nargs="*", help="methods to time (default: all registered)")
-    p.add_argument("--steps", type=int, default=5, help="steps per timing round")
+    p.add_argument("--steps", type=int, help="steps per timing round (default: as many as fill 0.3 s)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     p.add_argument("--device", default="auto")
     p.add_argument("--dataset", default="synthetic-fg", help="data set whose loader (c) times")
