@@ -17,13 +17,14 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
+from unittest.mock import patch
 
 from . import distributed, records
 from .errors import ConfigError, DataError
@@ -77,7 +78,8 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
         load_method_files(*method_files)
     if options.threads:
         torch.set_num_threads(options.threads)
-    distributed.setup(resolve_device(options.device))
+    if distributed.launched():
+        distributed.setup(resolve_device(options.device))
     runs = Path(runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
     outcome: dict[str, dict[str, str]] = {}
@@ -120,7 +122,7 @@ def launch_cohort(devices: tuple[str, ...], spec_jsons: list[dict[str, Any]], ru
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
     gpus = job_gpus(devices, os.environ.get("CUDA_VISIBLE_DEVICES"))
     env = {"CUDA_VISIBLE_DEVICES": gpus} if gpus else {}
-    with _environment(OMP_NUM_THREADS=str(options.threads or 1), **env):  # else the launcher sets 1
+    with patch.dict(os.environ, OMP_NUM_THREADS=str(options.threads or 1), **env):  # else the launcher sets 1
         device = "cuda" if gpus else devices[0]
         answers = elastic_launch(config, execute_cohort)(spec_jsons, runs_dir, replace(options, device=device),
                                                          method_files)
@@ -133,20 +135,6 @@ def job_gpus(devices: tuple[str, ...], visible: str | None) -> str:
     runner itself sees (``visible``, e.g. a Slurm allocation); '' for CPU devices."""
     indices = [int(d.split(":")[1]) for d in devices if d.startswith("cuda:")]
     return ",".join(visible.split(",")[i] if visible else str(i) for i in indices)
-
-
-@contextlib.contextmanager
-def _environment(**variables: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _join_slurm_tasks() -> None:

@@ -68,7 +68,7 @@ def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None =
             trained = train_cohort(todo, [out / s.run_id for s in todo], options, teacher_weights(lead, out))
         except Exception as exc:  # every run of the cohort ends with it
             if isinstance(exc, torch.OutOfMemoryError) and len(todo) > 1:  # e.g. moving the students to the GPU
-                exc = CohortOutOfMemory(f"out of device memory with {len(todo)} runs training together")
+                exc = CohortOutOfMemory(len(todo))
             trained = [exc] * len(todo)
         for spec, result in zip(todo, trained):
             results[spec.run_id] = result

@@ -22,9 +22,10 @@ share of the global batch and the gradients are summed, BatchNorm uses the globa
 statistics, loss sums, sample counts and val/test accuracy counts are summed over ranks,
 and only rank 0 writes the run's files. The record equals a single-process run's up to
 floating-point rounding, except where random numbers are drawn (augmentation, CRD's
-negatives: each rank has its own streams). State kept across samples is synchronised
-by the method that keeps it (CRD's memory takes every rank's samples). A last partial global batch is split as evenly as possible; if it
-holds fewer samples than there are ranks it is dropped (only ever with several ranks).
+negatives: each rank has its own streams). State kept across samples is synchronised by
+the method that keeps it (CRD's memory takes every rank's samples). A last partial
+global batch is split as evenly as possible; if it holds fewer samples than there are
+ranks it is dropped (only ever with several ranks).
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ class TrainingDiverged(KDBenchError):
 
 
 class CohortOutOfMemory(KDBenchError):
-    """The device ran out of memory while several runs trained together: they fit in
+    """The device ran out of memory while several runs trained together: they may fit in
     smaller cohorts (the runner halves it). Their last epoch checkpoints are kept."""
+
+    def __init__(self, runs: int) -> None:
+        super().__init__(f"out of device memory with {runs} runs training together")
 
 
 @dataclass
@@ -490,11 +494,12 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
                 teacher_out = teacher(batch.images)
         except torch.OutOfMemoryError as exc:
             if len(live) > 1:
-                raise CohortOutOfMemory(f"out of device memory with {len(live)} runs training together") from exc
+                raise CohortOutOfMemory(len(live)) from exc
             raise
-    stepped = {id(t) for stack in stacks
-               for t in _stacked_step(stack, [t for t in stack.trainees if id(t) in live], batch, teacher_out, epoch,
-                                      fraction, autocast)}
+    stepped = set()
+    for stack in stacks:
+        members = [t for t in stack.trainees if id(t) in live]
+        stepped.update(id(t) for t in _stacked_step(stack, members, batch, teacher_out, epoch, fraction, autocast))
     for trainee in trainees:
         if trainee.error is not None or id(trainee) in stepped:
             continue
@@ -504,7 +509,7 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
         except Exception as exc:  # one run failing must not stop its cohort
             trainee.error = exc
     if len(live) > 1 and any(isinstance(t.error, torch.OutOfMemoryError) for t in trainees if id(t) in live):
-        raise CohortOutOfMemory(f"out of device memory with {len(live)} runs training together")
+        raise CohortOutOfMemory(len(live))
 
 
 def _loader_batches(loader: DataLoader, stream: RngStream) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
