@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import os
 import time
@@ -105,6 +106,9 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
                       "failed" if isinstance(result, BaseException) else "finished")
             outcome[spec.run_id] = {"status": status,
                                     "reason": f"{type(result).__name__}: {result}" if status != "finished" else ""}
+    if torch.cuda.is_initialized():
+        gc.collect()  # a failed run's error holds its frames, and through them its tensors
+        torch.cuda.empty_cache()  # the next job on this GPU may run in another worker process
     return outcome
 
 
