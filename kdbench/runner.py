@@ -30,10 +30,10 @@ from unittest.mock import patch
 from . import distributed, records
 from .errors import ConfigError, DataError
 from .results import MANIFEST, RUNS
-from .runs import FAILED, ensure_runs
+from .runs import FAILED, CohortOutOfMemory, ensure_runs
 from .spec import RunSpec
 from .suite import Job, Suite
-from .training import CohortOutOfMemory, EngineOptions, cohort_key, resolve_device
+from .training import EngineOptions, cohort_key, resolve_device
 
 POLL_SECONDS = 1.0
 SMOKE_SAMPLES = 128  # per split: a smoke run checks that everything runs, not what it learns

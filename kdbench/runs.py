@@ -11,11 +11,19 @@ from typing import Any
 import torch
 
 from . import distributed, records
-from .errors import ConfigError
+from .errors import ConfigError, KDBenchError
 from .spec import RunSpec
-from .training import CohortOutOfMemory, EngineOptions, train_cohort
+from .training import EngineOptions, train_cohort
 
 FAILED = "failed.json"
+
+
+class CohortOutOfMemory(KDBenchError):
+    """The device ran out of memory while several runs trained together: they may fit in
+    smaller cohorts (the runner halves it). Their last epoch checkpoints are kept."""
+
+    def __init__(self, runs: int) -> None:
+        super().__init__(f"out of device memory with {runs} runs training together")
 
 
 def finished_record(out: Path, run_id: str) -> dict[str, Any] | None:
@@ -52,7 +60,9 @@ def ensure_run(spec: RunSpec, out: Path, options: EngineOptions | None = None) -
 def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None = None
                 ) -> list[dict[str, Any] | BaseException]:
     """``ensure_run`` for a cohort (see ``training.train_cohort``): the unfinished runs
-    train together; each result is a record or the exception that ended that run."""
+    train together; each result is a record or the exception that ended that run. The
+    device running out of memory in a cohort of several (at set-up, in the teacher's
+    forward or a student's step) is ``CohortOutOfMemory`` for all, and no run's failure."""
     out = Path(out)
     results: dict[str, dict[str, Any] | BaseException] = {}
     todo = []
@@ -67,7 +77,7 @@ def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None =
         try:
             trained = train_cohort(todo, [out / s.run_id for s in todo], options, teacher_weights(lead, out))
         except Exception as exc:  # every run of the cohort ends with it
-            if isinstance(exc, torch.OutOfMemoryError) and len(todo) > 1:  # e.g. moving the students to the GPU
+            if isinstance(exc, torch.OutOfMemoryError) and len(todo) > 1:
                 exc = CohortOutOfMemory(len(todo))
             trained = [exc] * len(todo)
         for spec, result in zip(todo, trained):

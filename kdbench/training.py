@@ -65,14 +65,6 @@ class TrainingDiverged(KDBenchError):
     """The loss became NaN or infinite."""
 
 
-class CohortOutOfMemory(KDBenchError):
-    """The device ran out of memory while several runs trained together: they may fit in
-    smaller cohorts (the runner halves it). Their last epoch checkpoints are kept."""
-
-    def __init__(self, runs: int) -> None:
-        super().__init__(f"out of device memory with {runs} runs training together")
-
-
 @dataclass
 class EngineOptions:
     """How runs are executed; none of this changes what they compute, so none is in their id."""
@@ -489,13 +481,8 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
     live = {id(t) for t in trainees if t.error is None}
     teacher_out = None
     if teacher is not None and any(t.error is None and t.method.needs.teacher for t in trainees):
-        try:
-            with torch.no_grad(), autocast():
-                teacher_out = teacher(batch.images)
-        except torch.OutOfMemoryError as exc:
-            if len(live) > 1:
-                raise CohortOutOfMemory(len(live)) from exc
-            raise
+        with torch.no_grad(), autocast():
+            teacher_out = teacher(batch.images)
     stepped = set()
     for stack in stacks:
         members = [t for t in stack.trainees if id(t) in live]
@@ -508,8 +495,9 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
                 _step(trainee, batch, teacher_out, epoch, fraction, autocast, share)
         except Exception as exc:  # one run failing must not stop its cohort
             trainee.error = exc
-    if len(live) > 1 and any(isinstance(t.error, torch.OutOfMemoryError) for t in trainees if id(t) in live):
-        raise CohortOutOfMemory(len(live))
+    out_of_memory = [t.error for t in trainees if id(t) in live and isinstance(t.error, torch.OutOfMemoryError)]
+    if out_of_memory and len(live) > 1:  # not the run's failure: the cohort may fit in smaller ones (runs.ensure_runs)
+        raise out_of_memory[0]
 
 
 def _loader_batches(loader: DataLoader, stream: RngStream) -> Iterator[tuple[Tensor, Tensor, Tensor]]:

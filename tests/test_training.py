@@ -237,8 +237,7 @@ def test_students_that_cannot_be_stacked_step_one_by_one(teacher_out, tmp_path, 
 
 def test_out_of_memory_ends_a_lone_run_but_only_splits_a_cohort(teacher_out, tmp_path, monkeypatch):
     from kdbench.method import create_method
-    from kdbench.runs import ensure_runs
-    from kdbench.training import CohortOutOfMemory
+    from kdbench.runs import CohortOutOfMemory, ensure_runs
 
     def out_of_memory(self, student, teacher, batch, epoch):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
