@@ -16,6 +16,10 @@ warm-up 20 epochs. The suites set β per CIFAR-100 pair:
 Unlike mdistiller (which subtracts 1000 from the target logit and takes log of b), every
 log-probability here is a difference of logsumexps over gathered classes: no log 0, exact
 for any logit scale.
+
+``logit_stand`` (LSKD, see methods/kd.py) z-scores both logit vectors before everything
+above; LSKD's CIFAR-100 DKD runs use base T 2 and multiply α and β by its KD weight
+(9 to 18 by pair; e.g. α 9, β 72 for resnet32x4→resnet8x4).
 """
 
 from typing import Literal
@@ -26,6 +30,7 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat
 from torch import Tensor
 
 from kdbench.method import Batch, HParams, Method, register_method, warmup
+from kdbench.methods.kd import standardize_logits
 from kdbench.models import ModelOutput
 
 
@@ -35,6 +40,7 @@ class DKDHParams(HParams):
     alpha: NonNegativeFloat = 1.0
     beta: NonNegativeFloat = 8.0
     warmup: NonNegativeInt = 20  # epochs; 0 disables the warm-up
+    logit_stand: bool = False  # LSKD: z-score logits first; temperature is then the base temperature
 
 
 def non_target(logits: Tensor, labels: Tensor) -> Tensor:
@@ -82,7 +88,10 @@ class DKD(Method):
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams
-        tckd, nckd = dkd_loss(student.logits, teacher.logits, batch.labels, hp.alpha, hp.beta, hp.temperature)
+        z_s, z_t = student.logits, teacher.logits
+        if hp.logit_stand:
+            z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
+        tckd, nckd = dkd_loss(z_s, z_t, batch.labels, hp.alpha, hp.beta, hp.temperature)
         ramp = warmup(epoch, hp.warmup)
         return {
             "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),

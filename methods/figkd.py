@@ -23,6 +23,9 @@ haar at the full level of a power-of-two C with band high + reconstructed + kl i
 ordering of the teacher's mean class-probability matrix at temperature T on the train set,
 so details become differences between look-alike classes). The permutation is a buffer,
 saved in checkpoints.
+
+``logit_stand`` (LSKD, see methods/kd.py) z-scores r_s and r_t, the vectors that enter the
+softmax (or the mse), so T becomes the base temperature (LSKD uses 2 for KD, DKD, MLKD).
 """
 
 from typing import Literal
@@ -35,7 +38,7 @@ from torch import Tensor
 from kdbench import wavelets
 from kdbench.errors import ConfigError
 from kdbench.method import Batch, HParams, Method, Needs, TrainContext, register_method
-from kdbench.methods.kd import kd_loss
+from kdbench.methods.kd import kd_loss, standardize_logits
 from kdbench.models import ModelOutput
 
 
@@ -51,6 +54,7 @@ class FiGKDHParams(HParams):
     w_kd: NonNegativeFloat = 1.0
     class_order: Literal["index", "random", "teacher"] = "index"
     order_seed: int = 0  # read only by class_order random (ignored otherwise, so sweeps can fix it)
+    logit_stand: bool = False  # LSKD: z-score the distilled vectors; temperature is then the base temperature
 
     @field_validator("wavelet")
     @classmethod
@@ -70,6 +74,7 @@ def figkd_loss(
     distance: Literal["kl", "mse"] = "kl",
     temperature: float = 4.0,
     order: Tensor | None = None,
+    logit_stand: bool = False,
 ) -> Tensor:
     """The FiGKD distance D between the ``band`` of student and teacher logits (batch mean)."""
     # The DWT of near-equal logits is a difference of large numbers: keep it out of fp16.
@@ -82,6 +87,8 @@ def figkd_loss(
             r = wavelets.band_pass(z, wavelet, level, mode, band)
         else:
             r = wavelets.band_coefficients(z, wavelet, level, mode, band)
+        if logit_stand:
+            r = standardize_logits(r)
         if distance == "kl":
             return kd_loss(r[0], r[1], temperature)
         return (r[0] - r[1]).pow(2).sum(1).mean()
@@ -124,7 +131,7 @@ class FiGKD(Method):
         distance = figkd_loss(
             student.logits, teacher.logits, wavelet=hp.wavelet, level=hp.level, mode=hp.mode,
             band=hp.band, space=hp.space, distance=hp.distance, temperature=hp.temperature,
-            order=self.order,
+            order=self.order, logit_stand=hp.logit_stand,
         )
         return {
             "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),

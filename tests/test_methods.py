@@ -599,7 +599,8 @@ def test_hyperparameter_validation(name, hparams, message):
 
 
 def test_defaults_follow_methods_md():
-    assert create_method("dkd").hparams.model_dump() == dict(temperature=4.0, w_ce=1.0, alpha=1.0, beta=8.0, warmup=20)
+    assert create_method("dkd").hparams.model_dump() == dict(temperature=4.0, w_ce=1.0, alpha=1.0, beta=8.0, warmup=20,
+                                                           logit_stand=False)
     figkd = create_method("figkd").hparams
     assert (figkd.wavelet, figkd.level, figkd.mode, figkd.band, figkd.space, figkd.distance) == (
         "haar", 1, "zero", "high", "reconstructed", "kl")
