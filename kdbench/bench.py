@@ -89,7 +89,7 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     teacher_ref = TeacherRef(model=teacher_name, checkpoint="random")
 
     created = {name: create_method(name) for name in methods}
-    teacher.tap(sorted({stage for m in created.values() if m.needs.teacher for stage in m.needs.stages}))
+    teacher.tap(sorted({stage for m in created.values() if m.needs.teacher for stage in m.needs.teacher_stages}))
     context = partial(TrainContext, num_classes, train_labels, 240, 0,
                       teacher_train_logits=torch.randn(num_samples, num_classes))
     trainees = {}

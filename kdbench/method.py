@@ -59,9 +59,16 @@ class Needs:
 
     teacher: bool = True
     stages: tuple[str, ...] = ()  # intermediate stages of both models, e.g. ("stage3",)
+    # The teacher's stages where they are not the student's (a CIFAR VGG's stage numbers
+    # count its stem block, a MobileNetV2's do not); left out: ``stages``.
+    teacher_stages: tuple[str, ...] | None = None
     # The teacher's logits on every training sample (eval transform), computed once before
     # training, for methods that calibrate on them (FiGKD's teacher class order).
     teacher_train_logits: bool = False
+
+    def __post_init__(self) -> None:
+        if self.teacher_stages is None:
+            object.__setattr__(self, "teacher_stages", self.stages)
 
 
 @dataclass

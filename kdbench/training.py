@@ -387,7 +387,7 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
     methods = [create_method(s.method, **s.hparams) for s in specs]
     teacher = build_teacher(lead, data.num_classes, teacher_weights, device)
     if teacher is not None:
-        teacher.tap(sorted({stage for m in methods if m.needs.teacher for stage in m.needs.stages}))
+        teacher.tap(sorted({stage for m in methods if m.needs.teacher for stage in m.needs.teacher_stages}))
         if device.type == "cuda" and options.channels_last:
             teacher.to(memory_format=torch.channels_last)
     eval_batch = max(recipe.batch_size, 256)
