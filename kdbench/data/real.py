@@ -5,6 +5,7 @@ the official train and test splits; nothing is downloaded."""
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -366,7 +367,9 @@ def imagefolder(
     """Any ImageFolder tree at option ``path`` (absolute, or relative to the data root):
     ``train/<class>/**/<image>`` and ``test/<class>/**/<image>`` (or ``val/`` when there is
     no ``test/``). Classes are the sorted folder names under ``train/``; images are files
-    with a common image extension."""
+    with a common image extension. Hidden entries (names starting with '.', such as
+    ``.ipynb_checkpoints`` or macOS's ``._*`` files) are skipped, as file browsers do; a
+    class without test images is warned about (its test accuracy cannot be measured)."""
     if path is None:
         raise ConfigError(
             "dataset 'imagefolder' needs the option 'path': the folder holding train/ and test/"
@@ -377,25 +380,40 @@ def imagefolder(
     test_dir = (
         base / "test" if (base / "test").is_dir() else require(base / "val", "imagefolder", how)
     )
-    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
-    unknown = sorted({d.name for d in test_dir.iterdir() if d.is_dir()} - set(classes))
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not _hidden(d.name))
+    unknown = sorted({d.name for d in test_dir.iterdir() if d.is_dir() and not _hidden(d.name)} - set(classes))
     if unknown:
         raise DataError(
             f"imagefolder: {test_dir} has classes that {train_dir} lacks: {', '.join(unknown)}"
         )
 
     def split(folder: Path) -> tuple[list[Path], list[int]]:
-        paths, labels = [], []
+        paths, labels, empty = [], [], []
         for label, name in enumerate(classes):
             files = sorted(
                 f
                 for f in (folder / name).rglob("*")
-                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+                if f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(_hidden(part) for part in f.relative_to(folder / name).parts)
+                and f.is_file()
             )
             if folder == train_dir and not files:
                 raise DataError(f"imagefolder: no images in {folder / name}")
+            if not files:
+                empty.append(name)
             paths += files
             labels += [label] * len(files)
+        if empty:
+            warnings.warn(
+                f"imagefolder: {folder} has no images of {len(empty)} class(es): {', '.join(empty)}; "
+                "their test accuracy cannot be measured",
+                stacklevel=2,
+            )
         return paths, labels
 
     return _file_splits(splitter, split(train_dir), split(test_dir), classes, image_size)
+
+
+def _hidden(name: str) -> bool:
+    """A hidden file or folder (``.ipynb_checkpoints``, ``.DS_Store``, ``._image.jpg``)."""
+    return name.startswith(".")
