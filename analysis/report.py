@@ -8,24 +8,41 @@ none for a single run) and the number of finished runs. The teacher row is the a
 the teacher weights the students learned from (the teacher run's last epoch, or, for a
 teacher loaded from a checkpoint, the ``teacher_test_top1`` its students measured).
 
+Methods are compared with the suite's reference (the manifest's ``reference``, default
+``kd``) by the paired t-test over seeds (``analysis.stats``): runs of one dataset, pair and
+seed saw the same batches in the same order. Labels the manifest lists under ``controls``
+(``{label: what it controls}``) are controls of a method, not contenders: they are printed
+as a separate block under the methods, labelled by what they control, are not ranked, and
+still get their paired statistics.
+
 Outputs, in ``out_dir`` (default ``<suite_dir>/report``):
 
 - ``table.tex``: a booktabs ``table`` to ``\\input`` (needs only ``booktabs``): methods as
-  rows (teacher first, then the no-KD student ``none``, then the suite's methods), one column
-  per dataset and teacher→student pair (``transpose`` swaps the two). A cell is
-  ``mean ±std`` with the std in ``\\scriptsize``; per column the best student mean is bold
-  and the second underlined (means rounded to the two printed decimals; ties share a
-  rank; the teacher is not ranked); ``[n=k]`` marks a cell with fewer finished runs than
-  the suite's seeds; ``(x)`` is the published number where the manifest's ``paper`` has one.
-  The caption states the rule and the number of seeds; the runs left out of the means
-  (failed, or not finished) are listed under the table with their reasons.
-- ``table.md``: the same table in Markdown (bold ``**…**``, second ``<u>…</u>``) and the
-  same list of runs left out.
-- ``summary.csv``: one row per cell: dataset, pair, label, role, mean, std, n, seeds,
-  failed, missing, paper, delta_paper (ours − published), rank (1 best, 2 second, among
-  students), selection.
+  rows (teacher first, then the no-KD student ``none``, then the suite's methods, then the
+  controls block), one column per dataset and teacher→student pair (``transpose`` swaps the
+  two). A cell is ``mean ±std`` with the std in ``\\scriptsize``; per column the best method
+  mean is bold and the second underlined (means rounded to the two printed decimals; ties
+  share a rank; the teacher and the controls are not ranked); ``†`` marks a mean that
+  differs from the reference's at p < 0.05; ``[n=k]`` marks a cell with fewer finished runs
+  than the suite's seeds; ``(x)`` is the published number where the manifest's ``paper`` has
+  one. The caption states the rule, the number of seeds and the test; the runs left out of
+  the means (failed, or not finished) are listed under the table with their reasons.
+- ``paired.tex``: the paired differences to the reference, one cell per label and column:
+  mean difference (pp), its 95% confidence interval and p, or "n<3: cannot be computed".
+- ``table.md``: the table, the paired differences and the runs left out, in Markdown (bold
+  ``**…**``, second ``<u>…</u>``).
+- ``report.html``: all of the above and the figures in one self-contained page (see
+  ``analysis.html``).
+- ``summary.csv``: one row per cell: dataset, pair, label, role, control (what it controls,
+  empty for a method), mean, std, n (under the suite's rule), mean_best_val, std_best_val,
+  mean_last, std_last (both rules), seeds, failed, missing, paper, delta_paper (ours −
+  published), reference, paired_n, diff_mean, diff_ci_low, diff_ci_high, t, p_value,
+  significant (the paired test against the reference under the suite's rule; empty for the
+  teacher, the reference itself, and with fewer than 3 pairs), rank (1 best, 2 second,
+  among methods), selection.
 - ``runs.csv``: one row per run of the suite, finished or not: run_id, dataset, pair,
-  label, role, seed, status, value (the selected accuracy), error.
+  label, role, seed, status, value (the selected accuracy), value_best_val, value_last (both
+  rules; a teacher's value is its last epoch under either), error.
 - ``figures/``: training curves per dataset and pair (``curves_<dataset>_<pair>``) and the
   student − teacher accuracy gap (``teacher_gap``), each as PDF and PNG (see
   ``analysis.curves``);
@@ -45,6 +62,7 @@ from kdbench.results import load_manifest
 
 from . import curves
 from .runs import (
+    SELECTION_COLUMN,
     SELECTION_TEXT,
     columns,
     labels,
@@ -52,29 +70,50 @@ from .runs import (
     selection_column,
     suite_runs,
 )
+from .stats import MIN_PAIRS, NOT_COMPUTABLE, SIGNIFICANCE, TEST_NAME, paired_difference
 from .style import display_name
 from .tables import latex_escape, latex_table, markdown_table
 
 TEACHER_VALUE = "test_top1_last"  # the teacher's final weights are what students distil from
+DEFAULT_REFERENCE = "kd"
+RULES = tuple(SELECTION_COLUMN)  # best_val, last
+DAGGER = {"tex": "$^\\dagger$", "md": "†"}
+SUMMARY_COLUMNS = ["dataset", "pair", "label", "role", "control", "mean", "std", "n",
+                   *(f"{stat}_{rule}" for rule in RULES for stat in ("mean", "std")),
+                   "seeds", "failed", "missing", "paper", "delta_paper", "reference", "paired_n", "diff_mean",
+                   "diff_ci_low", "diff_ci_high", "t", "p_value", "significant"]
+
+
+def reference_label(manifest: dict[str, Any]) -> str:
+    """The label paired statistics compare against (the suite's ``reference``, default kd)."""
+    return manifest.get("reference") or DEFAULT_REFERENCE
+
+
+def controls(manifest: dict[str, Any]) -> dict[str, str]:
+    """Control labels of the suite and what each controls."""
+    return dict(manifest.get("controls") or {})
 
 
 def run_table(suite_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Every run of the suite with its reported accuracy as ``value``, and the manifest.
 
-    Columns: run_id, dataset, pair, label, role, seed, status, value, error. Teachers
-    loaded from a checkpoint (no teacher run) appear as one row with run_id ``checkpoint``.
+    Columns: run_id, dataset, pair, label, role, seed, status, value, value_best_val,
+    value_last, error. Teachers loaded from a checkpoint (no teacher run) appear as one row
+    with run_id ``checkpoint``.
     """
     frame = suite_runs(suite_dir)
     manifest = load_manifest(suite_dir)
-    selected = selection_column(manifest)
-    for column in (selected, TEACHER_VALUE, "teacher_test_top1"):
+    for column in (*SELECTION_COLUMN.values(), TEACHER_VALUE, "teacher_test_top1"):
         if column not in frame:  # no run has finished
             frame[column] = math.nan
     finished = frame["status"] == "finished"
     teacher = frame["role"] == "teacher"
-    frame["value"] = frame[TEACHER_VALUE].where(teacher, frame[selected]).where(finished)
+    for rule, column in SELECTION_COLUMN.items():
+        frame[f"value_{rule}"] = frame[TEACHER_VALUE].where(teacher, frame[column]).where(finished)
+    frame["value"] = frame[f"value_{manifest.get('selection', 'best_val')}"]
     frame = pd.concat([frame, _checkpoint_teachers(frame)], ignore_index=True)
-    return frame[["run_id", "dataset", "pair", "label", "role", "seed", "status", "value", "error"]], manifest
+    return frame[["run_id", "dataset", "pair", "label", "role", "seed", "status", "value", "value_best_val",
+                  "value_last", "error"]], manifest
 
 
 def _checkpoint_teachers(frame: pd.DataFrame) -> pd.DataFrame:
@@ -84,37 +123,64 @@ def _checkpoint_teachers(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (dataset, pair), runs in measured.groupby(["dataset", "pair"], sort=False):
         if (dataset, pair) not in with_run:
+            value = runs["teacher_test_top1"].iloc[0]
             rows.append({"run_id": "checkpoint", "dataset": dataset, "pair": pair, "label": "teacher",
-                         "role": "teacher", "seed": None, "status": "finished",
-                         "value": runs["teacher_test_top1"].iloc[0], "error": None})
+                         "role": "teacher", "seed": None, "status": "finished", "value": value,
+                         **{f"value_{rule}": value for rule in RULES}, "error": None})
     return pd.DataFrame(rows)
 
 
 def summarise(runs: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFrame:
     """One row per (dataset, pair, label) cell; the columns of ``summary.csv``."""
+    reference, controlled = reference_label(manifest), controls(manifest)
     rows = []
     for dataset, pair in columns(runs):
         paper = manifest.get("paper", {}).get(paper_key(dataset, pair), {})
-        for label in labels(runs):
-            cell = runs[(runs["dataset"] == dataset) & (runs["pair"] == pair) & (runs["label"] == label)]
+        here = runs[(runs["dataset"] == dataset) & (runs["pair"] == pair)]
+        baseline = _by_seed(here[here["label"] == reference])
+        for label in _ordered(labels(runs), controlled):
+            cell = here[here["label"] == label]
             if cell.empty:
                 continue
             done = cell[cell["status"] == "finished"]
-            values = done["value"].astype(float)
-            mean = values.mean() if len(values) else math.nan
-            rows.append({
-                "dataset": dataset, "pair": pair, "label": label, "role": cell["role"].iloc[0],
-                "mean": mean, "std": values.std(ddof=1) if len(values) > 1 else math.nan, "n": len(values),
-                "seeds": " ".join(str(int(s)) for s in sorted(done["seed"].dropna())),
-                "failed": int((cell["status"] == "failed").sum()), "missing": int((cell["status"] == "missing").sum()),
-                "paper": paper.get(label, math.nan), "delta_paper": mean - paper.get(label, math.nan),
-            })
-    summary = pd.DataFrame(rows, columns=["dataset", "pair", "label", "role", "mean", "std", "n", "seeds", "failed",
-                                          "missing", "paper", "delta_paper"])
-    students = summary[summary["role"] != "teacher"].assign(rounded=lambda s: s["mean"].round(2))
-    summary["rank"] = students.groupby(["dataset", "pair"])["rounded"].rank(method="dense", ascending=False).astype("Int64")
+            row = {"dataset": dataset, "pair": pair, "label": label, "role": cell["role"].iloc[0],
+                   "control": controlled.get(label, ""), **_spread(done["value"]),
+                   **{f"{k}_{rule}": v for rule in RULES for k, v in _spread(done[f"value_{rule}"]).items() if k != "n"},
+                   "seeds": " ".join(str(int(s)) for s in sorted(done["seed"].dropna())),
+                   "failed": int((cell["status"] == "failed").sum()),
+                   "missing": int((cell["status"] == "missing").sum()),
+                   "paper": paper.get(label, math.nan)}
+            row["delta_paper"] = row["mean"] - row["paper"]
+            if row["role"] != "teacher" and label != reference and baseline:
+                test = paired_difference(_by_seed(cell), baseline)
+                row |= {"reference": reference, "paired_n": test.n, "diff_mean": test.mean, "diff_ci_low": test.ci_low,
+                        "diff_ci_high": test.ci_high, "t": test.t, "p_value": test.p_value,
+                        "significant": test.significant if test.computable else None}
+            rows.append(row)
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"paired_n": "Int64", "significant": "boolean"})
+    ranked = summary[(summary["role"] != "teacher") & (summary["control"] == "")]
+    ranked = ranked.assign(rounded=lambda s: s["mean"].round(2))
+    summary["rank"] = ranked.groupby(["dataset", "pair"])["rounded"].rank(method="dense", ascending=False).astype("Int64")
     summary["selection"] = manifest.get("selection", "best_val")
     return summary
+
+
+def _ordered(found: list[str], controlled: dict[str, str]) -> list[str]:
+    """Labels in report order with the controls last, as the manifest lists them."""
+    return [label for label in found if label not in controlled] + [label for label in controlled if label in found]
+
+
+def _spread(values: pd.Series) -> dict[str, Any]:
+    """Mean, sample std (n − 1; nan for one value) and count of the non-missing values."""
+    values = values.dropna().astype(float)
+    return {"mean": values.mean() if len(values) else math.nan,
+            "std": values.std(ddof=1) if len(values) > 1 else math.nan, "n": len(values)}
+
+
+def _by_seed(cell: pd.DataFrame) -> dict[int, float]:
+    """Seed → selected accuracy of the cell's finished runs."""
+    done = cell[(cell["status"] == "finished") & cell["seed"].notna()]
+    return {int(seed): float(value) for seed, value in zip(done["seed"], done["value"])}
 
 
 def seed_count(runs: pd.DataFrame) -> int:
@@ -143,31 +209,76 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
     n_seeds = seed_count(runs)
     missing = left_out(runs)
 
-    written = [out / "summary.csv", out / "runs.csv", out / "table.md", out / "table.tex"]
+    written = [out / "summary.csv", out / "runs.csv", out / "table.md", out / "table.tex", out / "paired.tex"]
     summary.to_csv(written[0], index=False)
     runs.to_csv(written[1], index=False)
     written[2].write_text(_markdown(summary, missing, name, manifest, n_seeds, transpose))
     written[3].write_text(_latex(summary, missing, name, manifest, n_seeds, transpose))
-    written += curves.plot_training_curves(suite_dir, runs, out / "figures")
-    written += curves.plot_teacher_gap(summary, out / "figures" / "teacher_gap")
+    written[4].write_text(_latex_paired(summary, name, manifest))
+    figures = curves.plot_training_curves(suite_dir, runs, out / "figures")
+    figures += curves.plot_teacher_gap(summary, out / "figures" / "teacher_gap")
     if (runs["status"] == "finished").any():  # runs keep their test logits: the spectra come with the report
         from .spectra import write_spectra
 
-        written += write_spectra(suite_dir, out)
+        figures += write_spectra(suite_dir, out)
+    written += figures
     return written
 
 
-def _caption(name: str, manifest: dict[str, Any], n_seeds: int, summary: pd.DataFrame, left: int) -> str:
+def caption(name: str, manifest: dict[str, Any], n_seeds: int, summary: pd.DataFrame, left: int) -> str:
+    """The main table's caption, as plain text."""
     rule = manifest.get("selection", "best_val")
     text = (f"Test top-1 accuracy (%) on suite {name}: mean ± std over {n_seeds} seeds, each run taken at "
             f"{SELECTION_TEXT[rule]} (selection rule: {rule}). The teacher row is the teacher the students learned "
-            f"from. For each dataset and pair the best student is bold and the second underlined. "
+            f"from. For each dataset and pair the best method is bold and the second underlined. "
             f"[n=k]: only k of {n_seeds} runs finished.")
+    text += " " + _significance_text(manifest, summary)
+    controlled = controls(manifest)
+    if controlled:
+        text += (" Controls (not ranked), below the methods: "
+                 + "; ".join(f"{display_name(label)}: {what}" for label, what in controlled.items()) + ".")
     if summary["paper"].notna().any():
         text += " In parentheses: the published number."
     if left:
         text += f" {left} run(s) failed or did not finish and are not in the means (listed below)."
     return text
+
+
+def _significance_text(manifest: dict[str, Any], summary: pd.DataFrame) -> str:
+    reference = display_name(reference_label(manifest))
+    if not summary["paired_n"].notna().any():
+        return f"No paired comparison: the reference {reference} is not in this suite."
+    text = f"†: differs from {reference} at p < {SIGNIFICANCE} ({TEST_NAME} over seeds)."
+    if not (summary["paired_n"].dropna() >= MIN_PAIRS).any():
+        text += f" No cell has {MIN_PAIRS} paired seeds, so none is tested."
+    return text
+
+
+def paired_caption(manifest: dict[str, Any]) -> str:
+    """The caption of the paired differences, as plain text."""
+    reference = display_name(reference_label(manifest))
+    rule = manifest.get("selection", "best_val")
+    return (f"Paired difference to {reference} in test top-1 (percentage points, selection rule: {rule}): mean "
+            f"over the seeds where both finished (runs of one seed saw the same batches), its 95% confidence "
+            f"interval and p from the {TEST_NAME} (t distribution, n − 1 degrees of freedom); "
+            f"{NOT_COMPUTABLE} with fewer than {MIN_PAIRS} paired seeds.")
+
+
+def paired_text(row: pd.Series | None, tex: bool = False) -> str:
+    """A paired-difference cell: ``+1.23 [+0.45, +2.01], p=0.012 (n=3)``."""
+    if row is None or pd.isna(row["paired_n"]):
+        return "--" if tex else "–"
+    if pd.isna(row["diff_mean"]):
+        return NOT_COMPUTABLE.replace("<", "$<$") if tex else NOT_COMPUTABLE
+    p_value = row["p_value"]
+    p_text = ("p$<$0.001" if tex else "p<0.001") if p_value < 0.001 else f"p={p_value:.3f}"
+    low, mean, high = (_signed(row[k], tex) for k in ("diff_ci_low", "diff_mean", "diff_ci_high"))
+    return f"{mean} [{low}, {high}], {p_text} (n={row['paired_n']})"
+
+
+def _signed(value: float, tex: bool) -> str:
+    text = f"{value:+.2f}"
+    return text.replace("-", "$-$").replace("+", "$+$") if tex else text
 
 
 def _cell(row: pd.Series | None, n_seeds: int, tex: bool) -> str:
@@ -184,6 +295,8 @@ def _cell(row: pd.Series | None, n_seeds: int, tex: bool) -> str:
             text = f"\\underline{{{text}}}" if tex else f"<u>{text}</u>"
         if not math.isnan(row["std"]):
             text += f"{{\\scriptsize$\\pm${row['std']:.2f}}}" if tex else f" ± {row['std']:.2f}"
+        if _is_true(row["significant"]):
+            text += DAGGER["tex" if tex else "md"]
     extras = []
     if row["role"] != "teacher" and row["n"] < n_seeds:
         extras.append(f"[n={row['n']}]")
@@ -194,30 +307,64 @@ def _cell(row: pd.Series | None, n_seeds: int, tex: bool) -> str:
     return text
 
 
-def _grid(summary: pd.DataFrame, n_seeds: int, transpose: bool, tex: bool) -> tuple[list[list[str]], list[list[str]], list[int]]:
-    """Header rows, body rows and the body rows followed by a rule, as cell text."""
+def _is_true(value: Any) -> bool:
+    return not pd.isna(value) and bool(value)
+
+
+def _row_name(label: str, control: str, tex: bool) -> str:
+    """A row's label: the method's display name, and for a control what it controls."""
+    if not control:
+        return latex_escape(display_name(label)) if tex else display_name(label)
+    if tex:
+        return f"{latex_escape(display_name(label))} {{\\scriptsize ({latex_escape(control)})}}"
+    return f"{display_name(label)} ({control})"
+
+
+def _grid(summary: pd.DataFrame, n_seeds: int, transpose: bool, tex: bool,
+          cell_text=None) -> tuple[list[list[str]], list[list[str]], list[int], int | None]:
+    """Header rows, body rows, the body rows followed by a rule, and the index of the first
+    control row (None without controls), as cell text. ``cell_text(row)`` formats a cell
+    (default: the accuracy cell)."""
     escape = latex_escape if tex else str
+    cell_text = cell_text or (lambda row: _cell(row, n_seeds, tex))
     cols = list(dict.fromkeys(zip(summary["dataset"], summary["pair"])))
     methods = list(dict.fromkeys(summary["label"]))
+    control_of = dict(zip(summary["label"], summary["control"]))
     cells = {(r["dataset"], r["pair"], r["label"]): r for _, r in summary.iterrows()}
+    first_control = next((i for i, m in enumerate(methods) if control_of[m]), None)
 
     def cell(column: tuple[str, str], label: str) -> str:
-        return _cell(cells.get((*column, label)), n_seeds, tex)
+        return cell_text(cells.get((*column, label)))
 
     if transpose:
-        header = [["Dataset", "Pair", *(escape(display_name(m)) for m in methods)]]
+        names = [escape(display_name(m)) + (escape(" (control)") if control_of[m] else "") for m in methods]
+        header = [["Dataset", "Pair", *names]]
         body = [[escape(d), escape(p), *(cell((d, p), m) for m in methods)] for d, p in cols]
-        return header, body, []
+        return header, body, [], None
     header = [["Method", *(escape(d) for d, _ in cols)], ["", *(escape(p) for _, p in cols)]]
-    body = [[escape(display_name(m)), *(cell(c, m) for c in cols)] for m in methods]
-    return header, body, [0] if methods[:1] == ["teacher"] else []
+    body = [[_row_name(m, control_of[m], tex), *(cell(c, m) for c in cols)] for m in methods]
+    rules = [0] if methods[:1] == ["teacher"] else []
+    if first_control is not None and first_control > 0:
+        rules.append(first_control - 1)
+    return header, body, rules, first_control
 
 
 def _markdown(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest: dict[str, Any], n_seeds: int,
               transpose: bool) -> str:
-    header, body, _ = _grid(summary, n_seeds, transpose, tex=False)
+    header, body, _, first_control = _grid(summary, n_seeds, transpose, tex=False)
     merged = [" ".join(part for part in parts if part) for parts in zip(*header)]
-    text = f"# {name}\n\n{_caption(name, manifest, n_seeds, summary, len(missing))}\n\n{markdown_table(merged, body)}"
+    if first_control is not None:
+        body.insert(first_control, ["*Controls*"] + [""] * (len(merged) - 1))
+    text = (f"# {name}\n\n{caption(name, manifest, n_seeds, summary, len(missing))}\n\n"
+            f"{markdown_table(merged, body)}")
+    students = summary[summary["role"] != "teacher"]
+    if students["paired_n"].notna().any():
+        header, body, _, first_control = _grid(students[students["paired_n"].notna()], n_seeds, False, tex=False,
+                                               cell_text=paired_text)
+        if first_control is not None:
+            body.insert(first_control, ["*Controls*"] + [""] * (len(body[0]) - 1))
+        text += (f"\n## Paired differences to {display_name(reference_label(manifest))}\n\n{paired_caption(manifest)}\n\n"
+                 + markdown_table([" ".join(part for part in parts if part) for parts in zip(*header)], body))
     if len(missing):
         text += "\n## Runs not in the means\n\n" + markdown_table(
             ["Run", "Dataset", "Pair", "Method", "Seed", "Status", "Reason"],
@@ -227,13 +374,28 @@ def _markdown(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest:
 
 def _latex(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest: dict[str, Any], n_seeds: int,
            transpose: bool) -> str:
-    header, body, rules = _grid(summary, n_seeds, transpose, tex=True)
+    header, body, rules, first_control = _grid(summary, n_seeds, transpose, tex=True)
     leading = 2 if transpose else 1
+    if first_control is not None:
+        body.insert(first_control, [f"\\multicolumn{{{len(header[0])}}}{{l}}{{\\textit{{Controls}}}}"])
+        rules = [r + 1 if r >= first_control else r for r in rules]
     notes = [latex_escape(f"Not in the means: {r.label}, {_text(r.dataset)}, {r.pair}, seed {_text(r.seed)}, "
                           f"run {r.run_id}: {r.status}" + (f" ({r.error})" if r.error else ""))
              for r in missing.itertuples()]
-    return latex_table(header, body, latex_escape(_caption(name, manifest, n_seeds, summary, len(missing))),
+    return latex_table(header, body, latex_escape(caption(name, manifest, n_seeds, summary, len(missing))),
                        f"tab:{name}", "l" * leading + "c" * (len(header[0]) - leading), rules, notes)
+
+
+def _latex_paired(summary: pd.DataFrame, name: str, manifest: dict[str, Any]) -> str:
+    compared = summary[summary["paired_n"].notna()]
+    if compared.empty:
+        return f"% No paired comparison in suite {name}: the reference {reference_label(manifest)} is not in it.\n"
+    header, body, rules, first_control = _grid(compared, 0, False, tex=True, cell_text=lambda r: paired_text(r, tex=True))
+    if first_control is not None:
+        body.insert(first_control, [f"\\multicolumn{{{len(header[0])}}}{{l}}{{\\textit{{Controls}}}}"])
+        rules = [r + 1 if r >= first_control else r for r in rules]
+    return latex_table(header, body, latex_escape(paired_caption(manifest)), f"tab:{name}-paired",
+                       "l" + "c" * (len(header[0]) - 1), rules)
 
 
 def _text(value: Any) -> str:

@@ -23,6 +23,10 @@ _LATEX_SPECIAL = {
     "±": r"$\pm$",
     "×": r"$\times$",
     "Δ": r"$\Delta$",
+    "−": r"$-$",
+    "†": r"$^\dagger$",
+    "<": r"$<$",  # the default T1/OT1 text fonts print < and > as other glyphs
+    ">": r"$>$",
 }
 
 

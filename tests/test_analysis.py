@@ -142,6 +142,103 @@ def test_report_summary_numbers(results, report):
     assert rows["synthetic-fg", "kd"]["paper"] == ""
 
 
+def expected_by_seed(suite_dir: Path, key: str) -> dict[tuple[str, str], dict[int, float]]:
+    """(dataset, label) → seed → the summary value ``key`` of each finished student run."""
+    manifest = json.loads((suite_dir / "manifest.json").read_text())
+    cells: dict[tuple[str, str], dict[int, float]] = {}
+    for job in manifest["jobs"]:
+        path = suite_dir / "runs" / job["run_id"] / "record.json"
+        if path.exists() and job["role"] == "student":
+            value = json.loads(path.read_text())["summary"][key]
+            cells.setdefault((job["dataset"], job["label"]), {})[job["seed"]] = value
+    return cells
+
+
+def test_report_summary_has_both_selection_rules(results, report):
+    out, _ = report
+    rows = {(r["dataset"], r["label"]): r for r in csv.DictReader((out / "summary.csv").open())}
+    for rule in ("best_val", "last"):
+        for key, by_seed in expected_by_seed(results, f"test_top1_{rule}").items():
+            assert float(rows[key][f"mean_{rule}"]) == pytest.approx(statistics.mean(by_seed.values()))
+            assert float(rows[key][f"std_{rule}"]) == pytest.approx(statistics.stdev(by_seed.values()))
+
+
+def test_report_paired_statistics(results, report):
+    """Each student's difference to KD, paired by seed, equals scipy's ttest_rel on the
+    records; cells with fewer than 3 pairs print no number; p < 0.05 gets a dagger."""
+    from scipy import stats
+
+    out, _ = report
+    rows = {(r["dataset"], r["label"]): r for r in csv.DictReader((out / "summary.csv").open())}
+    by_seed = expected_by_seed(results, "test_top1_best_val")
+    markdown = (out / "table.md").read_text()
+    main, paired = markdown.split("## Paired differences to KD")[0], markdown.split("## Paired differences to KD")[1]
+    paired_lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+                    for line in paired.split("## Runs not in the means")[0].splitlines() if line.startswith("| ")}
+    main_lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+                  for line in main.splitlines() if line.startswith("| ")}
+    names = {"none": "Student (no KD)", "figkd": "FiGKD"}
+    tested = 0
+    for column, dataset in enumerate(CLASSES):
+        assert rows[dataset, "kd"]["paired_n"] == "" and rows[dataset, "teacher"]["paired_n"] == ""
+        reference = by_seed[dataset, "kd"]
+        for label, name in names.items():
+            row, mine = rows[dataset, label], by_seed[dataset, label]
+            seeds = sorted(mine.keys() & reference.keys())
+            assert row["reference"] == "kd" and int(row["paired_n"]) == len(seeds)
+            if len(seeds) < 3:
+                assert row["diff_mean"] == row["p_value"] == row["significant"] == ""
+                assert paired_lines[name][column] == "n<3: cannot be computed"
+                assert "†" not in main_lines[name][column]
+                continue
+            tested += 1
+            expected = stats.ttest_rel([mine[s] for s in seeds], [reference[s] for s in seeds])
+            low, high = expected.confidence_interval(0.95)
+            assert float(row["diff_mean"]) == pytest.approx(statistics.mean(mine[s] - reference[s] for s in seeds))
+            assert float(row["p_value"]) == pytest.approx(expected.pvalue)
+            assert float(row["diff_ci_low"]) == pytest.approx(low) and float(row["diff_ci_high"]) == pytest.approx(high)
+            assert row["significant"] == str(expected.pvalue < 0.05)
+            assert paired_lines[name][column].startswith(f"{float(row['diff_mean']):+.2f} [{low:+.2f}, {high:+.2f}]")
+            assert paired_lines[name][column].endswith(f"(n={len(seeds)})")
+            assert main_lines[name][column].split(" [")[0].endswith("†") == (expected.pvalue < 0.05)
+    assert tested == 1  # synthetic-fg none vs kd; digits' KD lost a seed and synthetic-fg's FiGKD one
+    assert "two-sided paired t-test" in main and "†: differs from KD at p < 0.05" in main
+    tex = (out / "table.tex").read_text()
+    assert "$^\\dagger$" in tex and "paired t-test" in tex
+    paired_tex = (out / "paired.tex").read_text()
+    assert "n$<$3: cannot be computed" in paired_tex and "95\\% confidence interval" in paired_tex
+    _compile(out / "table.tex")
+    _compile(out / "paired.tex")
+
+
+def test_report_controls_block_and_reference(results, tmp_path):
+    """Labels under the manifest's ``controls`` follow the methods as a block labelled by
+    what they control, are not ranked, and are compared with the suite's ``reference``."""
+    suite_dir = tmp_path / "fixture"
+    shutil.copytree(results, suite_dir, ignore=shutil.ignore_patterns("report", "spectra"))
+    manifest = json.loads((suite_dir / "manifest.json").read_text())
+    manifest |= {"reference": "none", "controls": {"kd": "the teacher's soft labels"}}
+    (suite_dir / "manifest.json").write_text(json.dumps(manifest))
+    write_report(suite_dir)
+    out = suite_dir / "report"
+    markdown = (out / "table.md").read_text()
+    body = [line.split("|")[1].strip() for line in markdown.split("## Paired")[0].splitlines() if line.startswith("| ")]
+    assert body[2:] == ["Teacher", "Student (no KD)", "FiGKD", "*Controls*", "KD (the teacher's soft labels)"]
+    assert "Controls (not ranked), below the methods: KD: the teacher's soft labels." in markdown
+    assert "## Paired differences to Student (no KD)" in markdown
+    rows = {(r["dataset"], r["label"]): r for r in csv.DictReader((out / "summary.csv").open())}
+    assert rows["digits", "kd"]["control"] == "the teacher's soft labels" and rows["digits", "kd"]["rank"] == ""
+    assert rows["digits", "figkd"]["rank"] == "1" and rows["digits", "none"]["rank"] == "2"
+    assert rows["digits", "kd"]["reference"] == "none" and rows["digits", "none"]["paired_n"] == ""
+    tex = (out / "table.tex").read_text()
+    lines = [line for line in tex.splitlines() if line.endswith("\\\\")]
+    controls_at = lines.index("\\multicolumn{3}{l}{\\textit{Controls}} \\\\")
+    assert lines[controls_at + 1].startswith("KD {\\scriptsize (the teacher's soft labels)} & ")
+    assert tex.splitlines()[tex.splitlines().index(lines[controls_at]) - 1] == "\\midrule"
+    _compile(out / "table.tex")
+    _compile(out / "paired.tex")
+
+
 def _ranked(cells: dict, dataset: str) -> list[str]:
     means = {label: statistics.mean(v) for (d, label), v in cells.items() if d == dataset and label != "teacher"}
     return sorted(means, key=means.get, reverse=True)
@@ -152,7 +249,7 @@ def test_report_markdown_table(results, report):
     text = (out / "table.md").read_text()
     cells = expected_cells(results, "best_val")
     lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-             for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+             for line in text.split("## Paired")[0].splitlines() if line.startswith("| ") and "---" not in line}
     header = lines["Method"]
     assert header == [f"digits {PAIR}", f"synthetic-fg {PAIR}"]
     names = {"teacher": "Teacher", "none": "Student (no KD)", "kd": "KD", "figkd": "FiGKD"}
