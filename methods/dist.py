@@ -16,9 +16,9 @@ is constant and intra is exactly T², with no gradient.
 Defaults are the released CIFAR-100 recipe (``configs/strategies/distill/dist_cifar.yaml``:
 ``kd: dist_t4``, ``ori_loss_weight 1``, ``kd_loss_weight 2`` with β = γ = 1 inside, i.e.
 T 4, w_ce 1, β = γ = 2; its 120-epoch constant warm-up then step decay every 30 epochs is
-the suite's 240-epoch step recipe). ImageNet uses T 1, β = γ = 1. Against the paper's
-relation terms over softmax(Z/T), the code adds the KD-style T² factor and the 1e-8 guard;
-both are kept, since the published numbers come from that code. Published CIFAR-100
+the suite's 240-epoch step recipe). ImageNet uses T 1, β = γ = 1. The T² factor and the
+1e-8 guard are the released code's (the CIFAR-100 numbers come from that code); the loss
+is otherwise the paper's. Published CIFAR-100
 numbers: the DIST README (mean ± std of the released logs) for its six pairs; other pairs
 are WTTM's re-implementation (its Tables 1 and 2).
 """

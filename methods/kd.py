@@ -15,11 +15,14 @@ replaced by its z-score before the softmax, so the student matches the teacher's
 
 where T is now the *base* temperature. LSKD's CIFAR-100 setting for KD is T 2, w_kd 9
 (w_ce 0.1); a few pairs use T 3 (the suite sets them per pair, from the names of the
-authors' logs). Other methods reuse ``standardize_logits`` (dkd, figkd, ctkd). σ is the paper's
-population standard deviation; the released code (and the paper's Algorithm 1) divides by
-``torch.std``, which has Bessel's correction: its loss at (T, w) equals this one at
-(T·√(C/(C−1)), w·(C−1)/C), e.g. (2.0101, 8.91) for T 2, w 9 on 100 classes.
+authors' logs). Other methods reuse ``standardize_logits`` (dkd, figkd, ctkd). σ is the
+paper's population standard deviation (its Algorithm 1, 1/C); the released code divides by
+``1e-7 + torch.std``, which has Bessel's correction: its loss at (T, w) equals this one at
+(T·√(C/(C−1)), w·(C−1)/C), e.g. (2.0101, 8.91) for T 2, w 9 on 100 classes. ε is the code's
+guard (the paper has none), kept so that a constant logit vector gives zeros, not 0/0.
 """
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,20 +47,25 @@ def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
     return centred / (centred.pow(2).mean(dim=-1, keepdim=True).sqrt() + eps)
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor) -> Tensor:
-    """T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)), summed over classes, mean over the batch.
+def kd_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor, reduction: Literal["mean", "none"] = "mean"
+) -> Tensor:
+    """T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)), summed over classes, mean over the batch
+    (``reduction="none"``: one value per sample).
 
     ``temperature`` may be a tensor (CTKD's learnable one): the gradient then reaches it.
     """
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(1)
-    return kl.mean() * temperature**2
+    return kl.mean() * temperature**2 if reduction == "mean" else kl * temperature**2
 
 
 @register_method
 class KD(Method):
     name = "kd"
+    display_name = "KD"
+    color = "#56B4E9"
     HParams = KDHParams
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
