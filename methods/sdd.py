@@ -46,6 +46,7 @@ from torch import Tensor
 
 from kdbench.method import Batch, HParams, Method, register_method, warmup
 from kdbench.methods.dkd import dkd_loss
+from kdbench.methods.kd import kd_loss
 from kdbench.models import ModelOutput
 
 BASE_WEIGHTS = {"kd": (0.1, 0.9), "dkd": (1.0, 1.0)}  # (w_ce, alpha) of SD-KD and SD-DKD
@@ -103,12 +104,6 @@ def region_weights(teacher_local: Tensor, labels: Tensor, beta_complementary: fl
     return weights.masked_fill(correct != correct[:, :1], beta_complementary)
 
 
-def kd_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(1) * temperature**2
-
-
 def sdd_loss(
     student_local: Tensor,
     teacher_local: Tensor,
@@ -126,7 +121,7 @@ def sdd_loss(
     weights = region_weights(teacher_local, labels, beta_complementary)
     zs, zt = student_local.reshape(b * n, c), teacher_local.reshape(b * n, c)
     if base == "kd":
-        per_region = kd_per_sample(zs, zt, temperature)
+        per_region = kd_loss(zs, zt, temperature, reduction="none")
     else:
         tckd, nckd = dkd_loss(zs, zt, labels.repeat_interleave(n), dkd_alpha, dkd_beta, temperature, "none")
         per_region = tckd + nckd
