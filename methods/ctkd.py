@@ -79,6 +79,7 @@ def curriculum_strength(epoch: int, epochs: int, lambda_min: float, lambda_max: 
 @register_method
 class CTKD(Method):
     name = "ctkd"
+    display_name = "CTKD"
     HParams = CTKDHParams
 
     def setup(self, context: TrainContext) -> None:

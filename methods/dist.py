@@ -11,7 +11,8 @@ matrix for student and teacher, and the Pearson distance d_p(u, v) = 1 − ρ(u,
 
 ρ is the cosine of the centred vectors, with the released code's 1e-8 added to the product
 of norms, so a constant vector has ρ = 0 instead of 0/0: with a batch of one every column
-is constant and intra is exactly T², with no gradient.
+is constant and intra is exactly T², with no gradient. Under torchrun each rank's intra
+term is over its own slice of the batch, as in the released code (no gather across GPUs).
 
 Defaults are the released CIFAR-100 recipe (``configs/strategies/distill/dist_cifar.yaml``:
 ``kd: dist_t4``, ``ori_loss_weight 1``, ``kd_loss_weight 2`` with β = γ = 1 inside, i.e.
@@ -59,6 +60,7 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float
 @register_method
 class DIST(Method):
     name = "dist"
+    display_name = "DIST"
     HParams = DISTHParams
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:

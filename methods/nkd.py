@@ -54,6 +54,7 @@ def nkd_loss(
 @register_method
 class NKD(Method):
     name = "nkd"
+    display_name = "NKD"
     HParams = NKDHParams
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:

@@ -48,6 +48,7 @@ def wttm_loss(student_logits: Tensor, teacher_logits: Tensor, gamma: float) -> T
 @register_method
 class WTTM(Method):
     name = "wttm"
+    display_name = "WTTM"
     HParams = WTTMHParams
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
