@@ -24,6 +24,7 @@ numbers: the DIST README (mean ± std of the released logs) for its six pairs; o
 are WTTM's re-implementation (its Tables 1 and 2).
 """
 
+import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat
 from torch import Tensor
@@ -49,9 +50,11 @@ def pearson_distance(a: Tensor, b: Tensor) -> Tensor:
 
 
 def dist_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """(inter, intra), both T²-scaled batch/class means."""
-    y_s = F.softmax(student_logits / temperature, dim=1)
-    y_t = F.softmax(teacher_logits.detach() / temperature, dim=1)
+    """(inter, intra), both T²-scaled batch/class means, in at least float32 (under autocast
+    too: correlations of probabilities near 1e-4 lose their digits in half precision)."""
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    y_s = F.softmax(student_logits.to(dtype) / temperature, dim=1)
+    y_t = F.softmax(teacher_logits.detach().to(dtype) / temperature, dim=1)
     inter = pearson_distance(y_s, y_t).mean()
     intra = pearson_distance(y_s.T, y_t.T).mean()
     return temperature**2 * inter, temperature**2 * intra

@@ -22,6 +22,7 @@ which keeps the target class; fixed upstream in 9466b3f (Oct 2023), and SDD's co
 still has it. Non-target logits are gathered here (``dkd.non_target``) instead of masked.
 """
 
+import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat
 from torch import Tensor
@@ -40,8 +41,9 @@ class NKDHParams(HParams):
 def nkd_loss(
     student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float, gamma: float
 ) -> tuple[Tensor, Tensor]:
-    """(target, γ·non-target) terms of NKD, batch means."""
-    teacher_logits = teacher_logits.detach()
+    """(target, γ·non-target) terms of NKD, batch means, in at least float32."""
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    student_logits, teacher_logits = student_logits.to(dtype), teacher_logits.detach().to(dtype)
     log_p_s_target = F.log_softmax(student_logits, dim=1).gather(1, labels[:, None]).squeeze(1)
     p_t_target = F.softmax(teacher_logits, dim=1).gather(1, labels[:, None]).squeeze(1)
     target = -(p_t_target * log_p_s_target).mean()

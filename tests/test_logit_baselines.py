@@ -335,3 +335,18 @@ def test_dkd_logit_stand_matches_reference():
         nckd += np_kl(np_softmax(t_row[others] / 2), np_softmax(s_row[others] / 2))
     assert terms["tckd"].item() == pytest.approx(9 * 4 * tckd / 3, rel=1e-6)
     assert terms["nckd"].item() == pytest.approx(72 * 4 * nckd / 3, rel=1e-6)
+
+
+# --- precision -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", [
+    lambda zs, zt: dist_loss(zs, zt, 4.0)[1],
+    lambda zs, zt: nkd_loss(zs, zt, torch.as_tensor(LABELS), 3.0, 3.5)[1],
+    lambda zs, zt: wttm_loss(zs, zt, 0.1),
+], ids=["dist", "nkd", "wttm"])
+def test_half_precision_logits_are_distilled_in_float32(loss):
+    exact = loss(t(Z_S), t(Z_T)).item()
+    half = loss(t(Z_S).to(torch.bfloat16), t(Z_T).to(torch.bfloat16))
+    assert half.dtype == torch.float32
+    assert half.item() == pytest.approx(exact, rel=2e-2)  # only the inputs' rounding remains
