@@ -70,7 +70,7 @@ class KD(Method):
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams
-        z_s, z_t = student.logits, teacher.logits
+        z_s, z_t = student.logits, teacher.logits.detach()
         if hp.logit_stand:
             z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
         return {
