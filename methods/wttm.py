@@ -36,8 +36,11 @@ class WTTMHParams(HParams):
 
 
 def wttm_loss(student_logits: Tensor, teacher_logits: Tensor, gamma: float) -> Tensor:
-    """(1/B)·Σ_b U_γ(p_t)·KL(p̂_t ‖ softmax(z_s)), the WTTM distillation term before β."""
-    scaled = gamma * F.log_softmax(teacher_logits.detach(), dim=1)  # γ·log p_t
+    """(1/B)·Σ_b U_γ(p_t)·KL(p̂_t ‖ softmax(z_s)), the WTTM distillation term before β, in at
+    least float32."""
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    student_logits, teacher_logits = student_logits.to(dtype), teacher_logits.detach().to(dtype)
+    scaled = gamma * F.log_softmax(teacher_logits, dim=1)  # γ·log p_t
     log_u = torch.logsumexp(scaled, dim=1, keepdim=True)
     log_target = scaled - log_u  # log p̂_t
     log_q = F.log_softmax(student_logits, dim=1)
