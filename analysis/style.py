@@ -2,10 +2,12 @@
 
 - Sizes: ``SINGLE`` (3.5 in, one column of a two-column paper) and ``DOUBLE`` (7.16 in,
   the full page width), 8 pt text, TrueType fonts embedded in PDFs (no Type 3).
-- Colours: colour-blind-safe (Okabe & Ito, then Paul Tol's "muted" scheme). Each method
-  label has one colour in every figure: the bundled methods have fixed colours, any
-  other label (``figkd_random``, a user's method) gets one from its name's CRC32, so it
-  is the same in every figure and every run of the tools.
+- Names and colours: a label that is a registered method's name is shown as the class's
+  ``display_name`` in its ``color`` (``Method`` ClassVars; the bundled methods use
+  colour-blind-safe Okabe & Ito colours); the teacher is "Teacher" in black. Any other
+  label (``figkd_random``, a method that sets no colour) keeps its name and gets a colour of
+  Paul Tol's "muted" scheme from its name's CRC32, so it is the same in every figure and
+  every run of the tools.
 - ``save`` writes each figure as PDF (for the paper) and PNG (300 dpi, for a quick look).
 """
 
@@ -18,6 +20,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+from kdbench.method import METHODS, Method
 
 SINGLE = 3.5  # inches
 DOUBLE = 7.16
@@ -47,32 +51,10 @@ RC: dict[str, Any] = {
     "figure.constrained_layout.use": True,
 }
 
-# Okabe & Ito (2008), yellow left out (unreadable on white).
-METHOD_COLORS = {
-    "teacher": "#000000",
-    "none": "#999999",
-    "kd": "#56B4E9",
-    "dkd": "#0072B2",
-    "figkd": "#D55E00",
-    "sdd": "#009E73",
-    "pcd": "#CC79A7",
-    "freekd": "#E69F00",
-    "crd": "#882255",
-}
-# Paul Tol's "muted" scheme, for every other label.
+TEACHER_COLOR = "#000000"  # the teacher is no method: its look is fixed here
+TEACHER_NAME = "Teacher"
+# Paul Tol's "muted" scheme, for every label whose method declares no colour.
 OTHER_COLORS = ["#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#AA4499"]
-
-DISPLAY_NAMES = {
-    "teacher": "Teacher",
-    "none": "Student (no KD)",
-    "kd": "KD",
-    "dkd": "DKD",
-    "figkd": "FiGKD",
-    "sdd": "SDD",
-    "pcd": "PCD",
-    "freekd": "FreeKD",
-    "crd": "CRD",
-}
 
 LINESTYLES = ["-", "--", ":", "-."]
 
@@ -82,16 +64,27 @@ def apply() -> None:
     plt.rcParams.update(RC)
 
 
+def _method(label: str) -> type[Method] | None:
+    """The registered method named ``label``, if any (a suite label may name none)."""
+    return METHODS.get(label) if label in METHODS else None
+
+
 def color(label: str) -> str:
     """The colour of a method label, the same in every figure."""
-    if label in METHOD_COLORS:
-        return METHOD_COLORS[label]
+    if label == "teacher":
+        return TEACHER_COLOR
+    method = _method(label)
+    if method is not None and method.color is not None:
+        return method.color
     return OTHER_COLORS[zlib.crc32(label.encode()) % len(OTHER_COLORS)]
 
 
 def display_name(label: str) -> str:
     """How a method label is written in tables and legends (``kd`` → ``KD``)."""
-    return DISPLAY_NAMES.get(label, label)
+    if label == "teacher":
+        return TEACHER_NAME
+    method = _method(label)
+    return method.display_name if method is not None and method.display_name is not None else label
 
 
 def figure(width: float = SINGLE, aspect: float = 0.75, nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:

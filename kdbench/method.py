@@ -94,6 +94,10 @@ class TrainContext:
 class Method(nn.Module, ABC):
     name: ClassVar[str]
     HParams: ClassVar[type[HParams]] = HParams
+    # How tables and figures show the method (``FiGKD``) and its colour in every figure
+    # (any matplotlib colour); unset, the report uses ``name`` and a colour from its hash.
+    display_name: ClassVar[str | None] = None
+    color: ClassVar[str | None] = None
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()

@@ -80,6 +80,8 @@ def _renormalised(memory: Tensor, rows: Tensor, values: Tensor, momentum: float)
 @register_method
 class CRD(Method):
     name = "crd"
+    display_name = "CRD"
+    color = "#882255"
     HParams = CRDHParams
 
     def __init__(self, **hparams) -> None:

@@ -84,6 +84,8 @@ def dkd_loss(
 @register_method
 class DKD(Method):
     name = "dkd"
+    display_name = "DKD"
+    color = "#0072B2"
     HParams = DKDHParams
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:

@@ -97,6 +97,8 @@ def figkd_loss(
 @register_method
 class FiGKD(Method):
     name = "figkd"
+    display_name = "FiGKD"
+    color = "#D55E00"
     HParams = FiGKDHParams
 
     def __init__(self, **hparams) -> None:

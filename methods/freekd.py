@@ -75,6 +75,8 @@ def freekd_loss(
 @register_method
 class FreeKD(Method):
     name = "freekd"
+    display_name = "FreeKD"
+    color = "#E69F00"
     HParams = FreeKDHParams
 
     @property

@@ -10,6 +10,8 @@ from kdbench.models import ModelOutput
 @register_method
 class NoDistillation(Method):
     name = "none"
+    display_name = "Student (no KD)"
+    color = "#999999"
 
     @property
     def needs(self) -> Needs:

@@ -96,6 +96,8 @@ def pcd_official_code_loss(student_logits: Tensor, teacher_logits: Tensor, stage
 @register_method
 class PCD(Method):
     name = "pcd"
+    display_name = "PCD"
+    color = "#CC79A7"
     HParams = PCDHParams
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:

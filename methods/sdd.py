@@ -131,6 +131,8 @@ def sdd_loss(
 @register_method
 class SDD(Method):
     name = "sdd"
+    display_name = "SDD"
+    color = "#009E73"
     HParams = SDDHParams
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:

@@ -14,6 +14,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import zlib
 from pathlib import Path
 
 import optuna
@@ -23,8 +24,9 @@ import yaml
 from kdbench.analysis.report import write_report
 from kdbench.analysis.spectra import write_spectra
 
-from kdbench import records
+from kdbench import list_methods, records
 from kdbench.errors import ConfigError
+from kdbench.method import METHODS as REGISTERED_METHODS
 from kdbench.spec import DataSpec, Recipe, RunSpec, TeacherRef
 from kdbench.training import summarise
 
@@ -343,6 +345,38 @@ def test_report_last_epoch_rule_and_transpose_from_the_command_line(tmp_path):
     assert "\\begin{tabular}{llcccc}" in tex
     assert re.search(r"^Dataset & Pair & Teacher & Student \(no KD\) & KD & FiGKD \\\\$", tex, re.MULTILINE)
     _compile(tmp_path / "out" / "table.tex")
+
+
+# --- style --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_style_reads_names_and_colours_from_the_method(name):
+    from kdbench.analysis import style
+
+    cls = REGISTERED_METHODS.get(name)
+    assert style.display_name(name) == (cls.display_name or name)
+    if cls.color is not None:
+        assert style.color(name) == cls.color
+    else:
+        assert style.color(name) in style.OTHER_COLORS
+
+
+def test_style_colours_follow_the_class_and_fall_back_to_the_name(monkeypatch):
+    from kdbench.analysis import style
+
+    bundled = [style.color(n) for n in ("teacher", "none", "kd", "dkd", "figkd", "sdd", "pcd", "freekd", "crd")]
+    assert len(set(bundled)) == len(bundled)  # each its own colour
+    kd = REGISTERED_METHODS.get("kd")
+    monkeypatch.setattr(kd, "color", "#123456")
+    monkeypatch.setattr(kd, "display_name", "Hinton KD")
+    assert (style.color("kd"), style.display_name("kd")) == ("#123456", "Hinton KD")
+    monkeypatch.setattr(kd, "color", None)
+    monkeypatch.setattr(kd, "display_name", None)
+    assert style.color("kd") == style.OTHER_COLORS[zlib.crc32(b"kd") % len(style.OTHER_COLORS)]
+    assert style.display_name("kd") == "kd"
+    assert style.display_name("figkd_random") == "figkd_random"  # a label, not a method
+    assert (style.color("teacher"), style.display_name("teacher")) == ("#000000", "Teacher")
 
 
 # --- spectra ------------------------------------------------------------------------------
