@@ -15,11 +15,13 @@ Both terms are cross-entropies against the (detached) teacher, as in the paper a
 code: they differ from the KL form by the teacher's entropy, a constant, so gradients are
 the same. Defaults are the authors' released CIFAR-100 config
 (``configs/distillers/cifar100/res34_distill_res18_cifar.py``: T 3, γ 3.5, CE weight 1);
-their ImageNet configs use T 1, γ 1.5, which the SDD paper's NKD runs (the published NKD
-numbers in suites/cifar100.yaml) also hard-code. Differences from the released code: none
-in the loss. Its first release built the non-target mask with ``scatter_(1, label, 1)``,
-which keeps the target class; fixed upstream in 9466b3f (Oct 2023), and SDD's copy of NKD
-still has it. Non-target logits are gathered here (``dkd.non_target``) instead of masked.
+their ImageNet configs use T 1, γ 1.5. Differences from the released code: none in the
+loss; non-target logits are gathered here (``dkd.non_target``) instead of masked. Its first
+release built the mask with ``scatter_(1, label, 1)``, which keeps every class, so the
+"non-target" term was a full-softmax cross-entropy; fixed upstream in 9466b3f (Oct 2023).
+The SDD repository's NKD (``mdistiller/distillers/nkd.py``: T 1, γ 1.5) still has that
+mask, so the NKD numbers of the SDD paper's tables are not NKD's and the suite does not
+quote them.
 """
 
 import torch
