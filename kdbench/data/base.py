@@ -15,10 +15,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from PIL import Image
+from pydantic import AfterValidator, PositiveFloat
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -200,30 +201,85 @@ def padded_crop_recipe(
     )
 
 
+def _resize_center_crop(image_size: int) -> Transform:
+    """The 224-px evaluation transform scaled to ``image_size``: Resize(image_size·256/224)
+    (short side) + CenterCrop(image_size), ImageNet normalisation."""
+    return v2.Compose(
+        [
+            v2.Resize(round(image_size * 256 / 224)),
+            v2.CenterCrop(image_size),
+            v2.ToImage(),
+            *_to_normalised_tensor(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
 def resize_crop_recipe(image_size: int = 224) -> Recipe:
     """The standard 224-px recipe scaled to ``image_size``: train Resize(image_size·256/224)
     + RandomCrop(image_size) + horizontal flip; eval Resize + CenterCrop; ImageNet
     normalisation."""
-    resize = round(image_size * 256 / 224)
     return Recipe(
         train=v2.Compose(
             [
-                v2.Resize(resize),
+                v2.Resize(round(image_size * 256 / 224)),
                 v2.RandomCrop(image_size),
                 v2.RandomHorizontalFlip(),
                 v2.ToImage(),
                 *_to_normalised_tensor(IMAGENET_MEAN, IMAGENET_STD),
             ]
         ),
-        eval=v2.Compose(
+        eval=_resize_center_crop(image_size),
+    )
+
+
+def _ordered(bounds: tuple[float, float]) -> tuple[float, float]:
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"expected (low, high) with low <= high, got {list(bounds)}")
+    return bounds
+
+
+# The training crop of the 224-px sets (their options ``train_crop``, ``crop_scale``,
+# ``crop_ratio``): "resize_crop" is ``resize_crop_recipe``, "random_resized" is
+# ``random_resized_crop_recipe`` with that scale and ratio range (torchvision's defaults).
+TrainCrop = Literal["resize_crop", "random_resized"]
+CropRange = Annotated[tuple[PositiveFloat, PositiveFloat], AfterValidator(_ordered)]
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def random_resized_crop_recipe(
+    image_size: int = 224,
+    scale: tuple[float, float] = CROP_SCALE,
+    ratio: tuple[float, float] = CROP_RATIO,
+) -> Recipe:
+    """The ImageNet training recipe of the fine-grained KD literature (CS-KD, FRSKD, L2T-ww):
+    train RandomResizedCrop(image_size, scale, ratio) — a crop of a random ``scale`` fraction
+    of the image's area and aspect ratio in ``ratio``, resized to image_size² — + horizontal
+    flip; eval Resize(image_size·256/224) + CenterCrop(image_size); ImageNet normalisation."""
+    return Recipe(
+        train=v2.Compose(
             [
-                v2.Resize(resize),
-                v2.CenterCrop(image_size),
+                v2.RandomResizedCrop(image_size, scale=scale, ratio=ratio),
+                v2.RandomHorizontalFlip(),
                 v2.ToImage(),
                 *_to_normalised_tensor(IMAGENET_MEAN, IMAGENET_STD),
             ]
         ),
+        eval=_resize_center_crop(image_size),
     )
+
+
+def large_image_recipe(
+    image_size: int,
+    train_crop: TrainCrop = "resize_crop",
+    crop_scale: tuple[float, float] = CROP_SCALE,
+    crop_ratio: tuple[float, float] = CROP_RATIO,
+) -> Recipe:
+    """The recipe a 224-px set's options name (``crop_scale`` and ``crop_ratio`` are read only
+    with ``train_crop`` "random_resized")."""
+    if train_crop == "random_resized":
+        return random_resized_crop_recipe(image_size, crop_scale, crop_ratio)
+    return resize_crop_recipe(image_size)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +17,25 @@ from pydantic import PositiveInt
 
 from ..errors import ConfigError, DataError
 from . import register_dataset
+from .prepared import prepared_splits
 from .base import (
+    CROP_RATIO,
+    CROP_SCALE,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    CropRange,
     DataSplits,
     ImageFileDataset,
+    Recipe,
     Splitter,
     TensorImageDataset,
+    TrainCrop,
+    large_image_recipe,
     malformed,
     padded_crop_recipe,
     read_records,
     require,
     require_files,
-    resize_crop_recipe,
 )
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -126,27 +132,108 @@ def _file_splits(
     test: tuple[list[Path], list[int]],
     classes: Sequence[str],
     image_size: int,
+    recipe: Recipe,
+    root: Path,
+    prepared: bool,
 ) -> DataSplits:
-    """Splits of a 224-px set given its (paths, labels) per official split."""
-    return splitter.make(
-        ImageFileDataset(*train),
-        ImageFileDataset(*test),
-        classes,
-        image_size,
-        resize_crop_recipe(image_size),
+    """Splits of a 224-px set given its (paths, labels) per official split; with ``prepared``,
+    read from the set's prepared store (``kdbench.data.prepared``), made first if missing."""
+    train_set, test_set = ImageFileDataset(*train), ImageFileDataset(*test)
+    if prepared:
+        train_set, test_set = prepared_splits(splitter.name, root, train_set, test_set, image_size)
+    return splitter.make(train_set, test_set, classes, image_size, recipe)
+
+
+# The four fine-grained sets may also be read from the ImageFolder trees that the
+# fine-grained self-distillation repositories train from: <data root>/<folder>/train/<class>/
+# and valid/<class>/ (FRSKD) or test/<class>/ (CS-KD, L2T-ww), the second being the official
+# test split. Folder names are matched in any case:
+# - FRSKD (MingiJi/FRSKD @ 98b87e5, classification/dataset.py, lines 53-60 and 71-72): the
+#   folder is its --data argument, one of cub_200_2011, dogs, mit67, stanford40 in any case;
+# - CS-KD (alinlab/cs-kd @ b447f25, datasets.py, lines 159 and 213-214): CUB200,
+#   STANFORD120, MIT67;
+# - L2T-ww (alinlab/L2T-ww @ f4dde04, README.md and cub200.py / dog.py): train/ and test/
+#   written inside CUB_200_2011/ and dog/.
+# An official layout (its split files present) is read first; a tree only where it is absent.
+PREPARED_TREES = {
+    "cub200": ("CUB_200_2011", "CUB200"),
+    "stanford-dogs": ("dogs", "STANFORD120", "dog", "StanfordDogs"),
+    "mit67": ("mit67", "Indoor67", "indoor"),
+    "stanford40": ("stanford40",),
+}
+TREE_TEST_FOLDERS = ("valid", "test")
+
+
+def _tree_note(dataset: str) -> str:
+    """How the ``how`` of a missing fine-grained set names the prepared trees it also reads."""
+    names = "|".join(PREPARED_TREES[dataset])
+    return f"Or give it as an ImageFolder tree <data root>/<{names}>/{{train,valid or test}}/<class>/."
+
+
+def _prepared_tree(root: Path, dataset: str) -> tuple[Path, Path] | None:
+    """(train, test) folders of the first of ``PREPARED_TREES[dataset]`` under ``root`` (any
+    case) that holds ``train/`` and ``valid/`` or ``test/``; None where there is none."""
+    if not root.is_dir():
+        return None
+    wanted = [name.lower() for name in PREPARED_TREES[dataset]]
+    folders = sorted(
+        (d for d in root.iterdir() if d.is_dir() and d.name.lower() in wanted),
+        key=lambda d: (wanted.index(d.name.lower()), d.name),
     )
+    for folder in folders:
+        tests = [folder / name for name in TREE_TEST_FOLDERS if (folder / name).is_dir()]
+        if (folder / "train").is_dir() and tests:
+            if len(tests) > 1:
+                raise DataError(
+                    f"{dataset}: {folder} has both {' and '.join(t.name + '/' for t in tests)}; "
+                    "keep the one that holds the official test split"
+                )
+            return folder / "train", tests[0]
+    return None
+
+
+def _tree_splits(
+    dataset: str,
+    splitter: Splitter,
+    folders: tuple[Path, Path],
+    class_name: Callable[[str], str],
+    image_size: int,
+    recipe: Recipe,
+    root: Path,
+    prepared: bool,
+) -> DataSplits:
+    """Splits of a set read from a prepared (train, test) tree; its classes are the sorted
+    folder names (ImageFolder's order), shown as ``class_name`` of the folder name."""
+    folder_names, train, test = _read_tree(dataset, *folders)
+    classes = [class_name(name) for name in folder_names]
+    return _file_splits(splitter, train, test, classes, image_size, recipe, root, prepared)
 
 
 @register_dataset("cub200")
-def cub200(root: Path, splitter: Splitter, *, image_size: PositiveInt = 224) -> DataSplits:
+def cub200(
+    root: Path,
+    splitter: Splitter,
+    *,
+    image_size: PositiveInt = 224,
+    train_crop: TrainCrop = "resize_crop",
+    crop_scale: CropRange = CROP_SCALE,
+    crop_ratio: CropRange = CROP_RATIO,
+    prepared: bool = False,
+) -> DataSplits:
     """CUB-200-2011 from ``CUB_200_2011/``: ``classes.txt`` (``<class id> <name>``),
     ``images.txt`` (``<image id> <path under images/>``), ``image_class_labels.txt``
     (``<image id> <class id>``) and ``train_test_split.txt`` (``<image id> <1 train | 0
-    test>``); ids are 1-based. 200 classes, 5994 train / 5794 test images."""
+    test>``); ids are 1-based. 200 classes, 5994 train / 5794 test images. Without
+    ``images.txt``, a prepared tree (``PREPARED_TREES``) of folders ``001.Black_footed_Albatross``…"""
     base = root / "CUB_200_2011"
+    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    if not (base / "images.txt").is_file() and (tree := _prepared_tree(root, "cub200")):
+        return _tree_splits(
+            "cub200", splitter, tree, lambda name: name.split(".", 1)[-1], image_size, recipe, root, prepared
+        )
     how = (
         "Download CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ "
-        f"and extract it into {root}."
+        f"and extract it into {root}. {_tree_note('cub200')}"
     )
     files = (
         "classes.txt",
@@ -188,19 +275,34 @@ def cub200(root: Path, splitter: Splitter, *, image_size: PositiveInt = 224) -> 
         paths.append(base / "images" / path)
         split_labels.append(labels[image_id])
     require_files(splits["1"][0] + splits["0"][0], base / "images.txt")
-    return _file_splits(splitter, splits["1"], splits["0"], classes, image_size)
+    return _file_splits(splitter, splits["1"], splits["0"], classes, image_size, recipe, root, prepared)
 
 
 @register_dataset("stanford-dogs")
-def stanford_dogs(root: Path, splitter: Splitter, *, image_size: PositiveInt = 224) -> DataSplits:
+def stanford_dogs(
+    root: Path,
+    splitter: Splitter,
+    *,
+    image_size: PositiveInt = 224,
+    train_crop: TrainCrop = "resize_crop",
+    crop_scale: CropRange = CROP_SCALE,
+    crop_ratio: CropRange = CROP_RATIO,
+    prepared: bool = False,
+) -> DataSplits:
     """Stanford Dogs from ``StanfordDogs/``: ``Images/<wnid>-<breed>/*.jpg`` (images.tar) and
     the official ``train_list.mat`` / ``test_list.mat`` (lists.tar): a ``file_list`` cell
     array of paths under ``Images/`` and 1-based ``labels``. 120 breeds, 12000 train /
-    8580 test images; class names are the breeds from the folder names."""
+    8580 test images; class names are the breeds from the folder names. Without
+    ``train_list.mat``, a prepared tree (``PREPARED_TREES``) of ``<wnid>-<breed>`` folders."""
     base = root / "StanfordDogs"
+    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    if not (base / "train_list.mat").is_file() and (tree := _prepared_tree(root, "stanford-dogs")):
+        return _tree_splits(
+            "stanford-dogs", splitter, tree, _breed, image_size, recipe, root, prepared
+        )
     how = (
         "Download images.tar and lists.tar from http://vision.stanford.edu/aditya86/ImageNetDogs/ "
-        f"and extract both into {base}."
+        f"and extract both into {base}. {_tree_note('stanford-dogs')}"
     )
     for name in ("Images", "train_list.mat", "test_list.mat"):
         require(base / name, "stanford-dogs", how)
@@ -213,15 +315,19 @@ def stanford_dogs(root: Path, splitter: Splitter, *, image_size: PositiveInt = 2
         if len(files) != len(labels):
             raise DataError(f"{base / mat}: {len(files)} files but {len(labels)} labels")
         for file, label in zip(files, labels, strict=True):
-            names.setdefault(label, file.split("/")[0].split("-", 1)[-1])
+            names.setdefault(label, _breed(file.split("/")[0]))
         paths = [base / "Images" / f for f in files]
         require_files(paths, base / mat)
         splits.append((paths, labels))
     if sorted(names) != list(range(len(names))):
         raise DataError(f"stanford-dogs: the labels in {base}/*_list.mat are not 1..{len(names)}")
-    return _file_splits(
-        splitter, splits[0], splits[1], [names[i] for i in range(len(names))], image_size
-    )
+    classes = [names[i] for i in range(len(names))]
+    return _file_splits(splitter, splits[0], splits[1], classes, image_size, recipe, root, prepared)
+
+
+def _breed(folder: str) -> str:
+    """The breed of a Stanford Dogs image folder ``<wnid>-<breed>``."""
+    return folder.split("-", 1)[-1]
 
 
 def _loadmat(path: Path, keys: Sequence[str]) -> dict[str, Any]:
@@ -238,14 +344,28 @@ def _loadmat(path: Path, keys: Sequence[str]) -> dict[str, Any]:
 
 
 @register_dataset("mit67")
-def mit67(root: Path, splitter: Splitter, *, image_size: PositiveInt = 224) -> DataSplits:
+def mit67(
+    root: Path,
+    splitter: Splitter,
+    *,
+    image_size: PositiveInt = 224,
+    train_crop: TrainCrop = "resize_crop",
+    crop_scale: CropRange = CROP_SCALE,
+    crop_ratio: CropRange = CROP_RATIO,
+    prepared: bool = False,
+) -> DataSplits:
     """MIT Indoor-67 from ``Indoor67/``: ``Images/<class>/*.jpg`` (indoorCVPR_09.tar) and the
     official ``TrainImages.txt`` / ``TestImages.txt``, one ``<class>/<file>`` per line.
-    67 classes in sorted order, 5360 train / 1340 test images."""
+    67 classes in sorted order, 5360 train / 1340 test images. Without ``TrainImages.txt``,
+    a prepared tree (``PREPARED_TREES``)."""
     base = root / "Indoor67"
+    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    if not (base / "TrainImages.txt").is_file() and (tree := _prepared_tree(root, "mit67")):
+        return _tree_splits("mit67", splitter, tree, str, image_size, recipe, root, prepared)
     how = (
         "Download indoorCVPR_09.tar, TrainImages.txt and TestImages.txt from "
-        f"https://web.mit.edu/torralba/www/indoor.html and put them (the tar extracted) in {base}."
+        f"https://web.mit.edu/torralba/www/indoor.html and put them (the tar extracted) in {base}. "
+        f"{_tree_note('mit67')}"
     )
     for name in ("Images", "TrainImages.txt", "TestImages.txt"):
         require(base / name, "mit67", how)
@@ -260,19 +380,35 @@ def mit67(root: Path, splitter: Splitter, *, image_size: PositiveInt = 224) -> D
         paths = [base / "Images" / c / f for _, (c, f) in records]
         require_files(paths, base / name)
         splits.append((paths, [index[c] for _, (c, _) in records]))
-    return _file_splits(splitter, splits[0], splits[1], classes, image_size)
+    return _file_splits(splitter, splits[0], splits[1], classes, image_size, recipe, root, prepared)
 
 
 @register_dataset("stanford40")
-def stanford40(root: Path, splitter: Splitter, *, image_size: PositiveInt = 224) -> DataSplits:
+def stanford40(
+    root: Path,
+    splitter: Splitter,
+    *,
+    image_size: PositiveInt = 224,
+    train_crop: TrainCrop = "resize_crop",
+    crop_scale: CropRange = CROP_SCALE,
+    crop_ratio: CropRange = CROP_RATIO,
+    prepared: bool = False,
+) -> DataSplits:
     """Stanford 40 Actions from ``Stanford40/``: ``JPEGImages/*.jpg`` and ``ImageSplits/``
     with ``actions.txt`` (a header line, then ``<action> <number of images>``) and
     ``<action>_train.txt`` / ``<action>_test.txt`` listing that action's file names.
-    40 classes in the order of actions.txt, 4000 train / 5532 test images."""
+    40 classes in the order of actions.txt, 4000 train / 5532 test images. Without
+    ``ImageSplits/actions.txt``, a prepared tree (``PREPARED_TREES``)."""
     base = root / "Stanford40"
+    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    if not (base / "ImageSplits" / "actions.txt").is_file() and (
+        tree := _prepared_tree(root, "stanford40")
+    ):
+        return _tree_splits("stanford40", splitter, tree, str, image_size, recipe, root, prepared)
     how = (
         "Download Stanford40_JPEGImages.zip and Stanford40_ImageSplits.zip from "
-        f"http://vision.stanford.edu/Datasets/40actions.html and unzip both into {base}."
+        f"http://vision.stanford.edu/Datasets/40actions.html and unzip both into {base}. "
+        f"{_tree_note('stanford40')}"
     )
     for name in ("JPEGImages", "ImageSplits/actions.txt"):
         require(base / name, "stanford40", how)
@@ -293,11 +429,20 @@ def stanford40(root: Path, splitter: Splitter, *, image_size: PositiveInt = 224)
             paths += files
             labels += [label] * len(files)
         splits.append((paths, labels))
-    return _file_splits(splitter, splits[0], splits[1], classes, image_size)
+    return _file_splits(splitter, splits[0], splits[1], classes, image_size, recipe, root, prepared)
 
 
 @register_dataset("fgvc-aircraft")
-def fgvc_aircraft(root: Path, splitter: Splitter, *, image_size: PositiveInt = 224) -> DataSplits:
+def fgvc_aircraft(
+    root: Path,
+    splitter: Splitter,
+    *,
+    image_size: PositiveInt = 224,
+    train_crop: TrainCrop = "resize_crop",
+    crop_scale: CropRange = CROP_SCALE,
+    crop_ratio: CropRange = CROP_RATIO,
+    prepared: bool = False,
+) -> DataSplits:
     """FGVC-Aircraft 2013b from ``fgvc-aircraft-2013b/data/``: ``images/<id>.jpg``,
     ``variants.txt`` (one variant per line: the 100 classes, in that order) and
     ``images_variant_{trainval,test}.txt`` (``<id> <variant>``; variants may contain spaces).
@@ -325,11 +470,21 @@ def fgvc_aircraft(root: Path, splitter: Splitter, *, image_size: PositiveInt = 2
             labels.append(index[variant])
         require_files(paths, base / name)
         splits.append((paths, labels))
-    return _file_splits(splitter, splits[0], splits[1], classes, image_size)
+    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    return _file_splits(splitter, splits[0], splits[1], classes, image_size, recipe, root, prepared)
 
 
 @register_dataset("flowers102")
-def flowers102(root: Path, splitter: Splitter, *, image_size: PositiveInt = 224) -> DataSplits:
+def flowers102(
+    root: Path,
+    splitter: Splitter,
+    *,
+    image_size: PositiveInt = 224,
+    train_crop: TrainCrop = "resize_crop",
+    crop_scale: CropRange = CROP_SCALE,
+    crop_ratio: CropRange = CROP_RATIO,
+    prepared: bool = False,
+) -> DataSplits:
     """Oxford Flowers-102 from ``flowers-102/`` (torchvision's layout): ``jpg/image_00001.jpg …``,
     ``imagelabels.mat`` (``labels``: 1-based class of image k at position k-1) and
     ``setid.mat`` (1-based image ids ``trnid``, ``valid``, ``tstid``). Train = trnid + valid
@@ -357,19 +512,27 @@ def flowers102(root: Path, splitter: Splitter, *, image_size: PositiveInt = 224)
     names = getattr(torchvision.datasets.Flowers102, "classes", [])
     num_classes = int(labels.max()) + 1
     classes = [names[i] if i < len(names) else str(i + 1) for i in range(num_classes)]
-    return _file_splits(splitter, split("trnid", "valid"), split("tstid"), classes, image_size)
+    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    return _file_splits(
+        splitter, split("trnid", "valid"), split("tstid"), classes, image_size, recipe, root, prepared
+    )
 
 
 @register_dataset("imagefolder")
 def imagefolder(
-    root: Path, splitter: Splitter, *, path: Path | None = None, image_size: PositiveInt = 224
+    root: Path,
+    splitter: Splitter,
+    *,
+    path: Path | None = None,
+    image_size: PositiveInt = 224,
+    train_crop: TrainCrop = "resize_crop",
+    crop_scale: CropRange = CROP_SCALE,
+    crop_ratio: CropRange = CROP_RATIO,
+    prepared: bool = False,
 ) -> DataSplits:
     """Any ImageFolder tree at option ``path`` (absolute, or relative to the data root):
     ``train/<class>/**/<image>`` and ``test/<class>/**/<image>`` (or ``val/`` when there is
-    no ``test/``). Classes are the sorted folder names under ``train/``; images are files
-    with a common image extension. Hidden entries (names starting with '.', such as
-    ``.ipynb_checkpoints`` or macOS's ``._*`` files) are skipped, as file browsers do; a
-    class without test images is warned about (its test accuracy cannot be measured)."""
+    no ``test/``), read by ``_read_tree``."""
     if path is None:
         raise ConfigError(
             "dataset 'imagefolder' needs the option 'path': the folder holding train/ and test/"
@@ -380,11 +543,24 @@ def imagefolder(
     test_dir = (
         base / "test" if (base / "test").is_dir() else require(base / "val", "imagefolder", how)
     )
+    classes, train, test = _read_tree("imagefolder", train_dir, test_dir)
+    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    return _file_splits(splitter, train, test, classes, image_size, recipe, root, prepared)
+
+
+def _read_tree(
+    dataset: str, train_dir: Path, test_dir: Path
+) -> tuple[list[str], tuple[list[Path], list[int]], tuple[list[Path], list[int]]]:
+    """Classes and (paths, labels) of the train and test splits of an ImageFolder tree.
+    Classes are the sorted folder names under ``train_dir``; images are files with a common
+    image extension. Hidden entries (names starting with '.', such as
+    ``.ipynb_checkpoints`` or macOS's ``._*`` files) are skipped, as file browsers do; a
+    class without test images is warned about (its test accuracy cannot be measured)."""
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not _hidden(d.name))
     unknown = sorted({d.name for d in test_dir.iterdir() if d.is_dir() and not _hidden(d.name)} - set(classes))
     if unknown:
         raise DataError(
-            f"imagefolder: {test_dir} has classes that {train_dir} lacks: {', '.join(unknown)}"
+            f"{dataset}: {test_dir} has classes that {train_dir} lacks: {', '.join(unknown)}"
         )
 
     def split(folder: Path) -> tuple[list[Path], list[int]]:
@@ -398,20 +574,20 @@ def imagefolder(
                 and f.is_file()
             )
             if folder == train_dir and not files:
-                raise DataError(f"imagefolder: no images in {folder / name}")
+                raise DataError(f"{dataset}: no images in {folder / name}")
             if not files:
                 empty.append(name)
             paths += files
             labels += [label] * len(files)
         if empty:
             warnings.warn(
-                f"imagefolder: {folder} has no images of {len(empty)} class(es): {', '.join(empty)}; "
+                f"{dataset}: {folder} has no images of {len(empty)} class(es): {', '.join(empty)}; "
                 "their test accuracy cannot be measured",
-                stacklevel=2,
+                stacklevel=3,
             )
         return paths, labels
 
-    return _file_splits(splitter, split(train_dir), split(test_dir), classes, image_size)
+    return classes, split(train_dir), split(test_dir)
 
 
 def _hidden(name: str) -> bool:

@@ -1,6 +1,13 @@
 """MobileNetV2 (Sandler et al., 2018) for CIFAR as used in RepDistiller/mdistiller
 (``mobile_half``: width multiplier 0.5, expansion 6; stem at stride 2; every inverted residual,
-the first included, has its 1×1 expansion conv)."""
+the first included, has its 1×1 expansion conv).
+
+``MobileNetV2_imagenet_stem`` is SDD's 224-px CUB-200 student (SDD-CVPR2024, ``train_origin.py``,
+lines 22-28 and 65-67): the 3×3 stride-2 stem becomes a 7×7 stride-2 convolution with 16
+channels, BN, ReLU and a 2×2 max-pool, so a 224-px image leaves the last block group at 7×7
+(the authors' AvgPool2d(8, ceil_mode=True) there averages that whole 7×7 map: the global
+average pool). The authors build that stem after the model's init, so it keeps PyTorch's
+default initialisation, as here."""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from torch import Tensor, nn
 from kdbench.models import register_model
 from kdbench.models.base import Backbone
 
-from .common import init_conv_bn
+from .common import imagenet_stem_conv, init_conv_bn
 
 # (channels, blocks, stride of the first block) per block group, before the width multiplier;
 # the first group has expansion 1, the others the model's expansion.
@@ -47,11 +54,14 @@ class InvertedResidual(nn.Module):
 
 class CifarMobileNetV2(Backbone):
     """MobileNetV2 with expansion ``expansion`` and width multiplier ``width_mult``. Stages are the
-    original's feature taps: after block groups 1, 2, 4 and 6 (resolutions 16, 8, 4, 2 at 32×32)."""
+    original's feature taps: after block groups 1, 2, 4 and 6 (resolutions 16, 8, 4, 2 at 32×32).
+    ``imagenet_stem``: SDD's 7×7 stride-2 stem with a 2×2 max-pool, for 224-px inputs."""
 
     stage_names = ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
 
-    def __init__(self, expansion: int, width_mult: float, num_classes: int = 100) -> None:
+    def __init__(
+        self, expansion: int, width_mult: float, num_classes: int = 100, imagenet_stem: bool = False
+    ) -> None:
         super().__init__()
         channels = int(32 * width_mult)
         self.conv1 = _conv_bn_relu(3, channels, 3, 2)
@@ -70,6 +80,14 @@ class CifarMobileNetV2(Backbone):
         init_conv_bn(self)
         nn.init.normal_(self.classifier[0].weight, 0, 0.01)
         nn.init.zeros_(self.classifier[0].bias)
+        if imagenet_stem:
+            stem_channels = int(32 * width_mult)
+            self.conv1 = nn.Sequential(
+                imagenet_stem_conv(stem_channels),
+                nn.BatchNorm2d(stem_channels),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.conv2(self.blocks(self.conv1(x)))
@@ -83,3 +101,8 @@ class CifarMobileNetV2(Backbone):
 def MobileNetV2(num_classes: int = 100) -> CifarMobileNetV2:  # noqa: N802  (published name)
     """RepDistiller's ``mobile_half``."""
     return CifarMobileNetV2(6, 0.5, num_classes)
+
+
+@register_model
+def MobileNetV2_imagenet_stem(num_classes: int = 200) -> CifarMobileNetV2:  # noqa: N802
+    return CifarMobileNetV2(6, 0.5, num_classes, imagenet_stem=True)

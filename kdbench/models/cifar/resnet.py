@@ -1,6 +1,11 @@
 """CIFAR ResNets of He et al. (2016), "Deep Residual Learning", in the RepDistiller/mdistiller
 variant (resnet8 … resnet110, and the 4× wider resnet8x4 / resnet32x4): a 3×3 stem and three
-stages of basic blocks, the 2nd and 3rd at stride 2."""
+stages of basic blocks, the 2nd and 3rd at stride 2.
+
+``resnet8x4_imagenet_stem`` and ``resnet32x4_imagenet_stem`` are SDD's 224-px CUB-200 models
+(SDD-CVPR2024, ``train_origin.py``, lines 42-48 and 76-81): the stem is a 7×7 stride-2
+convolution (``imagenet_stem_conv``), so a 224-px image leaves the last stage at 28×28; the
+authors' AvgPool2d(28) there is the global average pool every kdbench model applies."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from torch import Tensor, nn
 from kdbench.models import register_model
 from kdbench.models.base import Backbone
 
-from .common import init_conv_bn
+from .common import imagenet_stem_conv, init_conv_bn
 
 
 class BasicBlock(nn.Module):
@@ -36,11 +41,18 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(Backbone):
-    """ResNet-(6n+2) for 32×32 inputs with stage widths ``widths[1:]`` after a ``widths[0]`` stem."""
+    """ResNet-(6n+2) for 32×32 inputs with stage widths ``widths[1:]`` after a ``widths[0]`` stem
+    (3×3 stride 1, or with ``imagenet_stem`` SDD's 7×7 stride 2 for 224-px inputs)."""
 
     stage_names = ("layer1", "layer2", "layer3")
 
-    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 100) -> None:
+    def __init__(
+        self,
+        depth: int,
+        widths: tuple[int, int, int, int],
+        num_classes: int = 100,
+        imagenet_stem: bool = False,
+    ) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -52,6 +64,8 @@ class CifarResNet(Backbone):
         self.layer3 = self._make_layer(widths[2], widths[3], n, 2)
         self.fc = nn.Linear(widths[3], num_classes)
         init_conv_bn(self)
+        if imagenet_stem:
+            self.conv1 = imagenet_stem_conv(widths[0])
 
     @staticmethod
     def _make_layer(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -115,3 +129,13 @@ def resnet8x4(num_classes: int = 100) -> CifarResNet:
 @register_model
 def resnet32x4(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(32, _WIDE, num_classes)
+
+
+@register_model
+def resnet8x4_imagenet_stem(num_classes: int = 200) -> CifarResNet:
+    return CifarResNet(8, _WIDE, num_classes, imagenet_stem=True)
+
+
+@register_model
+def resnet32x4_imagenet_stem(num_classes: int = 200) -> CifarResNet:
+    return CifarResNet(32, _WIDE, num_classes, imagenet_stem=True)

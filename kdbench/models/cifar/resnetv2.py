@@ -1,6 +1,10 @@
 """ImageNet-style ResNet-18/34/50 (He et al., 2016) adapted to 32×32 inputs as in
 RepDistiller's ``resnetv2``: a 3×3 stride-1 stem without max-pool, four stages of widths
-64/128/256/512 (×4 for bottlenecks)."""
+64/128/256/512 (×4 for bottlenecks).
+
+``ResNet50_imagenet_stem`` is SDD's 224-px CUB-200 teacher (SDD-CVPR2024, ``train_origin.py``,
+lines 85-88): the stem is a 7×7 stride-2 convolution (``imagenet_stem_conv``), still without
+max-pool, so a 224-px image leaves the last stage at 14×14."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from torch import Tensor, nn
 from kdbench.models import register_model
 from kdbench.models.base import Backbone
 
-from .common import init_conv_bn
+from .common import imagenet_stem_conv, init_conv_bn
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
@@ -62,12 +66,17 @@ class Bottleneck(nn.Module):
 
 
 class ResNetV2(Backbone):
-    """ResNet with ``num_blocks`` blocks per stage, for 32×32 inputs."""
+    """ResNet with ``num_blocks`` blocks per stage, for 32×32 inputs (with ``imagenet_stem``,
+    SDD's 7×7 stride-2 stem for 224-px inputs)."""
 
     stage_names = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(
-        self, block: type[BasicBlock | Bottleneck], num_blocks: tuple[int, int, int, int], num_classes: int = 100
+        self,
+        block: type[BasicBlock | Bottleneck],
+        num_blocks: tuple[int, int, int, int],
+        num_classes: int = 100,
+        imagenet_stem: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -82,6 +91,8 @@ class ResNetV2(Backbone):
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.linear = nn.Linear(in_planes, num_classes)
         init_conv_bn(self)
+        if imagenet_stem:
+            self.conv1 = imagenet_stem_conv(64)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
@@ -105,3 +116,8 @@ def ResNet34(num_classes: int = 100) -> ResNetV2:  # noqa: N802
 @register_model
 def ResNet50(num_classes: int = 100) -> ResNetV2:  # noqa: N802
     return ResNetV2(Bottleneck, (3, 4, 6, 3), num_classes)
+
+
+@register_model
+def ResNet50_imagenet_stem(num_classes: int = 200) -> ResNetV2:  # noqa: N802
+    return ResNetV2(Bottleneck, (3, 4, 6, 3), num_classes, imagenet_stem=True)

@@ -1,5 +1,10 @@
 """ShuffleNet (Zhang et al., 2018) for CIFAR as in RepDistiller/mdistiller (``ShuffleV1``:
-3 groups, stage widths 240/480/960, 4/8/4 units, 1×1 stem without downsampling)."""
+3 groups, stage widths 240/480/960, 4/8/4 units, 1×1 stem without downsampling).
+
+``ShuffleV1_imagenet_stem`` is SDD's 224-px CUB-200 student (SDD-CVPR2024, ``train_origin.py``,
+lines 49-53): the 1×1 stem becomes a 7×7 stride-2 convolution (``imagenet_stem_conv``), so a
+224-px image leaves the last stage at 14×14 (the authors' AvgPool2d(14) there is the global
+average pool)."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from torch import Tensor, nn
 from kdbench.models import register_model
 from kdbench.models.base import Backbone
 
-from .common import channel_shuffle
+from .common import channel_shuffle, imagenet_stem_conv
 
 
 class Bottleneck(nn.Module):
@@ -41,15 +46,21 @@ class Bottleneck(nn.Module):
 
 
 class ShuffleNetV1(Backbone):
-    """ShuffleNet with ``groups`` groups; each stage starts with a stride-2 unit."""
+    """ShuffleNet with ``groups`` groups; each stage starts with a stride-2 unit. The stem is a
+    1×1 convolution, or with ``imagenet_stem`` SDD's 7×7 stride 2 for 224-px inputs."""
 
     stage_names = ("layer1", "layer2", "layer3")
 
     def __init__(
-        self, out_planes: tuple[int, int, int], num_blocks: tuple[int, int, int], groups: int, num_classes: int = 100
+        self,
+        out_planes: tuple[int, int, int],
+        num_blocks: tuple[int, int, int],
+        groups: int,
+        num_classes: int = 100,
+        imagenet_stem: bool = False,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 24, 1, bias=False)
+        self.conv1 = imagenet_stem_conv(24) if imagenet_stem else nn.Conv2d(3, 24, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
         in_planes = 24
         layers = []
@@ -74,3 +85,8 @@ class ShuffleNetV1(Backbone):
 @register_model
 def ShuffleV1(num_classes: int = 100) -> ShuffleNetV1:  # noqa: N802  (published name)
     return ShuffleNetV1((240, 480, 960), (4, 8, 4), 3, num_classes)
+
+
+@register_model
+def ShuffleV1_imagenet_stem(num_classes: int = 200) -> ShuffleNetV1:  # noqa: N802
+    return ShuffleNetV1((240, 480, 960), (4, 8, 4), 3, num_classes, imagenet_stem=True)
