@@ -80,6 +80,7 @@ def curriculum_strength(epoch: int, epochs: int, lambda_min: float, lambda_max: 
 class CTKD(Method):
     name = "ctkd"
     display_name = "CTKD"
+    color = "#44AA99"  # Tol's muted scheme, unused by the other methods
     HParams = CTKDHParams
 
     def setup(self, context: TrainContext) -> None:

@@ -64,6 +64,7 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float
 class DIST(Method):
     name = "dist"
     display_name = "DIST"
+    color = "#332288"  # Tol's muted scheme, unused by the other methods
     HParams = DISTHParams
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:

@@ -59,6 +59,7 @@ def nkd_loss(
 class NKD(Method):
     name = "nkd"
     display_name = "NKD"
+    color = "#117733"  # Tol's muted scheme, unused by the other methods
     HParams = NKDHParams
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:

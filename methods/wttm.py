@@ -52,6 +52,7 @@ def wttm_loss(student_logits: Tensor, teacher_logits: Tensor, gamma: float) -> T
 class WTTM(Method):
     name = "wttm"
     display_name = "WTTM"
+    color = "#999933"  # Tol's muted scheme, unused by the other methods
     HParams = WTTMHParams
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
