@@ -3,6 +3,9 @@
 - ``curves_<dataset>_<pair>``: one panel pair per method (the teacher included): above,
   validation top-1 per epoch; below, each logged loss term (``loss_<term>``, one line
   style per term); the line is the mean over seeds, the band ± one standard deviation.
+  Every panel pair has its own axes, fitted to its data: a teacher trained for 240 epochs
+  does not squeeze its 4-epoch students into a corner, and a loss term of 10 does not
+  flatten another method's terms of 1. The two panels of a method share their epochs.
 - ``teacher_gap``: student − teacher test top-1 per method (bars, mean ± std over seeds),
   grouped by dataset and pair; negative bars are students below their teacher.
 """
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from . import style
 from .runs import columns, labels, read_run_metrics
@@ -45,11 +49,14 @@ def plot_training_curves(suite_dir: Path, runs: pd.DataFrame, out: Path) -> list
         ncols = min(PANELS_PER_ROW, len(methods))
         blocks = math.ceil(len(methods) / ncols)
         fig, axes = style.figure(style.DOUBLE, aspect=2 * blocks * ROW_INCHES / style.DOUBLE, nrows=2 * blocks,
-                                 ncols=ncols, sharex="col")
+                                 ncols=ncols)
         for ax in axes.flat:
             ax.set_visible(False)
         for i, label in enumerate(methods):
             acc, loss = axes[2 * (i // ncols), i % ncols], axes[2 * (i // ncols) + 1, i % ncols]
+            acc.sharex(loss)
+            acc.tick_params(labelbottom=False)
+            loss.xaxis.set_major_locator(MaxNLocator(integer=True))
             mine = here[here["label"] == label]
             terms = sorted(q for q in mine["quantity"].unique() if q.startswith("loss_"))
             _band(acc, mine[mine["quantity"] == "val_top1"], style.color(label), "-", None)
@@ -60,7 +67,7 @@ def plot_training_curves(suite_dir: Path, runs: pd.DataFrame, out: Path) -> list
             acc.set_ylabel("val top-1 (%)" if i % ncols == 0 else "")
             loss.set_ylabel("loss" if i % ncols == 0 else "")
             loss.set_xlabel("epoch")
-            loss.legend(loc="upper right")
+            loss.legend(loc="best")
             acc.set_visible(True)
             loss.set_visible(True)
         fig.suptitle(f"{dataset}, {pair}")

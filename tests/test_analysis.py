@@ -322,6 +322,30 @@ def test_report_figures(report):
     assert {p.name for p in written} >= {"table.tex", "table.md", "summary.csv", "runs.csv", "spectra.csv"}
 
 
+def test_training_curves_fit_each_panel_to_its_own_epochs(monkeypatch, tmp_path):
+    """A 15-epoch teacher beside 4-epoch students: each method's panels span its own epochs."""
+    import pandas as pd
+    from kdbench.analysis import curves
+
+    epochs = {"teacher": 15, "none": 4, "kd": 4, "figkd": 2, "dkd": 3}  # dkd's panels sit under the teacher's
+    runs = pd.DataFrame([{"run_id": label, "dataset": "digits", "pair": PAIR, "label": label, "seed": 0,
+                          "status": "finished"} for label in epochs])
+    row = _history(50.0, ["ce"], torch.Generator().manual_seed(0))[0]
+    histories = {label: [row | {"epoch": epoch} for epoch in range(1, n + 1)] for label, n in epochs.items()}
+    monkeypatch.setattr(curves, "read_run_metrics", lambda suite_dir, run_id: histories[run_id])
+    figures = []
+    monkeypatch.setattr(curves.style, "save", lambda fig, stem: figures.append(fig) or [])
+    curves.plot_training_curves(tmp_path, runs, tmp_path)
+    (fig,) = figures
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 2 * len(epochs)
+    for ax in panels:
+        title = ax.get_title() or next(a.get_title() for a in panels if a.get_shared_x_axes().joined(a, ax) and a.get_title())
+        label = {curves.style.display_name(label): label for label in epochs}[title]
+        low, high = ax.get_xlim()
+        assert 0 < low < 1 and epochs[label] < high < epochs[label] + 1, (label, ax.get_xlim())
+
+
 def test_report_runs_csv_lists_every_run(report):
     out, _ = report
     rows = list(csv.DictReader((out / "runs.csv").open()))
