@@ -163,7 +163,7 @@ class Ablation:
     def spec(self, hparams: dict[str, Any], seed: int | None = None) -> RunSpec:
         """The template run with ``hparams`` over its own (and ``seed`` instead of the first)."""
         base = self.template.spec
-        return base.model_copy(update={"hparams": {**base.hparams, **hparams}, "seed": base.seed if seed is None else seed})
+        return base.replace(hparams={**base.hparams, **hparams}, seed=base.seed if seed is None else seed)
 
 
 def load_ablation(path: str | Path) -> Ablation:

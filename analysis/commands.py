@@ -8,11 +8,18 @@ Errors are raised as ``KDBenchError`` for the CLI to print.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from kdbench.results import legacy_message, legacy_runs
+
     from .report import write_report
+
+    legacy = legacy_runs(args.results_dir)
+    if legacy:
+        print(f"warning: left out of the report: {legacy_message(args.results_dir, legacy)}", file=sys.stderr)
 
     _print_written(write_report(args.results_dir, args.out, transpose=args.transpose))
     return 0

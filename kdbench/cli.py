@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +39,24 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a run, its teacher first if need be. Under ``torchrun`` (``torchrun --nproc_per_node N
     -m kdbench.cli train ...``) each run trains data-parallel over the N processes."""
-    from .method import create_method, load_method_files
+    from .method import load_method_files
     from .spec import DataSpec, Recipe, RunSpec, TeacherRef
     from .training import EngineOptions
     from .runs import ensure_run
 
     if args.method_file:
         load_method_files(*args.method_file)
-    hparams = parse_overrides(args.hparams)
-    create_method(args.method, **hparams)  # unknown names and bad values fail before any training
     recipe = Recipe(**{k: v for k, v in {
         "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": args.schedule,
-        "optimizer": args.optimizer, "weight_decay": args.weight_decay, "augment": False if args.no_augment else None,
+        "optimizer": args.optimizer, "weight_decay": args.weight_decay, "augment": "none" if args.no_augment else args.augment,
+        "mixup_alpha": args.mixup_alpha, "cutmix_alpha": args.cutmix_alpha,
     }.items() if v is not None})
     # under torchrun every process runs this; only the first one talks
     say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
     dataset = DataSpec(name=args.dataset, options=parse_overrides(args.data_option))
+    # resolved before any training, so a bad name or value fails before the teacher trains
+    spec = RunSpec(dataset=dataset, student=args.student, method=args.method,
+                   hparams=parse_overrides(args.hparams), recipe=recipe, seed=args.seed)
     options = EngineOptions(device=args.device, data_root=args.data_root, workers=args.workers, progress=not args.quiet)
     out = Path(args.out)
     teacher = None
@@ -64,8 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             teacher_record = ensure_run(teacher_spec, out, options)
             say(f"teacher test top-1: {teacher_record['summary']['test_top1_last']:.2f}")
             teacher = TeacherRef(model=args.teacher, run_id=teacher_spec.run_id)
-    spec = RunSpec(dataset=dataset, student=args.student, method=args.method,
-                   hparams=hparams, teacher=teacher, recipe=recipe, seed=args.seed)
+    spec = spec.replace(teacher=teacher)
     say(f"student: {spec.describe()} [{spec.run_id}]")
     record = ensure_run(spec, out, options)
     summary = record["summary"]
@@ -116,6 +120,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    """Make (prepare) or check (verify) the prepared store of a 224-px set (kdbench.data.prepared)."""
+    from .data import create_dataset, resolve_data_root
+    from .data.prepared import Listing, verify
+
+    root = resolve_data_root(args.data_root)
+    options = {**parse_overrides(args.data_option), "prepared": args.action == "prepare"}
+    data = create_dataset(args.name, root, **options)
+    if args.action == "prepare":
+        store = data.train.store
+        counts, size = store.index["counts"], store.index["bytes"]
+        print(f"store: {store.directory}\n  {counts['train']} train / {counts['test']} test images, short side "
+              f"{store.index['short_side']} px, {size / 2**30:.2f} GiB, sha256 {store.index['sha256']}")
+        return 0
+    result = verify(Listing.of_splits(data, root), sample=args.sample)
+    print(f"store: {result.directory}\n  {result.decoded} image(s) decoded again and compared")
+    for problem in result.problems:
+        print(f"  problem: {problem}")
+    print("  ok" if result.ok else f"  {len(result.problems)} problem(s); `kdbench data prepare` after deleting "
+          "the store makes it anew")
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdbench", description="Benchmark and ablation harness for knowledge distillation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--schedule", choices=["step", "cosine", "constant"])
     p.add_argument("--weight-decay", type=float)
-    p.add_argument("--no-augment", action="store_true", help="train without data augmentation")
+    p.add_argument("--augment", choices=["none", "standard", "strong"],
+                   help="training augmentation: the set's crop + flip (standard, default), none, or strong "
+                        "(standard, then MLKD's RandAugment + Cutout)")
+    p.add_argument("--no-augment", action="store_true", help="train without data augmentation (= --augment none)")
+    p.add_argument("--mixup-alpha", type=float, help="mixup on whole batches with this α (timm; default 0: off)")
+    p.add_argument("--cutmix-alpha", type=float, help="CutMix on whole batches with this α (timm; default 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     p.add_argument("--workers", type=int, help="data-loader processes (default: 0 on CPU, up to 8 on CUDA)")
@@ -181,22 +213,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="synthetic-fg", help="data set whose loader (c) times")
     p.set_defaults(fn=cmd_bench)
 
+    p = sub.add_parser("data", help="prepare a 224-px set's store of decoded images, or verify it against its source",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="A prepared store holds a set's images decoded once and resized (short side 256 "
+                                   "at 224 px); the data-set option prepared=true trains from it. Stores live in "
+                                   "$KDBENCH_PREPARED, else in kdbench-prepared/ inside the data root.")
+    p.add_argument("action", choices=["prepare", "verify"])
+    p.add_argument("name", help="a 224-px data set read from image files, e.g. cub200")
+    p.add_argument("--data-root", help="where real data sets live (default: $KDBENCH_DATA)")
+    p.add_argument("--data-option", action="append", default=[], metavar="key=value",
+                   help="dataset option that names the images, e.g. image_size=448 or path=… for imagefolder")
+    p.add_argument("--sample", type=int, default=64, help="verify: images decoded again and compared")
+    p.set_defaults(fn=cmd_data)
+
     from .analysis.commands import register_commands
 
     register_commands(sub)
     return parser
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # what schedulers send before killing a job, handled as Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.fn(args)
     except KDBenchError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("kdbench: interrupted; finished runs are kept and the rest resume from their checkpoints",
-              file=sys.stderr)
+        command = " ".join(shlex.quote(a) for a in ["kdbench", *(sys.argv[1:] if argv is None else argv)])
+        print("kdbench: interrupted; finished runs are kept and the others resume from their last epochs: "
+              f"to go on, run {command}", file=sys.stderr)
         return 130
 
 

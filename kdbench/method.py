@@ -65,17 +65,41 @@ class Needs:
     # The teacher's logits on every training sample (eval transform), computed once before
     # training, for methods that calibrate on them (FiGKD's teacher class order).
     teacher_train_logits: bool = False
+    # A second view of every training image, augmented with the standard recipe (MLKD's
+    # weak view; the first view is augmented as the recipe says, e.g. strong): the engine
+    # draws it from the data stream and gives the method both models' outputs on it
+    # (``Batch.weak``).
+    weak_view: bool = False
 
     def __post_init__(self) -> None:
         if self.teacher_stages is None:
             object.__setattr__(self, "teacher_stages", self.stages)
 
 
+@dataclass(frozen=True)
+class ViewOutputs:
+    """Both models' outputs on a second view of the batch's images."""
+
+    student: ModelOutput
+    teacher: ModelOutput | None
+
+
 @dataclass
 class Batch:
     images: Tensor
-    labels: Tensor
+    labels: Tensor  # hard labels, also when the images are mixed
     index: Tensor  # position of each sample in the training set
+    # Under mixup / CutMix (recipe ``mixup_alpha``, ``cutmix_alpha``): the mixed one-hot
+    # rows B×C of the images as mixed; None otherwise. Use ``targets`` for cross-entropy.
+    mixed_targets: Tensor | None = None
+    weak_images: Tensor | None = None  # the second view, when a method ``needs.weak_view``
+    weak: ViewOutputs | None = None  # outputs on ``weak_images``, given to the methods that need them
+
+    @property
+    def targets(self) -> Tensor:
+        """The cross-entropy target: the mixed rows under mixup / CutMix, else the labels
+        (``F.cross_entropy`` takes either)."""
+        return self.labels if self.mixed_targets is None else self.mixed_targets
 
 
 @dataclass
@@ -98,6 +122,10 @@ class Method(nn.Module, ABC):
     # (any matplotlib colour); unset, the report uses ``name`` and a colour from its hash.
     display_name: ClassVar[str | None] = None
     color: ClassVar[str | None] = None
+    # Part of every run id. Bump it when a change alters what the method computes for the
+    # same hyperparameters (a fixed bug, a changed formula), so old records are not reused;
+    # adding a hyperparameter whose default keeps today's behaviour needs no bump.
+    version: ClassVar[int] = 1
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()

@@ -1,6 +1,7 @@
 """The results store: every run record of a suite folder as one pandas DataFrame.
 
-Records are the source of truth; this only reads them. Each row is one run: its status
+Records are the source of truth; this only reads them, and checks what it reads: a
+corrupt record is left out with a warning naming it, a corrupt manifest is an error. Each row is one run: its status
 (finished / failed), the method label and pair from the suite's manifest, the spec
 flattened to columns (``spec.recipe.lr``, ``spec.hparams.temperature``, …), the summary
 metrics, timing and parameter counts. Failed runs are rows too, with their ``error``.
@@ -9,21 +10,35 @@ metrics, timing and parameter counts. Failed runs are rows too, with their ``err
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import records
-from .runs import FAILED
+from .runs import FAILED, CorruptResultsFile, read_run_file
 
 RUNS = "runs"
 MANIFEST = "manifest.json"
 
 
 def load_manifest(suite_dir: str | Path) -> dict[str, Any]:
+    """The suite folder's manifest (an empty one when there is none); ``CorruptResultsFile``
+    names it and what is wrong with it."""
     path = Path(suite_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {"jobs": [], "paper": {}, "selection": "best_val"}
+    if not path.exists():
+        return {"jobs": [], "paper": {}, "selection": "best_val"}
+    fix = "run the suite again (kdbench run <suite file>) to write it anew"
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise CorruptResultsFile(path, f"not valid JSON{where} (cut short or overwritten); {fix}") from None
+    jobs = manifest.get("jobs") if isinstance(manifest, dict) else None
+    if not isinstance(jobs, list) or not all(isinstance(j, dict) and isinstance(j.get("run_id"), str) for j in jobs):
+        raise CorruptResultsFile(path, f"not a suite manifest: 'jobs' must be a list of runs, each with a run_id; {fix}")
+    return manifest
 
 
 def runs_dir(suite_dir: str | Path) -> Path:
@@ -32,22 +47,53 @@ def runs_dir(suite_dir: str | Path) -> Path:
     return suite_dir / RUNS if (suite_dir / RUNS).is_dir() else suite_dir
 
 
+def is_legacy(spec: dict[str, Any]) -> bool:
+    """A spec written before run ids were content hashes (kdbench 0.1: hyperparameters as
+    the suite spelled them, no method version, checkpoints by path)."""
+    return "method_version" not in spec
+
+
+def legacy_runs(suite_dir: str | Path) -> list[str]:
+    """Run folders under ``suite_dir`` written before run ids were content hashes: they
+    cannot be matched to today's runs, so they are neither reused nor reported."""
+    runs = runs_dir(suite_dir)
+    if not runs.is_dir():
+        return []
+    found = []
+    for run_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+        for name in (records.SPEC, records.RECORD, FAILED):
+            try:
+                spec = json.loads((run_dir / name).read_text())["spec"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if isinstance(spec, dict) and is_legacy(spec):
+                found.append(run_dir.name)
+            break
+    return found
+
+
+def legacy_message(suite_dir: str | Path, names: list[str]) -> str:
+    return (f"{runs_dir(suite_dir)} holds {len(names)} run(s) written by an older kdbench, before run ids "
+            f"were the hash of the resolved spec (e.g. {names[0]}); they cannot be matched to today's runs. "
+            f"Move them aside (mv {Path(suite_dir)} {Path(suite_dir)}.old) or give --out a new folder; "
+            "report them with the kdbench commit named in their records")
+
+
 def load_results(suite_dir: str | Path) -> pd.DataFrame:
-    """One row per run under ``suite_dir/runs`` (or ``suite_dir`` itself for loose runs)."""
+    """One row per run under ``suite_dir/runs`` (or ``suite_dir`` itself for loose runs).
+    Runs written before content ids (``legacy_runs``) are left out, never mixed in."""
     suite_dir = Path(suite_dir)
     runs = runs_dir(suite_dir)
     jobs = {j["run_id"]: j for j in load_manifest(suite_dir)["jobs"]}
     rows = []
     for run_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
-        record_path, failed_path = run_dir / records.RECORD, run_dir / FAILED
-        if record_path.exists():
-            record = records.read_json(record_path)
-        elif failed_path.exists():
-            record = records.read_json(failed_path)
-        else:
+        record = _read_run(run_dir)
+        if record is None:
             continue
         job = jobs.get(record["run_id"], {})
         spec = record["spec"]
+        if is_legacy(spec):
+            continue
         row: dict[str, Any] = {
             "run_id": record["run_id"],
             "status": record["status"],
@@ -67,6 +113,18 @@ def load_results(suite_dir: str | Path) -> pd.DataFrame:
         row["epochs_done"] = len(record.get("metrics", []))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _read_run(run_dir: Path) -> dict[str, Any] | None:
+    """The run's record, else its failure, else None; a corrupt file is warned about and skipped."""
+    for path in (run_dir / records.RECORD, run_dir / FAILED):
+        if path.exists():
+            try:
+                return read_run_file(path)
+            except CorruptResultsFile as exc:
+                warnings.warn(f"{exc}; it is left out of the results (kdbench run sets it aside and does the run "
+                              "again)", stacklevel=3)
+    return None
 
 
 def _pair(spec: dict[str, Any]) -> str:

@@ -7,7 +7,14 @@ Safe to kill at any moment and to run twice at once on the same results folder:
   kernel when its process dies, even by SIGKILL), so a second runner skips it and waits;
 - an interrupted run resumes from its last epoch checkpoint;
 - a failed run writes ``failed.json`` with its reason and is not retried unless asked
-  (``--retry-failed``); its students fail with "teacher failed"; the rest go on.
+  (``--retry-failed``); its students fail with "teacher failed"; the rest go on;
+- a ``record.json`` or ``failed.json`` that is corrupt is set aside (renamed, kept) and
+  its run done again; a failure of the machine (full disk, I/O error, a device it lacks)
+  is not booked as the run's: it stops the suite, and a plain rerun retries;
+- SIGINT and SIGTERM stop the worker processes at once (their runs resume from their
+  last epochs); workers ignore SIGINT themselves, so a Ctrl-C reaches only the runner.
+  Slurm jobs are ``submitit.helpers.Checkpointable``: preempted or timed out, submitit
+  requeues them and their runs resume from their last epochs.
 """
 
 from __future__ import annotations
@@ -15,22 +22,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
-import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
 from unittest.mock import patch
 
 from . import distributed, records
-from .errors import ConfigError, DataError
-from .results import MANIFEST, RUNS
-from .runs import FAILED, CohortOutOfMemory, ensure_runs
+from .checkpoints import set_aside
+from .errors import ConfigError, DataError, MachineError
+from .results import MANIFEST, RUNS, legacy_message, legacy_runs, load_manifest
+from .runs import (FAILED, CohortOutOfMemory, CorruptResultsFile, as_machine_error, ensure_runs, finished_record,
+                   read_run_file)
 from .spec import RunSpec
 from .suite import Job, Suite
 from .training import EngineOptions, cohort_key, resolve_device
@@ -65,8 +74,8 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
                    method_files: list[str]) -> dict[str, dict[str, str]]:
     """Train runs together in this process, each under its own lock. Returns, per run id,
     {"status", "reason"}: finished, failed, busy (another process holds its lock),
-    skipped (finished meanwhile by another process) or split (the cohort ran out of
-    device memory: train it in smaller ones).
+    skipped (finished meanwhile by another process), split (the cohort ran out of
+    device memory: train it in smaller ones) or machine (the machine failed, not the run).
 
     As one of several processes of a data-parallel job (``launch_cohort``, or a Slurm job
     with several tasks) it joins the others; the first takes the locks and decides."""
@@ -93,16 +102,17 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
             except BlockingIOError:
                 outcome[spec.run_id] = {"status": "busy", "reason": "running in another kdbench process"}
                 continue
-            if (runs / spec.run_id / records.RECORD).exists():
+            if finished_record(runs, spec.run_id) is not None:  # a corrupt one is set aside
                 outcome[spec.run_id] = {"status": "skipped", "reason": "finished by another kdbench process"}
             elif (runs / spec.run_id / FAILED).exists():  # the scheduler cleared it before starting
-                error = records.read_json(runs / spec.run_id / FAILED)["error"]
+                error = read_run_file(runs / spec.run_id / FAILED)["error"]
                 outcome[spec.run_id] = {"status": "failed", "reason": f"in another kdbench process: {error}"}
             else:
                 todo.append(spec)
         outcome, todo = distributed.broadcast_object((outcome, todo))
         for spec, result in zip(todo, ensure_runs(todo, runs, options)):
             status = ("split" if isinstance(result, CohortOutOfMemory) else
+                      "machine" if isinstance(result, MachineError) else
                       "failed" if isinstance(result, BaseException) else "finished")
             outcome[spec.run_id] = {"status": status,
                                     "reason": f"{type(result).__name__}: {result}" if status != "finished" else ""}
@@ -213,13 +223,13 @@ def select_jobs(suite: Suite, options: RunnerOptions) -> list[Job]:
 
 
 def _smoke(spec: RunSpec) -> RunSpec:
-    return spec.model_copy(update={"recipe": spec.recipe.model_copy(update={"epochs": 1, "warmup_epochs": 0})})
+    return spec.replace(recipe=spec.recipe.model_copy(update={"epochs": 1, "warmup_epochs": 0}))
 
 
 def _rebind_teacher(spec: RunSpec, ids: dict[str, str]) -> RunSpec:
     if spec.teacher is None or spec.teacher.run_id is None:
         return spec
-    return spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"run_id": ids[spec.teacher.run_id]})})
+    return spec.replace(teacher=spec.teacher.model_copy(update={"run_id": ids[spec.teacher.run_id]}))
 
 
 ONLY_KEYS = ("dataset", "method", "student", "teacher", "seed", "pair")
@@ -239,14 +249,24 @@ def _matches(job: Job, key: str, value: str) -> bool:
 
 
 def write_manifest(suite: Suite, jobs: list[Job], directory: Path) -> None:
+    """The suite's manifest, listing ``jobs`` and those the manifest already there lists
+    (a changed suite, a smaller selection): a report never loses runs it saw before."""
+    try:
+        listed = {job["run_id"]: job for job in load_manifest(directory)["jobs"]}
+    except CorruptResultsFile as exc:
+        set_aside(exc.path, str(exc))
+        listed = {}
+    listed.update({j.run_id: {"run_id": j.run_id, "label": j.label, "pair": j.pair,
+                              "role": "teacher" if j.is_teacher else "student", "dataset": j.spec.dataset.name,
+                              "seed": j.spec.seed, "depends_on": list(j.depends_on)} for j in jobs})
     records.write_json(directory / MANIFEST, {
         "suite": suite.name,
         "source": str(suite.path),
         "selection": suite.file.selection,
         "paper": suite.file.paper,
-        "jobs": [{"run_id": j.run_id, "label": j.label, "pair": j.pair, "role": "teacher" if j.is_teacher else "student",
-                  "dataset": j.spec.dataset.name, "seed": j.spec.seed, "depends_on": list(j.depends_on)}
-                 for j in jobs],
+        "reference": suite.reference,
+        "controls": suite.controls,
+        "jobs": list(listed.values()),
     })
 
 
@@ -279,6 +299,10 @@ def check_teachers(jobs: Iterable[Job]) -> list[str]:
 
 
 def status_of(runs: Path, run_id: str) -> str:
+    """done, failed, partial (a checkpoint to resume), todo, or corrupt (a record.json or
+    failed.json that is not what kdbench writes: ``set_aside_corrupt`` clears it)."""
+    if corrupt_run_files(runs / run_id):
+        return "corrupt"
     if (runs / run_id / records.RECORD).exists():
         return "done"
     if (runs / run_id / FAILED).exists():
@@ -288,10 +312,25 @@ def status_of(runs: Path, run_id: str) -> str:
     return "todo"
 
 
+def corrupt_run_files(run_dir: Path) -> list[CorruptResultsFile]:
+    """What is wrong with the run's record.json and failed.json, if either is corrupt."""
+    problems = []
+    for path in (run_dir / records.RECORD, run_dir / FAILED):
+        try:
+            if path.exists():
+                read_run_file(path)
+        except CorruptResultsFile as exc:
+            problems.append(exc)
+    return problems
+
+
 def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
     say = options.printer
     directory = suite_dir(suite, options)
     runs = directory / RUNS
+    legacy = legacy_runs(directory)
+    if legacy:
+        raise ConfigError(f"nothing was trained: {legacy_message(directory, legacy)}")
     jobs = select_jobs(suite, options)
     engine = replace(options.engine, data_root=options.engine.data_root or suite.file.data_root,
                      subset=SMOKE_SAMPLES if options.smoke else options.engine.subset)
@@ -308,8 +347,11 @@ def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
         return Outcome()
     if problems:
         raise DataError("cannot run, inputs are missing:\n  " + "\n  ".join(problems))
+    if suite.file.executor.kind != "slurm":  # the nodes' devices are not the login node's
+        resolve_device(engine.device)
     runs.mkdir(parents=True, exist_ok=True)
-    write_manifest(suite, jobs, directory)
+    # the whole suite's jobs, merged with those listed before: --only never hides runs from a report
+    write_manifest(suite, select_jobs(suite, replace(options, only={})), directory)
     return Scheduler(suite, jobs, runs, engine, options).run()
 
 
@@ -335,10 +377,14 @@ class Scheduler:
         pending: list[Job] = []
         for job in self.jobs:
             status = status_of(self.runs, job.run_id)
+            if status == "corrupt":
+                for corrupt in corrupt_run_files(self.runs / job.run_id):
+                    set_aside(corrupt.path, str(corrupt))
+                status = status_of(self.runs, job.run_id)
             if status == "done":
                 self.outcome.skipped.append(job.run_id)
             elif status == "failed" and not self.options.retry_failed:
-                self.outcome.failed[job.run_id] = json.loads((self.runs / job.run_id / FAILED).read_text())["error"]
+                self.outcome.failed[job.run_id] = read_run_file(self.runs / job.run_id / FAILED)["error"]
             else:
                 if status == "failed":
                     (self.runs / job.run_id / FAILED).unlink()
@@ -354,6 +400,7 @@ class Scheduler:
         running: list[tuple[Handle, Slot, tuple[Job, ...]]] = []
         free = list(self.slots)
         last_report = 0.0
+        stopped = True  # until the loop ends by itself: an interrupt or a machine failure stops the workers
         try:
             while units or running:
                 for unit in list(units):
@@ -379,8 +426,9 @@ class Scheduler:
                     last_report = time.time()
                 if running or units:
                     time.sleep(POLL_SECONDS)
+            stopped = False
         finally:
-            close()
+            close(stopped)
         return self.outcome
 
     def _ready(self, unit: tuple[Job, ...]) -> tuple[Job, ...] | None:
@@ -414,11 +462,16 @@ class Scheduler:
         try:
             results = handle.result()
         except Exception as exc:  # the worker process itself died
+            if isinstance(as_machine_error(exc), MachineError):
+                raise as_machine_error(exc) from exc
             reason = f"worker died: {type(exc).__name__}: {exc}"
             results = {j.run_id: {"status": "failed", "reason": reason} for j in unit}
         elsewhere, split = [], []
         for job in unit:
             result = results[job.run_id]
+            if result["status"] == "machine":
+                raise MachineError(f"[{self.suite.name}] stopped at {job.describe()}: {result['reason']}; the runs "
+                                   "finished so far are kept, the others resume from their last epochs")
             if result["status"] == "busy":
                 elsewhere.append(job)
             elif result["status"] == "split":
@@ -477,14 +530,68 @@ class Scheduler:
 
             def submit_job(slot: Slot, specs: list[dict[str, Any]], runs: str, options: EngineOptions,
                            files: list[str]) -> Handle:
-                return FirstTask(pool.submit(execute_cohort, specs, runs, replace(options, device=slot[0]), files))
+                return FirstTask(pool.submit(CohortJob(), specs, runs, replace(options, device=slot[0]), files))
 
-            return submit_job, lambda: None
+            return submit_job, lambda stop: None  # Slurm jobs go on without the runner (a rerun waits on them)
         processes = ProcessPoolExecutor(max_workers=len(self.slots), mp_context=get_context("spawn"))
-        return partial(processes.submit, launch_cohort), lambda: processes.shutdown(wait=True, cancel_futures=True)
+
+        def submit_local(*args: Any) -> Handle:
+            with _sigint_ignored():  # inherited by the processes it starts: a Ctrl-C reaches only the runner
+                return processes.submit(launch_cohort, *args)
+
+        def close(stop: bool) -> None:
+            if stop:
+                _stop_workers(processes)
+            processes.shutdown(wait=not stop, cancel_futures=True)
+
+        return submit_local, close
 
 
 Slot = tuple[str, ...]  # the devices of one job, one process each
+
+
+class CohortJob:
+    """``execute_cohort`` as a Slurm job that submitit requeues when Slurm preempts it or
+    its time runs out: submitit calls ``checkpoint`` on its signal, which resubmits the
+    same cohort; its runs then resume from their last epoch checkpoints (nothing else
+    needs saving). This is ``submitit.helpers.Checkpointable``'s behaviour, without
+    importing submitit where it is not used."""
+
+    def __call__(self, *args: Any) -> dict[str, dict[str, str]]:
+        return execute_cohort(*args)
+
+    def checkpoint(self, *args: Any) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Any:
+    """SIGINT ignored for the block, in the main thread (child processes started in it
+    inherit the disposition, so Python installs no KeyboardInterrupt handler in them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_workers(pool: ProcessPoolExecutor, grace: float = 10.0) -> None:
+    """End the pool's processes now (SIGTERM, SIGKILL after ``grace`` seconds); their
+    runs resume from their last epoch checkpoints, their locks die with them."""
+    workers = list((pool._processes or {}).values())  # Python before 3.14 has no terminate_workers()
+    for worker in workers:
+        worker.terminate()
+    deadline = time.time() + grace
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.time()))
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def _slots(device: str, workers: int | None, processes: int) -> list[Slot]:

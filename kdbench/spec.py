@@ -3,19 +3,41 @@
 Everything that changes what a run computes is in the spec and therefore in its id, so a
 changed hyperparameter makes a new run instead of overwriting an old one. Where data lives
 on this machine (the data root) and how fast it is read are not part of the id.
+
+A spec is resolved when it is built, wherever it is built (CLI, suite, ablation, a
+worker reading it back): the method's hyperparameters are validated and every default is
+filled in, the method's ``version`` is recorded, the data set's options are validated and
+completed, and a teacher checkpoint is identified by the sha256 of its bytes, not by its
+path. So ``kd: {}``, ``kd: {temperature: 4}`` and ``kd: {temperature: 4.0}`` are one run,
+a changed default or method version is a new one, and moving a checkpoint file is not.
+Errors are ``SpecError`` with a message for people (not a ValueError, so pydantic passes
+them through unwrapped).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      ValidationInfo, field_validator)
+
+from .data.base import Augment
+from .errors import KDBenchError
+
+
+class SpecError(KDBenchError):
+    """A run spec that cannot be resolved: unknown method or data set, a bad hyperparameter
+    or data-set option."""
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Defaults are validated too: a spec built without ``hparams`` gets them resolved.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class Recipe(Strict):
@@ -34,7 +56,25 @@ class Recipe(Strict):
     milestones: tuple[PositiveInt, ...] | None = None
     gamma: PositiveFloat = 0.1
     warmup_epochs: NonNegativeInt = 0  # linear learning-rate warm-up
-    augment: bool = True
+    # Training-image augmentation (kdbench.data.base.AUGMENTATIONS): "none" (the eval
+    # transform), "standard" (the set's crop + flip), "strong" (MLKD's: standard, then
+    # RandAugment and Cutout). The old booleans still load: true is standard, false none.
+    augment: Augment = "standard"
+    # Mixup / CutMix on whole batches (timm.data.Mixup, label smoothing 0); 0 is off. With
+    # either on, the cross-entropy target becomes soft (Batch.targets); both on: each batch
+    # is one or the other with probability ½.
+    mixup_alpha: NonNegativeFloat = 0.0
+    cutmix_alpha: NonNegativeFloat = 0.0
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _old_boolean(cls, value: Any) -> Any:
+        return ("standard" if value else "none") if isinstance(value, bool) else value
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (mixup or CutMix), making the CE target soft."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
     @property
     def decay_epochs(self) -> tuple[int, ...]:
@@ -46,33 +86,95 @@ class Recipe(Strict):
 class DataSpec(Strict):
     name: str
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)  # every option of the set, defaults filled
+
+    @field_validator("options")
+    @classmethod
+    def _complete_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from .data import dataset_options
+
+        if "name" not in info.data:
+            return options
+        try:
+            return dataset_options(info.data["name"], options)
+        except KDBenchError as exc:
+            raise SpecError(str(exc)) from None
 
 
 class TeacherRef(Strict):
-    """Where the teacher comes from: a checkpoint file, or a kdbench run (its id)."""
+    """Where the teacher comes from: a checkpoint file (identified by its bytes' sha256; the
+    path says only where it is on this machine and is not part of the run id), or a kdbench
+    run (its id)."""
 
     model: str
     checkpoint: str | None = None
+    checkpoint_sha256: str | None = None  # filled from the file; None while the file is missing
     run_id: str | None = None
+
+    @field_validator("checkpoint_sha256")
+    @classmethod
+    def _hash_checkpoint(cls, given: str | None, info: ValidationInfo) -> str | None:
+        path = info.data.get("checkpoint")
+        if path is None or not Path(path).is_file():
+            return given
+        return file_sha256(Path(path))
 
 
 class RunSpec(Strict):
     dataset: DataSpec
     student: str
     method: str = "none"
-    hparams: dict[str, Any] = Field(default_factory=dict)
+    method_version: PositiveInt = 1  # always the registered class's ``version``
+    hparams: dict[str, Any] = Field(default_factory=dict)  # validated, every default filled
     teacher: TeacherRef | None = None
     recipe: Recipe = Field(default_factory=Recipe)
     seed: NonNegativeInt = 0
 
+    @field_validator("method_version", mode="plain")
+    @classmethod
+    def _current_version(cls, given: Any, info: ValidationInfo) -> int:
+        from .method import METHODS
+
+        return METHODS.get(info.data["method"]).version if "method" in info.data else given
+
+    @field_validator("hparams")
+    @classmethod
+    def _complete_hparams(cls, hparams: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from .method import METHODS, parse_hparams
+
+        if "method" not in info.data:
+            return hparams
+        try:
+            return parse_hparams(METHODS.get(info.data["method"]), hparams).model_dump(mode="json")
+        except KDBenchError as exc:
+            raise SpecError(str(exc)) from None
+
     @property
     def run_id(self) -> str:
-        return spec_hash(self.model_dump(mode="json"))
+        return spec_hash(self.model_dump(mode="json", exclude={"teacher": {"checkpoint"}}))
+
+    def replace(self, **changes: Any) -> RunSpec:
+        """A copy with ``changes``, resolved again (``model_copy`` would skip validation)."""
+        return RunSpec.model_validate({**self.model_dump(), **changes})
 
     def describe(self) -> str:
         pair = f"{self.teacher.model}→{self.student}" if self.teacher else self.student
         return f"{self.dataset.name} {pair} {self.method} seed={self.seed}"
+
+
+@lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, computed once per process for an unchanged file."""
+    stat = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def spec_hash(payload: dict[str, Any]) -> str:

@@ -18,7 +18,9 @@ A suite file::
     methods:                          # label: hyperparameters
       none: {}
       kd: {temperature: 4}
-      figkd_random: {method: figkd, class_order: random}  # a label that is not a method names one
+      figkd_random: {method: figkd, class_order: random,  # a label that is not a method names one
+                     control: "class order"}             # a control: reported apart, saying what it isolates
+    reference: kd                     # the label every other is compared with, paired by seed
     paper:                            # published numbers, printed beside ours by reports
       digits/resnet20/resnet8: {kd: 90.1}
     executor: {kind: local, workers: 2}  # processes_per_job: 4 trains each job on 4 GPUs
@@ -88,10 +90,16 @@ class SuiteFile(Strict):
     datasets: dict[str, DatasetEntry] = Field(min_length=1)
     pairs: list[PairEntry] = Field(min_length=1)
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
+    reference: str = "kd"  # paired statistics compare every label with this one
     paper: dict[str, dict[str, float]] = Field(default_factory=dict)
     executor: ExecutorEntry = Field(default_factory=ExecutorEntry)
     method_files: list[str] = Field(default_factory=list)
     ablation: dict[str, Any] | None = None  # read by analysis.ablation
+
+
+# Keys of a ``methods:`` entry that describe the label rather than set a hyperparameter.
+METHOD = "method"
+CONTROL = "control"
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,17 @@ class Suite:
 
     def method_files(self) -> list[Path]:
         return [(self.path.parent / p).resolve() for p in self.file.method_files]
+
+    @property
+    def controls(self) -> dict[str, str]:
+        """Control labels and what each isolates."""
+        return {label: entry[CONTROL] for label, entry in self.file.methods.items() if CONTROL in entry}
+
+    @property
+    def reference(self) -> str | None:
+        """The label paired statistics compare with; None when the suite has no such label
+        and did not name one."""
+        return self.file.reference if self.file.reference in self.file.methods else None
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -228,7 +247,7 @@ def _recipe(suite: Suite, text: str, loc: list, *layers: dict[str, Any]) -> Reci
 
 def _expand(suite: Suite, text: str) -> list[Job]:
     from .data import DATASETS
-    from .method import METHODS, load_method_files
+    from .method import METHODS, create_method, load_method_files
     from .models import is_model
 
     file = suite.file
@@ -239,12 +258,16 @@ def _expand(suite: Suite, text: str) -> list[Job]:
             raise suite_error(suite, text, ["datasets", name], f"unknown dataset{did_you_mean(name, DATASETS.names()) or '; known: ' + ', '.join(DATASETS.names())}")
     method_of = {}
     for label, hparams in file.methods.items():
-        method = hparams.get("method", label)
+        method = hparams.get(METHOD, label)
         if method not in METHODS:
             raise suite_error(suite, text, ["methods", label],
                         f"unknown method '{method}'{did_you_mean(method, METHODS.names()) or '; known: ' + ', '.join(METHODS.names())}"
-                        + ("" if "method" in hparams else "; a label that is not a method needs 'method: <name>'"))
+                        + ("" if METHOD in hparams else "; a label that is not a method needs 'method: <name>'"))
+        if not isinstance(hparams.get(CONTROL, ""), str) or hparams.get(CONTROL) == "":
+            raise suite_error(suite, text, ["methods", label, CONTROL], "say in words what this control isolates, e.g. control: \"class order\"")
         method_of[label] = method
+    if "reference" in file.model_fields_set and file.reference not in file.methods:
+        raise suite_error(suite, text, ["reference"], f"no method labelled '{file.reference}' in 'methods'{did_you_mean(file.reference, file.methods)}")
     jobs: dict[str, Job] = {}
     for i, pair in enumerate(file.pairs):
         for role in ("teacher", "student"):
@@ -262,7 +285,10 @@ def _expand(suite: Suite, text: str) -> list[Job]:
             if entry is None:
                 raise suite_error(suite, text, ["pairs", i, "dataset"],
                             f"dataset '{dataset_name}' is not in 'datasets'{did_you_mean(dataset_name, file.datasets)}")
-            data = DataSpec(name=dataset_name, val_fraction=entry.val_fraction, options=entry.options)
+            try:
+                data = DataSpec(name=dataset_name, val_fraction=entry.val_fraction, options=entry.options)
+            except KDBenchError as exc:
+                raise suite_error(suite, text, ["datasets", dataset_name, "options"], str(exc)) from None
             recipe = _recipe(suite, text, ["recipe"], file.recipe, entry.recipe, pair.recipe)
             teacher_recipe = _recipe(suite, text, ["teacher_recipe"], file.teacher_recipe if file.teacher_recipe is not None else file.recipe,
                                      entry.teacher_recipe)
@@ -277,14 +303,15 @@ def _expand(suite: Suite, text: str) -> list[Job]:
                 teacher_ref = TeacherRef(model=pair.teacher, run_id=teacher_spec.run_id)
                 teacher_deps = (teacher_spec.run_id,)
             for label, base in file.methods.items():
-                hparams = {k: v for k, v in {**base, **pair.hparams.get(label, {})}.items() if k != "method"}
-                method_cls = METHODS.get(method_of[label])
+                hparams = {k: v for k, v in {**base, **pair.hparams.get(label, {})}.items() if k not in (METHOD, CONTROL)}
                 try:
-                    needs_teacher = method_cls(**hparams).needs.teacher
-                except KDBenchError as exc:
-                    raise suite_error(suite, text, ["methods", label], str(exc)) from None
-                for seed in file.seeds:
                     spec = RunSpec(dataset=data, student=pair.student, method=method_of[label], hparams=hparams,
-                                   teacher=teacher_ref if needs_teacher else None, recipe=recipe, seed=seed)
-                    jobs.setdefault(spec.run_id, Job(spec, label, pair_name, teacher_deps if needs_teacher else ()))
+                                   teacher=teacher_ref, recipe=recipe, seed=file.seeds[0])
+                    needs_teacher = create_method(spec.method, **spec.hparams).needs.teacher
+                except KDBenchError as exc:
+                    loc = ["pairs", i, "hparams", label] if label in pair.hparams else ["methods", label]
+                    raise suite_error(suite, text, loc, str(exc)) from None
+                for seed in file.seeds:
+                    run = spec.replace(seed=seed, teacher=teacher_ref if needs_teacher else None)
+                    jobs.setdefault(run.run_id, Job(run, label, pair_name, teacher_deps if needs_teacher else ()))
     return sorted(jobs.values(), key=lambda j: not j.is_teacher)

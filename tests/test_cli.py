@@ -33,7 +33,7 @@ def test_train_teacher_then_student_prints_accuracy_and_writes_record(tmp_path):
     assert "teacher test top-1" in result.stdout and "student test top-1" in result.stdout
     records = [json.loads(p.read_text()) for p in tmp_path.glob("*/record.json")]
     assert sorted(r["spec"]["method"] for r in records) == ["figkd", "none"]
-    assert next(r for r in records if r["spec"]["method"] == "figkd")["spec"]["hparams"] == {"temperature": 2}
+    assert next(r for r in records if r["spec"]["method"] == "figkd")["spec"]["hparams"]["temperature"] == 2.0
 
 
 def test_errors_are_one_line_for_people(tmp_path):

@@ -5,8 +5,11 @@ split, augmented), ``val`` (a seeded split of the official train split, stratifi
 ``val_fraction`` of it, eval transform) and ``test`` (the official test split, eval
 transform), with ``num_classes``, ``input_size``, ``classes`` and ``train_labels``. The same
 ``seed`` gives the same validation split; hyperparameter search scores on ``val`` and never
-looks at ``test``. ``augment=False`` gives ``train`` with the eval transform, in the same
-order (for computing the teacher's logits on every training sample).
+looks at ``test``. ``augment`` is the training images' augmentation: "standard" (the set's
+recipe, below), "strong" (the recipe, then MLKD's RandAugment + Cutout:
+``base.StrongAugment``) or "none", which gives ``train`` with the eval transform in the same
+order (for computing the teacher's logits on every training sample); True and False mean
+"standard" and "none".
 
 Built in, no files needed:
 
@@ -65,7 +68,7 @@ import pydantic
 
 from ..errors import ConfigError, did_you_mean
 from ..registry import Registry
-from .base import DataSplits, ImageFileDataset, Splitter, TensorImageDataset
+from .base import AUGMENTATIONS, Augment, DataSplits, ImageFileDataset, Splitter, TensorImageDataset
 
 Factory = Callable[..., DataSplits]
 
@@ -103,7 +106,7 @@ def create_dataset(
     *,
     seed: int = 0,
     val_fraction: float = 0.1,
-    augment: bool = True,
+    augment: Augment | bool = "standard",
     **options: Any,
 ) -> DataSplits:
     """Train / val / test splits of the registered set ``name`` (see the module docstring).
@@ -112,12 +115,33 @@ def create_dataset(
     factory = DATASETS.get(name)
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"dataset '{name}': val_fraction must be in [0, 1), got {val_fraction}")
+    if isinstance(augment, bool):
+        augment = "standard" if augment else "none"
+    if augment not in AUGMENTATIONS:
+        raise ConfigError(f"dataset '{name}': augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
     checked = _checked_options(name, factory, options)
     return factory(resolve_data_root(root), Splitter(name, seed, val_fraction, augment), **checked)
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.names(pattern)
+
+
+def dataset_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Every option of the set ``name``: ``options`` validated, the others at their defaults,
+    as JSON values (what a run spec records and hashes)."""
+    factory = DATASETS.get(name)
+    checked = _checked_options(name, factory, options)
+    hints = typing.get_type_hints(factory, include_extras=True)
+    complete = {}
+    for p in inspect.signature(factory).parameters.values():
+        if p.kind is not p.KEYWORD_ONLY:
+            continue
+        value = checked[p.name] if p.name in checked else p.default
+        if value is p.empty:
+            raise ConfigError(f"dataset '{name}' needs option '{p.name}'")
+        complete[p.name] = pydantic.TypeAdapter(hints[p.name]).dump_python(value, mode="json")
+    return complete
 
 
 def _checked_options(name: str, factory: Factory, options: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +174,7 @@ __all__ = [
     "Splitter",
     "TensorImageDataset",
     "create_dataset",
+    "dataset_options",
     "list_datasets",
     "register_dataset",
     "resolve_data_root",

@@ -1,0 +1,141 @@
+"""A run's identity is its content: one id per resolved spec, a new id for anything that
+changes what the run computes, and folders from before content ids are neither reused nor
+mixed in."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import PositiveFloat
+
+from kdbench.errors import ConfigError
+from kdbench.method import METHODS
+from kdbench.results import legacy_runs, load_results
+from kdbench.runner import RunnerOptions, run_suite
+from kdbench.spec import DataSpec, RunSpec, SpecError, TeacherRef
+from kdbench.suite import load_suite
+
+DIGITS = DataSpec(name="digits", options={"image_size": 16})
+
+
+def kd_spec(**changes) -> RunSpec:
+    return RunSpec(**{"dataset": DIGITS, "student": "resnet8", "method": "kd", **changes})
+
+
+def test_equivalent_spellings_are_one_run():
+    ids = {kd_spec(hparams=h).run_id for h in ({}, {"temperature": 4}, {"temperature": 4.0}, {"w_kd": 0.9})}
+    assert len(ids) == 1
+
+
+def test_the_spec_holds_every_default():
+    spec = kd_spec()
+    assert {"temperature": 4.0, "w_ce": 0.1, "w_kd": 0.9}.items() <= spec.hparams.items()
+    assert set(spec.hparams) == set(METHODS.get("kd").HParams.model_fields)
+    assert spec.method_version == METHODS.get("kd").version
+    assert DataSpec(name="digits").options == {"image_size": 32}  # digits' default, written out
+    assert DataSpec(name="digits").model_dump() == DataSpec(name="digits", options={"image_size": 32}).model_dump()
+
+
+def test_a_changed_default_is_a_new_run(monkeypatch):
+    before = kd_spec().run_id
+    kd = METHODS.get("kd")
+
+    class Hotter(kd.HParams):
+        temperature: PositiveFloat = 3.0
+
+    monkeypatch.setattr(kd, "HParams", Hotter)
+    assert kd_spec().run_id != before
+    assert kd_spec(hparams={"temperature": 4.0}).run_id == before  # spelled out, the old run
+
+
+def test_a_method_version_is_part_of_the_id(monkeypatch):
+    before = kd_spec().run_id
+    monkeypatch.setattr(METHODS.get("kd"), "version", METHODS.get("kd").version + 1)
+    assert kd_spec().run_id != before
+    # a spec read back from JSON takes the running code's version, not the stored one
+    assert RunSpec.model_validate_json(kd_spec().model_dump_json()).method_version == METHODS.get("kd").version
+
+
+def test_a_teacher_checkpoint_is_its_bytes_not_its_path(tmp_path):
+    first, moved = tmp_path / "a" / "teacher.pth", tmp_path / "b" / "renamed.pth"
+    first.parent.mkdir()
+    moved.parent.mkdir()
+    first.write_bytes(b"weights v1")
+    moved.write_bytes(b"weights v1")
+    one = kd_spec(teacher=TeacherRef(model="resnet20", checkpoint=str(first)))
+    assert one.teacher.checkpoint_sha256 == hashlib.sha256(b"weights v1").hexdigest()
+    assert kd_spec(teacher=TeacherRef(model="resnet20", checkpoint=str(moved))).run_id == one.run_id
+    moved.write_bytes(b"weights v2")
+    assert kd_spec(teacher=TeacherRef(model="resnet20", checkpoint=str(moved))).run_id != one.run_id
+
+
+def test_bad_hyperparameters_and_options_are_spec_errors():
+    with pytest.raises(SpecError, match="did you mean 'temperature'"):
+        kd_spec(hparams={"temprature": 2})
+    with pytest.raises(SpecError, match="image_size"):
+        DataSpec(name="digits", options={"image_sise": 16})
+
+
+def test_replace_resolves_again():
+    spec = kd_spec()
+    assert {"temperature": 2.0, "w_ce": 0.1, "w_kd": 0.9}.items() <= spec.replace(hparams={"temperature": 2}).hparams.items()
+    assert spec.replace(seed=3).run_id == kd_spec(seed=3).run_id
+
+
+SUITE = {
+    "name": "ids", "seeds": [0],
+    "recipe": {"epochs": 1, "batch_size": 32},
+    "datasets": {"digits": {"options": {"image_size": 16}}},
+    "pairs": [{"dataset": "digits", "teacher": "resnet14", "student": "resnet8"}],
+}
+
+
+def write_suite(tmp_path: Path, methods: dict, **extra) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({**SUITE, "methods": methods, **extra}))
+    return path
+
+
+def test_a_suite_gives_equivalent_labels_one_run(tmp_path):
+    suite = load_suite(write_suite(tmp_path, {"kd": {}, "kd_t4": {"method": "kd", "temperature": 4.0}}))
+    assert len({j.run_id for j in suite.jobs if not j.is_teacher}) == 1
+
+
+def test_controls_and_reference_reach_the_manifest(tmp_path):
+    path = write_suite(tmp_path, {"kd": {}, "kd_weights": {"method": "kd", "w_ce": 1.0, "w_kd": 1.0, "control": "loss weights"}})
+    suite = load_suite(path)
+    assert suite.controls == {"kd_weights": "loss weights"} and suite.reference == "kd"
+    spec = next(j.spec for j in suite.jobs if j.label == "kd_weights")
+    assert "control" not in spec.hparams
+    run_suite(suite, RunnerOptions(out=tmp_path / "out", dry_run=True, printer=lambda *a: None))
+    from kdbench.runner import write_manifest
+
+    write_manifest(suite, suite.jobs, tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["reference"] == "kd" and manifest["controls"] == {"kd_weights": "loss weights"}
+
+
+@pytest.mark.parametrize("extra, methods, message", [
+    ({"reference": "kdd"}, {"kd": {}}, "reference"),
+    ({}, {"kd": {}, "c": {"method": "kd", "control": ""}}, "control"),
+])
+def test_bad_controls_are_refused_with_the_key(tmp_path, extra, methods, message):
+    with pytest.raises(ConfigError, match=message):
+        load_suite(write_suite(tmp_path, methods, **extra))
+
+
+def test_a_folder_from_before_content_ids_is_neither_reused_nor_mixed(tmp_path):
+    suite = load_suite(write_suite(tmp_path, {"kd": {}}))
+    old = tmp_path / "out" / "ids" / "runs" / "0123456789abcdef"
+    old.mkdir(parents=True)
+    old_spec = {"dataset": {"name": "digits", "options": {}}, "student": "resnet8", "method": "kd", "hparams": {},
+                "teacher": None, "recipe": {}, "seed": 0}
+    (old / "record.json").write_text(json.dumps({"run_id": old.name, "status": "finished", "spec": old_spec,
+                                                 "metrics": [], "summary": {}}))
+    assert legacy_runs(tmp_path / "out" / "ids") == [old.name]
+    with pytest.raises(ConfigError, match="older kdbench.*Move them aside"):
+        run_suite(suite, RunnerOptions(out=tmp_path / "out", printer=lambda *a: None))
+    assert list((tmp_path / "out" / "ids" / "runs").iterdir()) == [old]  # nothing trained or written
+    assert load_results(tmp_path / "out" / "ids").empty
