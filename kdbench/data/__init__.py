@@ -48,7 +48,12 @@ Recipes: ``cifar100`` RandomCrop(32, padding 4) + flip, its own mean/std;
 ``tiny-imagenet`` 64 px, RandomCrop(64, padding 8) + flip, ImageNet mean/std; the other
 real sets Resize(256) + RandomCrop(224) + flip for training and Resize(256) +
 CenterCrop(224) for evaluation, ImageNet mean/std, scaled by their option ``image_size``
-(default 224). A missing set raises ``DataError`` naming the missing file and where to put
+(default 224); their option ``train_crop: random_resized`` trains with
+RandomResizedCrop(224, ``crop_scale``, ``crop_ratio``) + flip instead (torchvision's
+defaults [0.08, 1] and [3/4, 4/3]). ``cub200``, ``stanford-dogs``, ``mit67`` and
+``stanford40`` are also read from the ``{train,valid}`` / ``{train,test}`` ImageFolder
+trees prepared for FRSKD, CS-KD or L2T-ww (``kdbench.data.real.PREPARED_TREES``) where
+their official split files are absent. A missing set raises ``DataError`` naming the missing file and where to put
 it; a malformed split file names the file and line; an unreadable image names its path.
 Register a new set with ``@register_dataset("name")`` on a factory
 ``(root: Path, splitter: Splitter, *, <options>) -> DataSplits``; its keyword-only
