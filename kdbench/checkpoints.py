@@ -51,10 +51,11 @@ def _umask() -> int:
 
 def set_aside(path: Path, why: str) -> Path:
     """Rename a corrupt file to ``<name>.corrupt-<UTC time>`` beside it (kept for a
-    post-mortem, out of kdbench's way) and say so on stderr; returns the new path."""
+    post-mortem, out of kdbench's way) and say so on stderr; ``why`` names the file and
+    what is wrong with it. Returns the new path."""
     aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     os.replace(path, aside)
-    print(f"kdbench: {path} is corrupt ({why}); kept as {aside.name}, the run is redone from what is sound",
+    print(f"kdbench: {why}; it is kept as {aside.name} and its run is done again from what is sound",
           file=sys.stderr, flush=True)
     return aside
 

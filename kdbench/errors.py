@@ -27,6 +27,11 @@ class CheckpointError(KDBenchError):
     """A checkpoint that cannot be trusted or does not fit the model."""
 
 
+class MachineError(KDBenchError):
+    """The machine failed, not the run: a full disk, an I/O error, a device it lacks. Such a
+    run is not booked as failed; the suite stops, and a plain rerun retries it."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' did you mean 'x'?' for the closest of ``choices``, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)

@@ -1,8 +1,15 @@
 """One run in a results folder: skip it when finished, resume it when interrupted, record
-why when it fails. Runs live at ``<out>/<run id>/`` (see ``records`` for the files)."""
+why when it fails. Runs live at ``<out>/<run id>/`` (see ``records`` for the files).
+
+What is read back is checked (``read_run_file``): a ``record.json`` cut short or garbled is
+not a finished run; it is set aside (renamed, kept) and the run is done again. A failure
+of the machine (a full disk, an I/O error: ``MachineError``) is no failure of the run: it
+is not booked in ``failed.json``, so a plain rerun retries it."""
 
 from __future__ import annotations
 
+import errno
+import json
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,7 +18,8 @@ from typing import Any
 import torch
 
 from . import distributed, records
-from .errors import ConfigError, KDBenchError
+from .checkpoints import set_aside
+from .errors import ConfigError, KDBenchError, MachineError
 from .spec import RunSpec
 from .training import EngineOptions, train_cohort
 
@@ -26,9 +34,79 @@ class CohortOutOfMemory(KDBenchError):
         super().__init__(f"out of device memory with {runs} runs training together")
 
 
+# errors of the machine rather than the run: no space or quota, a disk or network file
+# system failing, a file system gone read-only, no memory left
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ESTALE, errno.ENOMEM})
+
+
+class CorruptResultsFile(KDBenchError):
+    """A file of a results folder (a run's record.json or failed.json, a manifest) that is
+    not what kdbench writes."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, problem
+
+
+# what every reader of a run file relies on, by key: (type, what it is)
+_RUN_FIELDS = {"run_id": str, "status": str, "spec": dict}
+_KIND_FIELDS = {records.RECORD: {"summary": dict, "metrics": list}, FAILED: {"error": str}}
+_SPEC_FIELDS = {"dataset": dict, "method": str, "student": str, "seed": int}
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """A run's ``record.json`` or ``failed.json``, checked to hold what readers use;
+    ``CorruptResultsFile`` names the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_bytes())
+    except UnicodeDecodeError:
+        raise CorruptResultsFile(path, "not text (binary garbage)") from None
+    except json.JSONDecodeError as exc:
+        raise CorruptResultsFile(path, f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}; "
+                                   "cut short or overwritten)") from None
+    if not isinstance(payload, dict):
+        raise CorruptResultsFile(path, f"holds a JSON {type(payload).__name__}, not a run's record")
+    status = "finished" if path.name == records.RECORD else "failed"
+    problems = _missing(payload, {**_RUN_FIELDS, **_KIND_FIELDS.get(path.name, {})}, "")
+    if not problems:
+        problems = _missing(payload["spec"], _SPEC_FIELDS, "spec.")
+        if not isinstance(payload["spec"].get("dataset", {}).get("name"), str):
+            problems.append("spec.dataset.name is missing")
+        if not isinstance(payload["spec"].get("teacher", 0), (dict, type(None))):
+            problems.append("spec.teacher is missing or not an object or null")
+        if payload["status"] != status:
+            problems.append(f"status is {payload['status']!r}, not {status!r}")
+    if problems:
+        raise CorruptResultsFile(path, "not a run's record: " + "; ".join(problems))
+    return payload
+
+
+def _missing(payload: dict[str, Any], fields: dict[str, type], prefix: str) -> list[str]:
+    return [f"{prefix}{key} is missing" if key not in payload else f"{prefix}{key} is not a {kind.__name__}"
+            for key, kind in fields.items() if not isinstance(payload.get(key), kind)]
+
+
 def finished_record(out: Path, run_id: str) -> dict[str, Any] | None:
+    """The run's record, or None when it has none; a corrupt one is set aside."""
     path = Path(out) / run_id / records.RECORD
-    return records.read_json(path) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return read_run_file(path)
+    except CorruptResultsFile as exc:
+        set_aside(path, str(exc))
+        return None
+
+
+def as_machine_error(error: BaseException) -> BaseException:
+    """``error`` as a MachineError when the machine failed rather than the run."""
+    if isinstance(error, OSError) and error.errno in MACHINE_ERRNOS:
+        machine = MachineError(f"the machine failed, not the run: {error}; fix it (free disk space, check the disk) "
+                               "and run the same command again")
+        machine.__cause__ = error
+        return machine
+    return error
 
 
 def teacher_weights(spec: RunSpec, out: Path) -> Path | None:
@@ -62,7 +140,8 @@ def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None =
     """``ensure_run`` for a cohort (see ``training.train_cohort``): the unfinished runs
     train together; each result is a record or the exception that ended that run. The
     device running out of memory in a cohort of several (at set-up, in the teacher's
-    forward or a student's step) is ``CohortOutOfMemory`` for all, and no run's failure."""
+    forward or a student's step) is ``CohortOutOfMemory`` for all, and no run's failure;
+    nor is a ``MachineError`` (e.g. the disk filling up)."""
     out = Path(out)
     results: dict[str, dict[str, Any] | BaseException] = {}
     todo = []
@@ -81,9 +160,11 @@ def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None =
                 exc = CohortOutOfMemory(len(todo))
             trained = [exc] * len(todo)
         for spec, result in zip(todo, trained):
+            result = as_machine_error(result)
             results[spec.run_id] = result
-            # under torchrun, rank 0 keeps the books; a cohort too large is no run's failure
-            if not distributed.is_main() or isinstance(result, CohortOutOfMemory):
+            # under torchrun, rank 0 keeps the books; a cohort too large, or a machine
+            # failing, is no run's failure
+            if not distributed.is_main() or isinstance(result, (CohortOutOfMemory, MachineError)):
                 continue
             if isinstance(result, BaseException):
                 _record_failure(spec, out / spec.run_id, result)

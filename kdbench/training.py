@@ -48,10 +48,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from . import distributed, records
-from .checkpoints import atomic_torch_save, load_weights
+from .checkpoints import atomic_torch_save, load_weights, safe_load, set_aside
 from .data import DataSplits, create_dataset
 from .data.base import BatchCrop, TensorImageDataset
-from .errors import ConfigError, KDBenchError
+from .errors import CheckpointError, ConfigError, KDBenchError, MachineError
 from .method import Batch, Method, TrainContext, create_method
 from .models import Backbone, ModelOutput, create_model
 from .models.stacked import StackedForward
@@ -95,7 +95,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' was asked for but CUDA is not available here; use --device cpu")
+        raise MachineError(f"device '{name}' was asked for but CUDA is not available here; use --device cpu "
+                           "or a machine with a GPU")
     return device
 
 
@@ -342,10 +343,20 @@ class Trainee:
         }, self.run_dir / records.CHECKPOINT)
 
     def resume(self, device: torch.device) -> None:
+        """Go on from the last epoch's checkpoint; a checkpoint that cannot be read is set
+        aside (kept, renamed) and the run starts from its first epoch."""
         path = self.run_dir / records.CHECKPOINT
         if not path.exists():
             return
-        state = torch.load(path, map_location=device, weights_only=True)
+        try:
+            state = safe_load(path, map_location=device)
+            lacking = {"student", "method", "optimizer", "history"} - set(state if isinstance(state, dict) else ())
+            if lacking:
+                raise CheckpointError(f"checkpoint '{path}' is not a kdbench checkpoint: it lacks {sorted(lacking)}")
+        except CheckpointError as exc:
+            if distributed.is_main():
+                set_aside(path, str(exc))
+            return
         self.model.load_state_dict(state["student"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -384,10 +395,17 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
 
     seed_everything(lead.seed)
     data = open_data(lead, options, augment=recipe.augment)
-    methods = [create_method(s.method, **s.hparams) for s in specs]
+    # a run whose method, set-up or resume fails fails alone (its exception is its result)
+    failures: dict[int, Exception] = {}
+    methods: dict[int, Method] = {}
+    for i, spec in enumerate(specs):
+        try:
+            methods[i] = create_method(spec.method, **spec.hparams)
+        except Exception as exc:
+            failures[i] = exc
     teacher = build_teacher(lead, data.num_classes, teacher_weights, device)
     if teacher is not None:
-        teacher.tap(sorted({stage for m in methods if m.needs.teacher for stage in m.needs.teacher_stages}))
+        teacher.tap(sorted({stage for m in methods.values() if m.needs.teacher for stage in m.needs.teacher_stages}))
         if device.type == "cuda" and options.channels_last:
             teacher.to(memory_format=torch.channels_last)
     eval_batch = max(recipe.batch_size, 256)
@@ -395,19 +413,27 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
     test_loader = _loader(_shard(data.test), eval_batch, workers, device)
     autocast, _ = _autocast(device, options.amp)
     teacher_train_logits = None
-    if teacher is not None and any(m.needs.teacher_train_logits for m in methods):
+    if teacher is not None and any(m.needs.teacher_train_logits for m in methods.values()):
         teacher_train_logits = _predict(teacher, _loader(open_data(lead, options, augment=False).train, eval_batch, workers, device), device)
 
-    trainees = []
+    ready: dict[int, Trainee] = {}
     probe = torch.stack([data.train[i][0] for i in range(2)])  # shapes for the methods' setup
     context = partial(TrainContext, data.num_classes, torch.as_tensor(data.train_labels, dtype=torch.long),
                       recipe.epochs, lead.seed, teacher_train_logits=teacher_train_logits)
-    for spec, run_dir, method in zip(specs, run_dirs, methods):
-        trainee = make_trainee(spec, Path(run_dir), method, data.num_classes, teacher, probe, context, device, options)
-        trainee.resume(device)
-        distributed.broadcast_state(trainee.model)
-        distributed.broadcast_state(trainee.method)
-        trainees.append(trainee)
+    for i, method in methods.items():
+        try:
+            trainee = make_trainee(specs[i], Path(run_dirs[i]), method, data.num_classes, teacher, probe, context,
+                                   device, options)
+            trainee.resume(device)
+            distributed.broadcast_state(trainee.model)
+            distributed.broadcast_state(trainee.method)
+        except torch.OutOfMemoryError:
+            raise  # the cohort's, not the run's: it may fit in smaller ones (runs.ensure_runs)
+        except Exception as exc:
+            failures[i] = exc
+        else:
+            ready[i] = trainee
+    trainees = list(ready.values())
     stacks = student_stacks(trainees, data.num_classes, options)
 
     teacher_test = evaluate(teacher, test_loader, device, reduce=True)["top1"] if teacher is not None else None
@@ -420,7 +446,7 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
         train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0)
     started = time.time()
-    for epoch in range(min(t.next_epoch for t in trainees), recipe.epochs + 1):
+    for epoch in range(min((t.next_epoch for t in trainees), default=recipe.epochs + 1), recipe.epochs + 1):
         active = [t for t in trainees if t.error is None and t.next_epoch == epoch]
         if not active:
             continue
@@ -438,10 +464,10 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
             if trainee.error is None:
                 _end_epoch(trainee, epoch, epoch_seconds / len(active), val_loader, test_loader, device, options)
     final_loader = _loader(data.test, eval_batch, workers, device) if distributed.is_main() else None
-    results = [t.error if t.error is not None else
-               _finish(t, *((teacher, teacher_test) if t.method.needs.teacher else (None, None)), final_loader, device,
-                       started)
-               for t in trainees]
+    results = [failures[i] if i in failures else ready[i].error if ready[i].error is not None else
+               _finish(ready[i], *((teacher, teacher_test) if ready[i].method.needs.teacher else (None, None)),
+                       final_loader, device, started)
+               for i in range(len(specs))]
     distributed.barrier()  # the other ranks read rank 0's files (a teacher's weights) only once they are written
     return results
 

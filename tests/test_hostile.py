@@ -3,20 +3,30 @@ signal, a typo. Each test pins what kdbench does instead of a traceback or a sil
 
 from __future__ import annotations
 
+import errno
+import json
 import os
-import pickle
+import shutil
 import stat
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
+from conftest import student_spec
+from kdbench import records
 from kdbench.checkpoints import atomic_write_bytes, load_weights, read_state_dict
 from kdbench.data import create_dataset
-from kdbench.errors import CheckpointError
+from kdbench.errors import CheckpointError, ConfigError, MachineError
+from kdbench.results import load_manifest, load_results
+from kdbench.runner import RunnerOptions, Scheduler, execute_cohort, run_suite, status_of, write_manifest
+from kdbench.runs import CorruptResultsFile, ensure_run, ensure_runs, read_run_file
+from kdbench.spec import RunSpec
+from kdbench.suite import load_suite
+from kdbench.training import EngineOptions
 
 
 def write_image(path: Path, shade: int) -> None:
@@ -90,3 +100,155 @@ def test_written_files_have_the_mode_a_plain_open_gives(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "record.json").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o640
+
+
+# --- results on disk ------------------------------------------------------------------
+
+TINY = {
+    "name": "tiny",
+    "seeds": [0],
+    "recipe": {"epochs": 1, "batch_size": 256},
+    "datasets": {"digits": {"options": {"image_size": 8}}},
+    "pairs": [{"dataset": "digits", "teacher": "resnet14", "student": "resnet8"}],
+    "methods": {"none": {}, "kd": {}},
+}
+
+
+def write_suite(folder: Path, suite: dict | None = None, **changes) -> Path:
+    path = folder / "suite.yaml"
+    path.write_text(yaml.safe_dump({**(suite or TINY), **changes}, sort_keys=False))
+    return path
+
+
+def quiet(lines: list[str] | None = None, **kw) -> RunnerOptions:
+    printer = lines.append if lines is not None else (lambda line: None)
+    return RunnerOptions(printer=printer, workers=1, engine=EngineOptions(progress=False), **kw)
+
+
+@pytest.fixture(scope="module")
+def finished_suite(tmp_path_factory) -> tuple[Path, Path]:
+    """A suite file and a results root holding its three finished runs (teacher, none, kd)."""
+    folder = tmp_path_factory.mktemp("finished")
+    path = write_suite(folder)
+    assert run_suite(load_suite(path), quiet(out=folder / "results")).ok
+    return path, folder / "results"
+
+
+def copy_results(finished_suite, tmp_path: Path) -> tuple[Path, Path]:
+    path, results = finished_suite
+    shutil.copytree(results, tmp_path / "results")
+    return path, tmp_path / "results"
+
+
+def test_a_corrupt_record_is_named_set_aside_and_its_run_done_again(finished_suite, tmp_path: Path) -> None:
+    path, results = copy_results(finished_suite, tmp_path)
+    suite = load_suite(path)
+    runs = results / "tiny" / "runs"
+    kd = next(j for j in suite.jobs if j.label == "kd")
+    record = runs / kd.run_id / "record.json"
+    record.write_text(record.read_text()[:100])  # cut short, as by a full disk
+    (runs / "stray").mkdir()
+    (runs / "stray" / "record.json").write_bytes(b"\x00\xff garbage")
+    assert status_of(runs, kd.run_id) == "corrupt"
+    with pytest.warns(UserWarning) as caught:
+        frame = load_results(results / "tiny")
+    messages = " | ".join(str(w.message) for w in caught)
+    assert f"{kd.run_id}/record.json: not valid JSON" in messages and "stray/record.json: not " in messages
+    assert len(frame) == 2 and kd.run_id not in set(frame.run_id)
+    lines: list[str] = []
+    outcome = run_suite(suite, quiet(lines, out=results))
+    assert outcome.finished == [kd.run_id] and len(outcome.skipped) == 2
+    assert read_run_file(record)["status"] == "finished"
+    aside = list((runs / kd.run_id).glob("record.json.corrupt-*"))
+    assert len(aside) == 1 and len(aside[0].read_text()) == 100  # kept as it was
+
+    (results / "tiny" / "manifest.json").write_text('{"suite": "tiny", "jobs": [')
+    with pytest.raises(CorruptResultsFile, match=r"tiny/manifest.json: not valid JSON at line 1, column 28.*kdbench run"):
+        load_results(results / "tiny")
+
+
+def with_teacher(teacher_out: tuple[Path, RunSpec], folder: Path) -> RunSpec:
+    """The session's finished teacher, copied into ``folder``."""
+    out, teacher = teacher_out
+    shutil.copytree(out / teacher.run_id, folder / teacher.run_id)
+    return teacher
+
+
+def test_a_garbage_checkpoint_is_set_aside_and_a_broken_member_fails_alone(teacher_out, tmp_path: Path, capfd) -> None:
+    """One cohort: a run with a garbage checkpoint (restarts), one whose method cannot be
+    set up (FiGKD's level too deep for 10 classes), one whose checkpoint does not fit
+    its student, and a healthy one. Only the two broken runs fail."""
+    teacher = with_teacher(teacher_out, tmp_path)
+    garbage = student_spec(teacher, "kd", hparams={"temperature": 3.0})
+    too_deep = student_spec(teacher, "figkd", hparams={"level": 8})
+    misfit = student_spec(teacher, "kd", hparams={"temperature": 2.0})
+    healthy = student_spec(teacher, "kd")
+    (tmp_path / garbage.run_id).mkdir()
+    (tmp_path / garbage.run_id / "checkpoint.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    (tmp_path / misfit.run_id).mkdir()
+    torch.save({"student": nn.Linear(2, 2).state_dict(), "method": {}, "optimizer": {}, "history": []},
+               tmp_path / misfit.run_id / "checkpoint.pt")
+    results = ensure_runs([garbage, too_deep, misfit, healthy], tmp_path, EngineOptions(progress=False))
+    assert results[0]["status"] == "finished" and results[3]["status"] == "finished"
+    assert isinstance(results[1], ConfigError) and "level 8 is too deep for 10 classes" in str(results[1])
+    assert isinstance(results[2], RuntimeError) and "Missing key(s) in state_dict" in str(results[2])
+    assert read_run_file(tmp_path / too_deep.run_id / "failed.json")["error"].startswith("ConfigError")
+    assert (tmp_path / misfit.run_id / "failed.json").exists()
+    assert len(list((tmp_path / garbage.run_id).glob("checkpoint.pt.corrupt-*"))) == 1
+    assert "checkpoint.pt' cannot be read: it is truncated or corrupt" in capfd.readouterr().err
+
+
+def test_only_never_shrinks_what_a_report_sees(tmp_path: Path) -> None:
+    path = write_suite(tmp_path)
+    suite = load_suite(path)
+    assert run_suite(suite, quiet(out=tmp_path / "results", only={"method": "none"})).ok
+    manifest = load_manifest(tmp_path / "results" / "tiny")
+    assert {j["run_id"] for j in manifest["jobs"]} == {j.run_id for j in suite.jobs}
+    stale = {"run_id": "0" * 16, "label": "old", "pair": "p", "role": "student", "dataset": "digits", "seed": 0,
+             "depends_on": []}
+    manifest["jobs"].append(stale)  # a run of an earlier version of the suite, still on disk
+    (tmp_path / "results" / "tiny" / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(suite, suite.jobs[:1], tmp_path / "results" / "tiny")
+    jobs = load_manifest(tmp_path / "results" / "tiny")["jobs"]
+    assert stale in jobs and {j["run_id"] for j in jobs} >= {j.run_id for j in suite.jobs}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_the_machine_lacks_stops_before_anything_is_written(tmp_path: Path) -> None:
+    suite = load_suite(write_suite(tmp_path))
+    options = quiet(out=tmp_path / "results")
+    options.engine = EngineOptions(device="cuda", progress=False)
+    with pytest.raises(MachineError, match="CUDA is not available here; use --device cpu"):
+        run_suite(suite, options)
+    assert not (tmp_path / "results").exists()
+    # in a worker (the runner's check passed on a login node): the machine's failure, not the run's
+    answer = execute_cohort([suite.jobs[0].spec.model_dump(mode="json")], str(tmp_path / "runs"),
+                            EngineOptions(device="cuda", progress=False), [])
+    assert answer[suite.jobs[0].run_id]["status"] == "machine"
+    assert not list((tmp_path / "runs").glob("*/failed.json"))
+
+
+def test_a_full_disk_is_no_failure_of_the_run(teacher_out, tmp_path: Path, monkeypatch) -> None:
+    spec = student_spec(with_teacher(teacher_out, tmp_path), "kd")
+
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(records, "atomic_write_bytes", disk_full)
+    with pytest.raises(MachineError, match=r"the machine failed, not the run: \[Errno 28\] No space left"):
+        ensure_run(spec, tmp_path, EngineOptions(progress=False))
+    monkeypatch.undo()
+    assert not (tmp_path / spec.run_id / "failed.json").exists()  # so a plain rerun retries it
+    scheduler = Scheduler(load_suite(write_suite(tmp_path)), [], tmp_path, EngineOptions(), quiet())
+    job = load_suite(write_suite(tmp_path)).jobs[0]
+
+    class Answered:
+        def done(self) -> bool:
+            return True
+
+        def result(self):
+            return {job.run_id: {"status": "machine", "reason": "MachineError: the machine failed, not the run"}}
+
+    with pytest.raises(MachineError, match=r"stopped at .*the machine failed, not the run"):
+        scheduler._finish((job,), Answered())
+    assert not scheduler.outcome.failed
