@@ -220,3 +220,20 @@ def test_imagenet_stem_model_at_224_px(name: str) -> None:
     assert ours[stem][2:] == (7, 7)
     stride = model.get_submodule(stem.removesuffix(".weight")).stride
     assert stride == (2, 2)
+
+
+def test_the_fine_grained_suite_follows_frskds_protocol() -> None:
+    # MingiJi/FRSKD @ 98b87e5, classification/main.py lines 22-29 and dataset.py lines 66-70.
+    from kdbench.suite import load_suite
+
+    suite = load_suite(Path(__file__).parents[1] / "suites" / "fine_grained.yaml")
+    for job in suite.jobs:
+        recipe = job.spec.recipe
+        assert (recipe.epochs, recipe.batch_size, recipe.lr, recipe.momentum, recipe.weight_decay) == (
+            200, 128, 0.1, 0.9, 1e-4
+        )
+        assert (recipe.schedule, recipe.decay_epochs, recipe.gamma) == ("step", (100, 150), 0.1)
+        options = job.spec.dataset.options
+        assert (options["image_size"], options["train_crop"]) == (224, "random_resized")
+        assert (options["crop_scale"], options["crop_ratio"]) == ([0.08, 1.0], [0.75, 4 / 3])
+    assert {job.spec.student for job in suite.jobs} == {"timm:resnet18", "timm:resnet34"}
