@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
+import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from hashlib import sha1
@@ -224,7 +225,15 @@ def load_method_files(*paths: str | Path) -> list[str]:
             sys.modules[module_name] = module
             try:
                 spec.loader.exec_module(module)
-            except Exception:
+            except SyntaxError as exc:
                 del sys.modules[module_name]
-                raise
+                code = f": {exc.text.strip()}" if exc.text else ""
+                raise ConfigError(f"method file '{file}', line {exc.lineno}: {exc.msg}{code}; fix the file "
+                                  "(python -m py_compile names the same line)") from None
+            except Exception as exc:
+                del sys.modules[module_name]
+                lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == str(file)]
+                where = f", line {lines[-1]}" if lines else ""
+                raise ConfigError(f"method file '{file}'{where} fails when imported: {type(exc).__name__}: {exc}"
+                                  ) from exc
     return sorted(set(list_methods()) - before)
