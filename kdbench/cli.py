@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import yaml
 
 from .errors import ConfigError, KDBenchError
@@ -25,6 +26,28 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"hyperparameter override '{pair}' is not of the form key=value")
         values[key] = yaml.safe_load(raw)
     return values
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (argparse names the option when it fails)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def output_folder(out: str, option: str = "--out") -> Path:
+    """``out`` as a folder to write in: refused before anything is written when it, or a
+    folder above it, is a file."""
+    path = Path(out)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{option} {out}: {existing} is a file, not a folder; give a folder (it is created if "
+                          "missing)")
+    return path
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -44,6 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import EngineOptions
     from .runs import ensure_run
 
+    out = output_folder(args.out)
     if args.method_file:
         load_method_files(*args.method_file)
     recipe = Recipe(**{k: v for k, v in {
@@ -58,7 +82,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = RunSpec(dataset=dataset, student=args.student, method=args.method,
                    hparams=parse_overrides(args.hparams), recipe=recipe, seed=args.seed)
     options = EngineOptions(device=args.device, data_root=args.data_root, workers=args.workers, progress=not args.quiet)
-    out = Path(args.out)
     teacher = None
     if args.teacher:
         if args.teacher_checkpoint:
@@ -89,9 +112,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if key not in ONLY_KEYS:
             raise ConfigError(f"--only {key}=…: unknown key; use one of {', '.join(ONLY_KEYS)}")
         only[key] = str(value)
+    out = output_folder(args.out)
     suite = load_suite(args.suite)
     options = RunnerOptions(
-        out=Path(args.out), dry_run=args.dry_run, smoke=args.smoke, only=only, retry_failed=args.retry_failed,
+        out=out, dry_run=args.dry_run, smoke=args.smoke, only=only, retry_failed=args.retry_failed,
         workers=args.workers, engine=EngineOptions(device=args.device, data_root=args.data_root, progress=False,
                                                    stack_students=args.stack_students),
     )
@@ -161,9 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hparams", nargs="*", metavar="key=value", help="method hyperparameters, e.g. temperature=2")
     p.add_argument("--data-option", action="append", default=[], metavar="key=value", help="dataset option, e.g. image_size=16")
     p.add_argument("--method-file", action="append", default=[], help="extra method file or folder to load")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=positive_int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--schedule", choices=["step", "cosine", "constant"])
     p.add_argument("--weight-decay", type=float)
@@ -191,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep runs with dataset/method/student/teacher/seed/pair = VALUE (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
     p.add_argument("--no-report", action="store_true", help="do not write the report (kdbench report) at the end")
-    p.add_argument("--workers", type=int, help="parallel jobs (default: one per GPU, else one per CPU core up to 8)")
+    p.add_argument("--workers", type=positive_int,
+                   help="parallel jobs (default: one per GPU, else one per CPU core up to 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, or cuda")
     p.add_argument("--data-root", help="where real data sets live (default: the suite's data_root, else $KDBENCH_DATA)")
     p.add_argument("--stack-students", action="store_true",
@@ -244,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except KDBenchError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
+    except pydantic.ValidationError as exc:  # a value given on the command line, e.g. --lr -1
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        print(f"kdbench: error: {exc.title}: {problems}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         command = " ".join(shlex.quote(a) for a in ["kdbench", *(sys.argv[1:] if argv is None else argv)])

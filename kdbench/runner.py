@@ -216,7 +216,15 @@ def select_jobs(suite: Suite, options: RunnerOptions) -> list[Job]:
         ids = {old.run_id: new.run_id for old, new in zip(suite.jobs, jobs)}
         jobs = [replace(j, spec=_rebind_teacher(j.spec, ids), depends_on=tuple(ids[d] for d in j.depends_on)) for j in jobs]
     if options.only:
-        wanted = [j for j in jobs if j.is_teacher or all(_matches(j, k, v) for k, v in options.only.items())]
+        for key, value in options.only.items():
+            values = sorted({_value(j, key) for j in jobs if not j.is_teacher})
+            if value not in values:
+                raise ConfigError(f"--only {key}={value} matches no run of suite {suite.path}; its {key} values are "
+                                  f"{', '.join(values)}")
+        wanted = [j for j in jobs if j.is_teacher or all(_value(j, k) == v for k, v in options.only.items())]
+        if all(j.is_teacher for j in wanted):
+            raise ConfigError(f"--only {' '.join(f'{k}={v}' for k, v in options.only.items())}: no run of suite "
+                              f"{suite.path} has all of these; drop one (kdbench run --dry-run lists the runs)")
         needed = {d for j in wanted if not j.is_teacher for d in j.depends_on}
         jobs = [j for j in wanted if not j.is_teacher or j.run_id in needed]
     return jobs
@@ -235,7 +243,8 @@ def _rebind_teacher(spec: RunSpec, ids: dict[str, str]) -> RunSpec:
 ONLY_KEYS = ("dataset", "method", "student", "teacher", "seed", "pair")
 
 
-def _matches(job: Job, key: str, value: str) -> bool:
+def _value(job: Job, key: str) -> str:
+    """The job's value of an ``--only`` key."""
     spec = job.spec
     actual = {
         "dataset": spec.dataset.name,
@@ -245,7 +254,7 @@ def _matches(job: Job, key: str, value: str) -> bool:
         "seed": str(spec.seed),
         "pair": job.pair,
     }[key]
-    return actual == value
+    return actual
 
 
 def write_manifest(suite: Suite, jobs: list[Job], directory: Path) -> None:

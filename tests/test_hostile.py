@@ -7,7 +7,11 @@ import errno
 import json
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,10 +23,13 @@ from torch import nn
 from conftest import student_spec
 from kdbench import records
 from kdbench.checkpoints import atomic_write_bytes, load_weights, read_state_dict
+from kdbench.cli import main
 from kdbench.data import create_dataset
 from kdbench.errors import CheckpointError, ConfigError, MachineError
+from kdbench.method import load_method_files
 from kdbench.results import load_manifest, load_results
-from kdbench.runner import RunnerOptions, Scheduler, execute_cohort, run_suite, status_of, write_manifest
+from kdbench.runner import (CohortJob, RunnerOptions, Scheduler, execute_cohort, run_suite, select_jobs,
+                            status_of, write_manifest)
 from kdbench.runs import CorruptResultsFile, ensure_run, ensure_runs, read_run_file
 from kdbench.spec import RunSpec
 from kdbench.suite import load_suite
@@ -198,18 +205,19 @@ def test_a_garbage_checkpoint_is_set_aside_and_a_broken_member_fails_alone(teach
     assert "checkpoint.pt' cannot be read: it is truncated or corrupt" in capfd.readouterr().err
 
 
-def test_only_never_shrinks_what_a_report_sees(tmp_path: Path) -> None:
-    path = write_suite(tmp_path)
+def test_only_never_shrinks_what_a_report_sees(finished_suite, tmp_path: Path) -> None:
+    path, results = copy_results(finished_suite, tmp_path)
     suite = load_suite(path)
-    assert run_suite(suite, quiet(out=tmp_path / "results", only={"method": "none"})).ok
-    manifest = load_manifest(tmp_path / "results" / "tiny")
+    (results / "tiny" / "manifest.json").unlink()
+    assert run_suite(suite, quiet(out=results, only={"method": "kd"})).ok
+    manifest = load_manifest(results / "tiny")
     assert {j["run_id"] for j in manifest["jobs"]} == {j.run_id for j in suite.jobs}
     stale = {"run_id": "0" * 16, "label": "old", "pair": "p", "role": "student", "dataset": "digits", "seed": 0,
              "depends_on": []}
     manifest["jobs"].append(stale)  # a run of an earlier version of the suite, still on disk
-    (tmp_path / "results" / "tiny" / "manifest.json").write_text(json.dumps(manifest))
-    write_manifest(suite, suite.jobs[:1], tmp_path / "results" / "tiny")
-    jobs = load_manifest(tmp_path / "results" / "tiny")["jobs"]
+    (results / "tiny" / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(suite, suite.jobs[:1], results / "tiny")
+    jobs = load_manifest(results / "tiny")["jobs"]
     assert stale in jobs and {j["run_id"] for j in jobs} >= {j.run_id for j in suite.jobs}
 
 
@@ -252,3 +260,97 @@ def test_a_full_disk_is_no_failure_of_the_run(teacher_out, tmp_path: Path, monke
     with pytest.raises(MachineError, match=r"stopped at .*the machine failed, not the run"):
         scheduler._finish((job,), Answered())
     assert not scheduler.outcome.failed
+
+
+# --- signals --------------------------------------------------------------------------
+
+def session_processes(session: int) -> list[int]:
+    """Live (not zombie) processes of a session, from /proc."""
+    alive = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":  # fields: state, ppid, pgrp, session
+            alive.append(int(stat_file.parent.name))
+    return alive
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to the runner", "SIGINT to its process group (Ctrl-C)"])
+def test_a_signal_stops_the_runner_and_its_workers_at_once(tmp_path: Path, how: str) -> None:
+    path = write_suite(tmp_path, recipe={"epochs": 200, "batch_size": 256})
+    runner = subprocess.Popen([sys.executable, "-m", "kdbench.cli", "run", str(path), "--out", str(tmp_path / "out"),
+                               "--workers", "1", "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not list((tmp_path / "out").glob("tiny/runs/*/metrics.jsonl")):  # a worker is training
+            assert runner.poll() is None and time.time() < deadline, runner.stdout.read()
+            time.sleep(0.2)
+        assert len(session_processes(runner.pid)) >= 2
+        signalled = time.time()
+        if how.startswith("SIGTERM"):
+            runner.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(runner.pid, signal.SIGINT)
+        output = runner.communicate(timeout=60)[0]
+        assert time.time() - signalled < 20  # not after the cohort's 200 epochs
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+    assert runner.returncode == 130 and "Traceback" not in output, output
+    assert f"to go on, run kdbench run {path}" in output
+    time.sleep(0.5)
+    assert session_processes(runner.pid) == []  # no worker left behind, holding its run's lock
+
+
+def test_slurm_jobs_are_requeued_with_their_cohort() -> None:
+    from submitit.helpers import DelayedSubmission
+
+    job = CohortJob()
+    again = job.checkpoint([{"spec": 1}], "runs", EngineOptions(), [])
+    assert isinstance(again, DelayedSubmission) and again.function is job
+    assert again.args == ([{"spec": 1}], "runs", EngineOptions(), [])
+
+
+# --- command line and suite validation ------------------------------------------------
+
+@pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--batch-size", "0"), ("--batch-size", "x")])
+def test_train_refuses_a_count_below_one_naming_the_option(option: str, value: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--dataset", "digits", "--student", "resnet8", "--out", str(tmp_path / "out"), option, value])
+    assert info.value.code == 2 and f"argument {option}: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_command_line_values_are_messages_not_tracebacks(tmp_path: Path, capsys) -> None:
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "below"):
+        assert main(["train", "--dataset", "digits", "--student", "resnet8", "--out", str(out)]) == 2
+        assert f"--out {out}: {tmp_path / 'afile'} is a file, not a folder; give a folder" in capsys.readouterr().err
+    assert main(["run", str(write_suite(tmp_path)), "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["train", "--dataset", "digits", "--student", "resnet8", "--lr", "-1",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "kdbench: error: Recipe: lr: Input should be greater than 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_method_file_that_does_not_compile_is_named_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("import torch\n\ndef loss(:\n    pass\n")
+    with pytest.raises(ConfigError, match=r"method file '.*broken.py', line 3: invalid syntax: def loss\(:; fix"):
+        load_method_files(tmp_path / "broken.py")
+    (tmp_path / "raises.py").write_text("x = 1\nraise RuntimeError('no GPU here')\n")
+    with pytest.raises(ConfigError, match=r"raises.py', line 2 fails when imported: RuntimeError: no GPU here"):
+        load_method_files(tmp_path / "raises.py")
+
+
+def test_only_with_a_value_that_matches_nothing_names_the_valid_values(tmp_path: Path) -> None:
+    suite = load_suite(write_suite(tmp_path, seeds=[0, 1]))
+    with pytest.raises(ConfigError, match=r"--only method=kdd matches no run of suite .*suite.yaml; its method "
+                                          r"values are kd, none"):
+        select_jobs(suite, RunnerOptions(only={"method": "kdd"}))
+    with pytest.raises(ConfigError, match=r"--only seed=7 .* its seed values are 0, 1"):
+        select_jobs(suite, RunnerOptions(only={"seed": "7"}))
+    assert [j.label for j in select_jobs(suite, RunnerOptions(only={"method": "kd", "seed": "1"}))] == ["teacher", "kd"]
