@@ -50,9 +50,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from . import distributed, records
 from .checkpoints import atomic_torch_save, load_weights, safe_load, set_aside
 from .data import DataSplits, create_dataset
-from .data.base import BatchCrop, TensorImageDataset
+from .data.base import Augment, BatchCrop, TensorImageDataset
 from .errors import CheckpointError, ConfigError, KDBenchError, MachineError
-from .method import Batch, Method, TrainContext, create_method
+from .method import Batch, Method, TrainContext, ViewOutputs, create_method
 from .models import Backbone, ModelOutput, create_model
 from .models.stacked import StackedForward
 from .spec import Recipe, RunSpec
@@ -154,17 +154,30 @@ def learning_rate(recipe: Recipe, epoch: int, fraction: float) -> float:
 
 
 class Indexed(Dataset):
-    """Adds each sample's position in the training set (CRD's memory rows, and free)."""
+    """Adds each sample's position in the training set (CRD's memory rows, and free) and,
+    with ``second`` (the same samples under another transform), a second view: the image
+    is then the pair (view, second view).
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    Every item first draws a seed from the data stream, and the second view is drawn from
+    that seed alone, so the first views (and the items after) are the same whether a
+    second view is asked for or not: a run sees the same images alone as in a cohort with
+    a method that needs two views."""
+
+    def __init__(self, dataset: Dataset, second: Dataset | None = None) -> None:
+        self.dataset, self.second = dataset, second
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[Tensor | tuple[Tensor, Tensor], int, int]:
+        view_seed = int(torch.randint(2**62, ()))
         image, label = self.dataset[index]
-        return image, label, index
+        if self.second is None:
+            return image, label, index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed)
+            second, _ = self.second[index]
+        return (image, second), label, index
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -241,20 +254,35 @@ class ResidentTrainSet:
     labels: Tensor
     transform: BatchCrop
     augment: bool
+    weak_view: bool = False  # also a second, standard-augmented view of every image
 
     @classmethod
-    def of(cls, data: DataSplits, augment: bool, device: torch.device) -> ResidentTrainSet | None:
-        """The set on ``device``, or None when it is not held in memory as uint8."""
+    def of(cls, data: DataSplits, augment: Augment | bool, device: torch.device,
+           weak_view: bool = False) -> ResidentTrainSet | None:
+        """The set on ``device``, or None when it is not held in memory as uint8, or when
+        its augmentation is "strong" (RandAugment + Cutout run per image, in the loader)."""
         train = data.train
-        if not isinstance(train, TensorImageDataset) or data.recipe is None or data.recipe.batch is None:
+        if (not isinstance(train, TensorImageDataset) or data.recipe is None or data.recipe.batch is None
+                or augment == "strong"):
             return None
-        return cls(train.images[train.indices].to(device), train.labels.to(device), data.recipe.batch, augment)
+        augmented = augment if isinstance(augment, bool) else augment == "standard"
+        return cls(train.images[train.indices].to(device), train.labels.to(device), data.recipe.batch, augmented,
+                   weak_view)
 
-    def batches(self, sampler: EpochBatches, stream: RngStream) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def batches(self, sampler: EpochBatches, stream: RngStream
+                ) -> Iterator[tuple[Tensor | tuple[Tensor, Tensor], Tensor, Tensor]]:
+        """Each batch's images (with ``weak_view``: the pair of views, the second drawn from
+        its own seed as ``Indexed`` does per item), labels and indices."""
+        device = self.images.device
         for indices in sampler:
-            index = torch.as_tensor(indices, device=self.images.device)
+            index = torch.as_tensor(indices, device=device)
             with stream.active():
+                view_seed = int(torch.randint(2**62, ()))
                 images = self.transform(self.images[index], self.augment)
+            if self.weak_view:
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(view_seed)
+                    images = (images, self.transform(self.images[index], self.augment))
             yield images, self.labels[index], index
 
 
@@ -292,7 +320,7 @@ def build_teacher(spec: RunSpec, num_classes: int, weights: Path | None, device:
     return teacher.eval().requires_grad_(False).to(device)
 
 
-def open_data(spec: RunSpec, options: EngineOptions, augment: bool) -> DataSplits:
+def open_data(spec: RunSpec, options: EngineOptions, augment: Augment | bool) -> DataSplits:
     data = create_dataset(spec.dataset.name, options.data_root, seed=SPLIT_SEED,
                           val_fraction=spec.dataset.val_fraction, augment=augment, **spec.dataset.options)
     return _first(data, options.subset) if options.subset else data
@@ -437,8 +465,11 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
     stacks = student_stacks(trainees, data.num_classes, options)
 
     teacher_test = evaluate(teacher, test_loader, device, reduce=True)["top1"] if teacher is not None else None
-    train_set = Indexed(data.train)
-    resident = ResidentTrainSet.of(data, recipe.augment, device) if _device_data(options, device) else None
+    weak_view = any(t.method.needs.weak_view for t in trainees)
+    train_set = Indexed(data.train, _weak_view(data, recipe.augment) if weak_view else None)
+    resident = (ResidentTrainSet.of(data, recipe.augment, device, weak_view) if _device_data(options, device)
+                else None)
+    mixer = _mixer(recipe, data.num_classes)
     sampler = EpochBatches(len(train_set), recipe.batch_size, 0, distributed.rank(), distributed.world())
     # Loader processes live as long as the run (their start-up is paid once); they are
     # seeded from the data stream of the first epoch trained in this process.
@@ -456,6 +487,7 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
         data_stream = RngStream(distributed.rank_seed(epoch_seed(lead.seed, epoch, 1)), device)
         sampler.seed = epoch_seed(lead.seed, epoch, 0)
         batches = resident.batches(sampler, data_stream) if resident is not None else _loader_batches(loader, data_stream)
+        batches = _mixed(batches, mixer, data_stream)
         epoch_start = time.perf_counter()
         _train_epoch(epoch, batches, sampler, teacher, active, stacks, autocast, device,
                      options.progress and distributed.is_main())
@@ -472,7 +504,50 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
     return results
 
 
-def _train_epoch(epoch: int, batches: Iterator[tuple[Tensor, Tensor, Tensor]], sampler: EpochBatches,
+def _weak_view(data: DataSplits, augment: Augment) -> Dataset:
+    """The second view of the training images for methods that ``needs.weak_view``: the
+    standard recipe's (no augmentation when the recipe has none)."""
+    level = "none" if augment == "none" else "standard"
+    if isinstance(data.train, Subset):  # a smoke run's first samples (``_first``)
+        return Subset(replace(data, train=data.train.dataset).train_view(level), data.train.indices)
+    return data.train_view(level)
+
+
+def _mixer(recipe: Recipe, num_classes: int) -> Any:
+    """timm's Mixup at the recipe's α, whole batches, label smoothing 0; None without mixing."""
+    if not recipe.mixes:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha, label_smoothing=0.0,
+                 num_classes=num_classes)
+
+
+def _mixed(batches: Iterator[tuple[Any, Tensor, Tensor]], mixer: Any, stream: RngStream
+           ) -> Iterator[tuple[Any, Tensor, Tensor, Tensor | None]]:
+    """The batches with their mixed targets (None without mixing). Under mixup / CutMix each
+    batch's images are mixed in place, the same for every run of a cohort; timm draws from
+    numpy's generator, which is seeded for each batch from the data stream and then put back.
+    timm pairs a batch with its reverse and takes only even sizes: an odd last sample keeps
+    its image and its one-hot target."""
+    for images, labels, index in batches:
+        if mixer is None:
+            yield images, labels, index, None
+            continue
+        with stream.active():
+            seed = int(torch.randint(2**32, ()))
+        even = len(labels) - len(labels) % 2
+        outer = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            _, targets = mixer(images[:even], labels[:even])  # mixes the view, so ``images``, in place
+        finally:
+            np.random.set_state(outer)
+        rest = torch.nn.functional.one_hot(labels[even:], mixer.num_classes).to(targets)
+        yield images, labels, index, torch.cat([targets, rest])
+
+
+def _train_epoch(epoch: int, batches: Iterator[tuple[Any, Tensor, Tensor, Tensor | None]], sampler: EpochBatches,
                  teacher: Backbone | None, trainees: list[Trainee], stacks: list[StudentStack],
                  autocast: Callable[[], contextlib.AbstractContextManager], device: torch.device,
                  show_progress: bool) -> None:
@@ -481,8 +556,11 @@ def _train_epoch(epoch: int, batches: Iterator[tuple[Tensor, Tensor, Tensor]], s
         trainee.method.train()
     steps = len(sampler)
     bar = _progress(batches, steps, f"{trainees[0].spec.describe()} epoch {epoch}", show_progress)
-    for step, (images, labels, index) in enumerate(bar):
-        batch = Batch(_to_device(images, device), labels.to(device, non_blocking=True), index.to(device, non_blocking=True))
+    for step, (images, labels, index, mixed_targets) in enumerate(bar):
+        images, weak_images = images if isinstance(images, (tuple, list)) else (images, None)
+        batch = Batch(_to_device(images, device), labels.to(device, non_blocking=True), index.to(device, non_blocking=True),
+                      mixed_targets=None if mixed_targets is None else mixed_targets.to(device, non_blocking=True),
+                      weak_images=None if weak_images is None else _to_device(weak_images, device))
         check = (step + 1) % CHECK_EVERY == 0 or step + 1 == steps
         share = len(labels) / sampler.global_size(step) if distributed.active() else 1.0
         cohort_step(batch, teacher, trainees, epoch, step / steps, autocast, share, stacks)
@@ -505,10 +583,13 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
     ``share``: this rank's fraction of the global batch (1 in a single process); the
     trainees of each of ``stacks`` step as one network."""
     live = {id(t) for t in trainees if t.error is None}
-    teacher_out = None
+    teacher_out = teacher_weak = None
     if teacher is not None and any(t.error is None and t.method.needs.teacher for t in trainees):
         with torch.no_grad(), autocast():
             teacher_out = teacher(batch.images)
+            if batch.weak_images is not None and any(t.error is None and t.method.needs.teacher
+                                                     and t.method.needs.weak_view for t in trainees):
+                teacher_weak = teacher(batch.weak_images)
     stepped = set()
     for stack in stacks:
         members = [t for t in stack.trainees if id(t) in live]
@@ -518,7 +599,7 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
             continue
         try:
             with trainee.rng.active():
-                _step(trainee, batch, teacher_out, epoch, fraction, autocast, share)
+                _step(trainee, batch, teacher_out, epoch, fraction, autocast, share, teacher_weak)
         except Exception as exc:  # one run failing must not stop its cohort
             trainee.error = exc
     out_of_memory = [t.error for t in trainees if id(t) in live and isinstance(t.error, torch.OutOfMemoryError)]
@@ -540,11 +621,20 @@ def _loader_batches(loader: DataLoader, stream: RngStream) -> Iterator[tuple[Ten
 
 
 def _step(trainee: Trainee, batch: Batch, teacher_out: ModelOutput | None, epoch: int, fraction: float,
-          autocast: Callable[[], contextlib.AbstractContextManager], share: float = 1.0) -> None:
+          autocast: Callable[[], contextlib.AbstractContextManager], share: float = 1.0,
+          teacher_weak: ModelOutput | None = None) -> None:
+    """One step of one trainee; ``teacher_weak``: the teacher's outputs on the batch's weak
+    view, for a method that ``needs.weak_view`` (its student sees that view first, as in
+    MLKD's code, which matters only to BatchNorm's running statistics)."""
     _set_learning_rate(trainee, epoch, fraction)
     params = [p for group in trainee.optimizer.param_groups for p in group["params"]]
     try:
         with autocast():
+            if trainee.method.needs.weak_view:
+                if batch.weak_images is None:
+                    raise KDBenchError(f"method '{trainee.spec.method}' needs a weak view but the batch has none")
+                batch = replace(batch, weak=ViewOutputs(trainee.model(batch.weak_images),
+                                                        teacher_weak if trainee.method.needs.teacher else None))
             terms = _loss_terms(trainee, trainee.model(batch.images), teacher_out, batch, epoch)
         loss = sum(terms.values())
         if distributed.active():
@@ -574,7 +664,8 @@ def student_stacks(trainees: Sequence[Trainee], num_classes: int, options: Engin
         return []
     groups: dict[str, list[Trainee]] = {}
     for trainee in trainees:
-        groups.setdefault(trainee.spec.student, []).append(trainee)
+        if not trainee.method.needs.weak_view:  # two views per step: these step alone
+            groups.setdefault(trainee.spec.student, []).append(trainee)
     return [StudentStack(StackedForward(name, num_classes, sorted({s for t in group for s in t.method.needs.stages})),
                          group)
             for name, group in groups.items() if len(group) > 1]
@@ -754,6 +845,9 @@ def make_trainee(spec: RunSpec, run_dir: Path, method: Method, num_classes: int,
     completes a TrainContext given the probe outputs of student and teacher."""
     if method.needs.teacher and teacher is None:
         raise ConfigError(f"method '{spec.method}' distils from a teacher, but run '{spec.describe()}' has none")
+    if method.needs.weak_view and spec.recipe.mixes:
+        raise ConfigError(f"method '{spec.method}' trains on two views of each image, which kdbench does not mix: "
+                          f"set the recipe's mixup_alpha and cutmix_alpha to 0 for run '{spec.describe()}'")
     seed_everything(spec.seed)  # each run's initialisation as if it were trained alone
     model = distributed.sync_batchnorm(create_model(spec.student, num_classes=num_classes), device).to(device)
     if device.type == "cuda" and options.channels_last:
