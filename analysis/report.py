@@ -221,7 +221,12 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
         from .spectra import write_spectra
 
         figures += write_spectra(suite_dir, out)
+    from .html import write_html
+
     written += figures
+    written.append(write_html(out / "report.html", suite_dir, runs, summary, missing, manifest, n_seeds,
+                              caption(name, manifest, n_seeds, summary, len(missing)), paired_caption(manifest),
+                              [f for f in figures if f.suffix == ".png"]))
     return written
 
 

@@ -8,6 +8,7 @@ does not list, and published numbers for one dataset. The ablation tests train t
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import re
@@ -369,6 +370,149 @@ def test_report_last_epoch_rule_and_transpose_from_the_command_line(tmp_path):
     assert "\\begin{tabular}{llcccc}" in tex
     assert re.search(r"^Dataset & Pair & Teacher & Student \(no KD\) & KD & FiGKD \\\\$", tex, re.MULTILINE)
     _compile(tmp_path / "out" / "table.tex")
+
+
+# --- report.html ----------------------------------------------------------------------------
+
+
+class Element:
+    """A parsed HTML element: tag, attributes, children and text, for tests to query."""
+
+    VOID = {"meta", "br", "img", "input", "link", "hr", "col", "rect", "polyline"}
+
+    def __init__(self, tag: str, attrs: dict[str, str | None]) -> None:
+        self.tag, self.attrs, self.children, self.parts = tag, attrs, [], []
+
+    @property
+    def text(self) -> str:
+        return " ".join("".join(p if isinstance(p, str) else p.text for p in self.parts).split())
+
+    def find_all(self, tag: str, **attrs: str) -> list["Element"]:
+        found = []
+        for child in self.children:
+            if child.tag == tag and all(child.attrs.get(k.rstrip("_")) == v for k, v in attrs.items()):
+                found.append(child)
+            found += child.find_all(tag, **attrs)
+        return found
+
+    def find(self, tag: str, **attrs: str) -> "Element":
+        (found,) = self.find_all(tag, **attrs)
+        return found
+
+
+def parse_html(text: str) -> Element:
+    from html.parser import HTMLParser
+
+    root = Element("document", {})
+    stack = [root]
+
+    class Builder(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            element = Element(tag, dict(attrs))
+            stack[-1].children.append(element)
+            stack[-1].parts.append(element)
+            if tag not in Element.VOID:
+                stack.append(element)
+
+        def handle_endtag(self, tag):
+            if tag in Element.VOID:
+                return
+            assert stack[-1].tag == tag, f"</{tag}> closes <{stack[-1].tag}>"
+            stack.pop()
+
+        def handle_data(self, data):
+            stack[-1].parts.append(data)
+
+    Builder(convert_charrefs=True).feed(text)
+    assert stack == [root], "unclosed elements"
+    return root
+
+
+def table_rows(table: Element) -> dict[str, list[str]]:
+    """A report table's body rows: first cell's text (the row name) → the other cells' texts."""
+    rows = {}
+    for body in table.find_all("tbody", class_="rows") + table.find_all("tbody", class_="rows controls"):
+        for row in body.find_all("tr"):
+            cells = [c for c in row.children if c.tag in ("th", "td")]
+            rows[cells[0].text] = [c.text for c in cells[1:]]
+    return rows
+
+
+def test_report_html_is_self_contained_and_holds_every_figure(report):
+    out, written = report
+    assert out / "report.html" in written
+    page = parse_html((out / "report.html").read_text())
+    for element in page.find_all("script") + page.find_all("img") + page.find_all("link") + page.find_all("a"):
+        for attribute in ("src", "href"):
+            value = element.attrs.get(attribute) or ""
+            assert value == "" or value.startswith(("data:", "#")), (element.tag, value)  # nothing to fetch
+    images = page.find_all("img")
+    pngs = sorted(p.stem for p in (out / "figures").glob("*.png"))
+    assert sorted(img.attrs["alt"] for img in images) == pngs
+    for img in images:
+        data = base64.b64decode(img.attrs["src"].removeprefix("data:image/png;base64,"))
+        assert data == (out / "figures" / f"{img.attrs['alt']}.png").read_bytes()
+    assert "addEventListener" in page.find("script").text  # the sorting
+
+
+def test_report_html_tables_match_the_summary(results, report):
+    out, _ = report
+    page = parse_html((out / "report.html").read_text())
+    summary = {(r["dataset"], r["label"]): r for r in csv.DictReader((out / "summary.csv").open())}
+    names = {"Teacher": "teacher", "Student (no KD)": "none", "KD": "kd", "FiGKD": "figkd"}
+    rows = table_rows(page.find("table", id="results-table"))
+    assert list(rows) == list(names)
+    for column, dataset in enumerate(CLASSES):
+        for name, label in names.items():
+            row = summary[dataset, label]
+            cell = rows[name][column]
+            assert cell.startswith(f"{float(row['mean']):.2f}"), (name, dataset, cell)
+            assert ("†" in cell) == (row["significant"] == "True")
+    paired = table_rows(page.find("table", id="paired-table"))
+    assert list(paired) == ["Student (no KD)", "FiGKD"]
+    none_fg = summary["synthetic-fg", "none"]
+    assert paired["Student (no KD)"][1].startswith(
+        f"{float(none_fg['diff_mean']):+.2f} [{float(none_fg['diff_ci_low']):+.2f}, {float(none_fg['diff_ci_high']):+.2f}]")
+    assert paired["Student (no KD)"][0] == paired["FiGKD"][1] == "n<3: cannot be computed"
+    assert "two-sided paired t-test" in page.find_all("p", class_="caption")[0].text
+
+
+def test_report_html_runs_open_to_spec_curves_and_failure(report):
+    out, _ = report
+    page = parse_html((out / "report.html").read_text())
+    runs = {r["run_id"]: r for r in csv.DictReader((out / "runs.csv").open())}
+    entries = {d.attrs["data-run"]: d for d in page.find_all("details", class_="run")}
+    assert set(entries) == set(runs)
+    for run_id, run in runs.items():
+        detail = entries[run_id]
+        summary_cells = [c.text for c in detail.find("summary").children]
+        assert summary_cells[0] == run_id and summary_cells[5] == run["status"]
+        specs = detail.find_all("pre", class_="spec")
+        if run["status"] == "missing":
+            assert not specs and "has not started" in detail.text
+            continue
+        assert json.loads(specs[0].text)["seed"] == int(run["seed"])
+        if run["status"] == "failed":
+            assert "TrainingDiverged: loss is not finite in epoch 2" in detail.find("pre", class_="error").text
+        else:
+            record = json.loads((out.parent / "runs" / run_id / "record.json").read_text())
+            assert len(detail.find_all("svg")) == 2  # accuracy and loss curves
+            epochs = detail.find("table", class_="metrics").find("tbody").find_all("tr")
+            assert [int(r.children[0].text) for r in epochs] == [m["epoch"] for m in record["metrics"]]
+
+
+def test_report_html_controls_block(results, tmp_path):
+    suite_dir = tmp_path / "fixture"
+    shutil.copytree(results, suite_dir, ignore=shutil.ignore_patterns("report", "spectra"))
+    manifest = json.loads((suite_dir / "manifest.json").read_text())
+    (suite_dir / "manifest.json").write_text(json.dumps(manifest | {"controls": {"figkd": "the wavelet & <order>"}}))
+    write_report(suite_dir)
+    page = parse_html((suite_dir / "report" / "report.html").read_text())
+    table = page.find("table", id="results-table")
+    assert [b.text for b in table.find_all("tbody", class_="heading")] == ["Controls"]
+    (controls,) = table.find_all("tbody", class_="rows controls")
+    assert [r.attrs["data-label"] for r in controls.find_all("tr")] == ["figkd"]
+    assert "controls: the wavelet & <order>" in controls.text  # escaped in the page, read back as written
 
 
 # --- style --------------------------------------------------------------------------------

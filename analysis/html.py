@@ -1,0 +1,171 @@
+"""``report.html``: a suite's report as one page to open in a browser or send to a co-author.
+
+The page is rendered by Jinja2 (``templates/report.html.j2``) from the same data frames
+as ``table.md`` and ``table.tex`` (the summary, the runs, the runs left out) and holds
+everything itself: the figures are embedded as base64 PNG, the curves of each run as
+inline SVG, the table sorting as a few lines of inline JavaScript; it loads nothing from
+the network and needs no server. Sections:
+
+- the main table (methods, then the controls block, each labelled by what it controls),
+  sortable by any column (the controls sort within their block), with the same marks as
+  the Markdown table: best bold, second underlined, † for p < 0.05 against the reference;
+- the paired differences to the reference (mean, 95% CI, p, n per cell);
+- the runs left out of the means, with their reasons;
+- the figures;
+- every run, one row each (sortable), that opens to its spec, its per-epoch curves (val
+  and test top-1, each loss term) with the numbers, and, for a failed run, the error.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from kdbench import records
+from kdbench.results import runs_dir
+from kdbench.runs import FAILED
+
+from .stats import NOT_COMPUTABLE
+from . import style
+from .style import color, display_name
+
+TEMPLATES = Path(__file__).parent / "templates"
+SVG_WIDTH, SVG_HEIGHT, SVG_MARGIN = 370, 150, 40
+CSS_DPI = 96  # a CSS inch
+
+
+def write_html(path: Path, suite_dir: Path, runs: pd.DataFrame, summary: pd.DataFrame, missing: pd.DataFrame,
+               manifest: dict[str, Any], n_seeds: int, caption: str, paired_caption: str, figures: list[Path]) -> Path:
+    """Render ``report.html`` at ``path``; ``figures`` are the PNG files to embed."""
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    columns = list(dict.fromkeys(zip(summary["dataset"], summary["pair"])))
+    page = environment.get_template("report.html.j2").render(
+        suite=manifest.get("suite", Path(suite_dir).name),
+        description=manifest.get("description", ""),
+        reference=display_name(manifest.get("reference") or "kd"),
+        n_seeds=n_seeds,
+        caption=caption,
+        paired_caption=paired_caption,
+        columns=[{"dataset": d, "pair": p} for d, p in columns],
+        blocks=_blocks(summary, columns, _accuracy_cell),
+        paired_blocks=_blocks(summary[summary["paired_n"].notna()], columns, _paired_cell),
+        missing=[{"run_id": r.run_id, "dataset": r.dataset, "pair": r.pair, "label": r.label, "seed": _seed(r.seed),
+                  "status": r.status, "error": r.error} for r in missing.itertuples()],
+        figures=[_figure(f) for f in figures],
+        runs=[_run(suite_dir, run) for run in runs[runs["run_id"] != "checkpoint"].itertuples()],
+    )
+    path.write_text(page)
+    return path
+
+
+def _figure(png: Path) -> dict[str, Any]:
+    """A PNG to embed, shown at its printed size (its pixels at the style's dpi, as CSS pixels)."""
+    data = png.read_bytes()
+    width = int.from_bytes(data[16:20], "big")  # the IHDR chunk's width, right after the 8-byte signature
+    return {"name": png.stem, "data": base64.b64encode(data).decode(),
+            "width": round(width * CSS_DPI / style.RC["savefig.dpi"])}
+
+
+def _blocks(summary: pd.DataFrame, columns: list[tuple[str, str]], cell) -> list[dict[str, Any]]:
+    """The methods, then the controls: each a list of rows of cells for the template."""
+    cells = {(r["dataset"], r["pair"], r["label"]): r for _, r in summary.iterrows()}
+    labels = list(dict.fromkeys(summary["label"]))
+    control_of = dict(zip(summary["label"], summary["control"]))
+    blocks = []
+    for is_control in (False, True):
+        rows = [{"label": label, "name": display_name(label), "control": control_of[label], "color": color(label),
+                 "cells": [cell(cells.get((*column, label))) for column in columns]}
+                for label in labels if bool(control_of[label]) == is_control]
+        if rows:
+            blocks.append({"controls": is_control, "rows": rows})
+    return blocks
+
+
+def _accuracy_cell(row: pd.Series | None) -> dict[str, Any]:
+    if row is None or not row["n"]:
+        return {"text": "–", "sort": None}
+    return {"text": f"{row['mean']:.2f}", "sort": row["mean"],
+            "std": None if math.isnan(row["std"]) else f"{row['std']:.2f}",
+            "rank": None if pd.isna(row["rank"]) else int(row["rank"]),
+            "significant": not pd.isna(row["significant"]) and bool(row["significant"]),
+            "n": int(row["n"]) if row["role"] != "teacher" else None,
+            "paper": None if math.isnan(row["paper"]) else f"{row['paper']:.2f}"}
+
+
+def _paired_cell(row: pd.Series | None) -> dict[str, Any]:
+    if row is None or pd.isna(row["paired_n"]):
+        return {"text": "–", "sort": None}
+    if pd.isna(row["diff_mean"]):
+        return {"text": NOT_COMPUTABLE, "sort": None}
+    p_value = row["p_value"]
+    return {"text": f"{row['diff_mean']:+.2f}", "sort": row["diff_mean"],
+            "ci": f"[{row['diff_ci_low']:+.2f}, {row['diff_ci_high']:+.2f}]",
+            "p": "p<0.001" if p_value < 0.001 else f"p={p_value:.3f}", "n": int(row["paired_n"]),
+            "significant": bool(row["significant"])}
+
+
+def _run(suite_dir: Path, run: Any) -> dict[str, Any]:
+    """One run for the template: its row, spec, per-epoch metrics and curves."""
+    run_dir = runs_dir(suite_dir) / run.run_id
+    spec, metrics = None, []
+    for name in (records.RECORD, FAILED, records.SPEC):
+        if (run_dir / name).exists():
+            saved = records.read_json(run_dir / name)
+            spec = saved.get("spec", saved if name == records.SPEC else None)
+            metrics = saved.get("metrics") or records.read_metrics(run_dir)
+            break
+    terms = sorted({k for row in metrics for k in row if k.startswith("loss_")})
+    return {
+        "run_id": run.run_id, "dataset": run.dataset, "pair": run.pair, "label": run.label,
+        "name": display_name(run.label), "seed": _seed(run.seed), "status": run.status,
+        "best_val": _number(run.value_best_val), "last": _number(run.value_last), "epochs": len(metrics),
+        "error": run.error if isinstance(run.error, str) else "",
+        "spec": json.dumps(spec, indent=2) if spec is not None else "",
+        "columns": ["epoch", "lr", *terms, "val_top1", "test_top1", "images_per_s"],
+        "metrics": metrics,
+        "accuracy_plot": _svg_lines(metrics, ["val_top1", "test_top1"], "top-1 (%)"),
+        "loss_plot": _svg_lines(metrics, terms, "loss"),
+    }
+
+
+def _seed(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _svg_lines(metrics: list[dict[str, Any]], keys: list[str], ylabel: str) -> dict[str, Any] | None:
+    """Polylines of ``keys`` over epochs scaled into an SVG box, or None without two finite points."""
+    points = {k: [(m["epoch"], m[k]) for m in metrics if isinstance(m.get(k), (int, float)) and math.isfinite(m[k])]
+              for k in keys}
+    values = [v for series in points.values() for _, v in series]
+    epochs = [e for series in points.values() for e, _ in series]
+    if len(values) < 2:
+        return None
+    (x0, x1), (y0, y1) = _span(epochs), _span(values)
+    inner_w, inner_h = SVG_WIDTH - 2 * SVG_MARGIN, SVG_HEIGHT - 2 * SVG_MARGIN
+
+    def xy(epoch: float, value: float) -> str:
+        return (f"{SVG_MARGIN + (epoch - x0) / (x1 - x0) * inner_w:.1f},"
+                f"{SVG_HEIGHT - SVG_MARGIN - (value - y0) / (y1 - y0) * inner_h:.1f}")
+
+    palette = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
+    return {"width": SVG_WIDTH, "height": SVG_HEIGHT, "margin": SVG_MARGIN, "ylabel": ylabel,
+            "x_range": (f"{x0:g}", f"{x1:g}"), "y_range": (f"{y0:.3g}", f"{y1:.3g}"),
+            "lines": [{"name": k.removeprefix("loss_"), "color": palette[i % len(palette)],
+                       "points": " ".join(xy(e, v) for e, v in series)}
+                      for i, (k, series) in enumerate(points.items()) if series]}
+
+
+def _span(values: list[float]) -> tuple[float, float]:
+    low, high = min(values), max(values)
+    return (low, high) if high > low else (low - 0.5, high + 0.5)
