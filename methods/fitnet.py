@@ -96,7 +96,7 @@ class FitNet(Method):
         hp = self.hparams
         regressed = self.regressor(student.features[hp.hint_stage])
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "fitnet": hp.w_feat * fitnet_loss(regressed, teacher.features[self.teacher_hint]),
         }
 

@@ -152,7 +152,7 @@ class ReviewKD(Method):
         teacher_maps = _levels(teacher, self.teacher_stages, "teacher")
         reviewed = review(_levels(student, hp.stages, "student"), self.abfs, [t.shape[-2:] for t in teacher_maps])
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "reviewkd": hp.w_reviewkd * warmup(epoch, hp.warmup_epochs) * hcl_loss(reviewed, teacher_maps),
         }
 

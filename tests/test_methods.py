@@ -16,7 +16,7 @@ from torch import nn
 
 from kdbench import wavelets
 from kdbench.errors import ConfigError
-from kdbench.method import Batch, TrainContext, create_method, list_methods
+from kdbench.method import Batch, TrainContext, ViewOutputs, create_method, list_methods
 from kdbench.methods.crd import draw_negatives, nce_loss
 from kdbench.methods.dkd import dkd_loss
 from kdbench.methods.figkd import figkd_loss
@@ -549,7 +549,10 @@ def test_gradients_reach_student_and_own_modules_never_teacher(name):
     method = create_method(name, **GRAD_CASES.get(name, {}))
     train_labels = torch.arange(20) % 10
     method.setup(context_for(student, teacher, train_labels))
-    loss = total(method.loss(student, teacher, batch_for([1, 2, 3, 4], [1, 2, 3, 4]), epoch=30))
+    batch = batch_for([1, 2, 3, 4], [1, 2, 3, 4])
+    if method.needs.weak_view:  # both models' outputs on a second view (MLKD)
+        batch.weak = ViewOutputs(*make_pair(c=10, hw_t=2, seed=1))
+    loss = total(method.loss(student, teacher, batch, epoch=30))
     loss.backward()
     assert student.feature_map.grad is not None and torch.isfinite(student.feature_map.grad).all()
     assert student.feature_map.grad.abs().sum() > 0
