@@ -139,7 +139,7 @@ class CRD(Method):
         with torch.no_grad():  # under torchrun, from every rank's samples: one memory, as in one process
             self._update_memory(*(all_gather_cat(t) for t in (e_s, e_t, y, batch.index)))
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "crd": hp.w_crd * crd,
         }
 

@@ -102,6 +102,6 @@ class CTKD(Method):
             z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
         temperature = self.temperature(strength)
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "kd": hp.w_kd * kd_loss(z_s, z_t, temperature),
         }

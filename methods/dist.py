@@ -71,7 +71,7 @@ class DIST(Method):
         hp = self.hparams
         inter, intra = dist_loss(student.logits, teacher.logits, hp.temperature)
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "inter": hp.beta * inter,
             "intra": hp.gamma * intra,
         }

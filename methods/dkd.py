@@ -96,7 +96,7 @@ class DKD(Method):
         tckd, nckd = dkd_loss(z_s, z_t, batch.labels, hp.alpha, hp.beta, hp.temperature)
         ramp = warmup(epoch, hp.warmup)
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "tckd": ramp * tckd,
             "nckd": ramp * nckd,
         }

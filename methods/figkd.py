@@ -136,6 +136,6 @@ class FiGKD(Method):
             order=self.order, logit_stand=hp.logit_stand,
         )
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "figkd": hp.w_kd * distance,
         }

@@ -121,6 +121,6 @@ class FreeKD(Method):
                 s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
             total = total + freekd_loss(s, t, self.levels[key], hp.w_low, hp.mask)
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "freekd": hp.mu * total,
         }

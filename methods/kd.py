@@ -74,6 +74,6 @@ class KD(Method):
         if hp.logit_stand:
             z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "kd": hp.w_kd * kd_loss(z_s, z_t, hp.temperature),
         }

@@ -66,7 +66,7 @@ class NKD(Method):
         hp = self.hparams
         target, rest = nkd_loss(student.logits, teacher.logits, batch.labels, hp.temperature, hp.gamma)
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "nkd_target": target,
             "nkd_non_target": rest,
         }

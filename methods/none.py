@@ -18,4 +18,4 @@ class NoDistillation(Method):
         return Needs(teacher=False)
 
     def loss(self, student: ModelOutput, teacher: None, batch: Batch, epoch: int) -> dict[str, Tensor]:
-        return {"ce": F.cross_entropy(student.logits, batch.labels)}
+        return {"ce": F.cross_entropy(student.logits, batch.targets)}

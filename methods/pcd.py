@@ -106,6 +106,6 @@ class PCD(Method):
             student.logits, teacher.logits, hp.stages, hp.temperature
         )
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "pcd": warmup(epoch, hp.warmup) * hp.alpha * distance,
         }

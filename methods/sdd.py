@@ -149,6 +149,6 @@ class SDD(Method):
         )
         ramp = warmup(epoch, hp.warmup) if hp.base == "dkd" else 1.0
         return {
-            "ce": w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": w_ce * F.cross_entropy(student.logits, batch.targets),
             "sdd": alpha * ramp * distance,
         }

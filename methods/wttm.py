@@ -58,6 +58,6 @@ class WTTM(Method):
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams
         return {
-            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.labels),
+            "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "wttm": hp.beta * wttm_loss(student.logits, teacher.logits, hp.gamma),
         }
