@@ -10,6 +10,7 @@ suite asked for disappears from a report. A folder without a manifest gives all 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import pandas as pd
 import torch
 
 from kdbench import records
-from kdbench.errors import ConfigError, KDBenchError
+from kdbench.checkpoints import safe_load
+from kdbench.errors import CheckpointError, ConfigError, KDBenchError
 from kdbench.results import load_manifest, load_results, runs_dir
 
 SELECTION_COLUMN = {"best_val": "test_top1_best_val", "last": "test_top1_last"}
@@ -82,9 +84,15 @@ def read_run_metrics(suite_dir: Path, run_id: str) -> list[dict[str, Any]]:
 
 
 def read_test_logits(suite_dir: Path, run_id: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """A finished run's final test-set logits (float64) and labels, or None without the file."""
+    """A finished run's final test-set logits (float64) and labels, or None without the file
+    (or with a corrupt one, which is warned about)."""
     path = runs_dir(suite_dir) / run_id / records.TEST_LOGITS
     if not path.exists():
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return saved["logits"].double(), saved["labels"]
+    try:
+        saved = safe_load(path)
+        return saved["logits"].double(), saved["labels"]
+    except (CheckpointError, KeyError, TypeError, AttributeError) as exc:
+        problem = str(exc) if isinstance(exc, CheckpointError) else f"'{path}' holds no logits and labels ({exc})"
+        warnings.warn(f"{problem}; that run's spectrum is left out", stacklevel=2)
+        return None

@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from conftest import student_spec
+from analysis.runs import read_test_logits
 from kdbench import records
 from kdbench.checkpoints import atomic_write_bytes, load_weights, read_state_dict
 from kdbench.cli import main
@@ -147,7 +148,7 @@ def copy_results(finished_suite, tmp_path: Path) -> tuple[Path, Path]:
     return path, tmp_path / "results"
 
 
-def test_a_corrupt_record_is_named_set_aside_and_its_run_done_again(finished_suite, tmp_path: Path) -> None:
+def test_a_corrupt_record_is_named_set_aside_and_its_run_done_again(finished_suite, tmp_path: Path, capsys) -> None:
     path, results = copy_results(finished_suite, tmp_path)
     suite = load_suite(path)
     runs = results / "tiny" / "runs"
@@ -169,9 +170,15 @@ def test_a_corrupt_record_is_named_set_aside_and_its_run_done_again(finished_sui
     aside = list((runs / kd.run_id).glob("record.json.corrupt-*"))
     assert len(aside) == 1 and len(aside[0].read_text()) == 100  # kept as it was
 
+    (runs / kd.run_id / "test_logits.pt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match=rf"{kd.run_id}/test_logits.pt' cannot be .*spectrum is left out"):
+        assert read_test_logits(results / "tiny", kd.run_id) is None
+
     (results / "tiny" / "manifest.json").write_text('{"suite": "tiny", "jobs": [')
     with pytest.raises(CorruptResultsFile, match=r"tiny/manifest.json: not valid JSON at line 1, column 28.*kdbench run"):
         load_results(results / "tiny")
+    assert main(["report", str(results / "tiny")]) == 2
+    assert "manifest.json: not valid JSON at line 1" in capsys.readouterr().err
 
 
 def with_teacher(teacher_out: tuple[Path, RunSpec], folder: Path) -> RunSpec:
