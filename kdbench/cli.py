@@ -14,7 +14,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from .errors import ConfigError, KDBenchError
+from .errors import ConfigError, KDBenchError, MachineError
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -269,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except KDBenchError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # outside a run (the manifest, a report): a full disk is the machine's failure too
+        from .runs import as_machine_error
+
+        if not isinstance(as_machine_error(exc), MachineError):
+            raise
+        print(f"kdbench: error: {as_machine_error(exc)}", file=sys.stderr)
         return 2
     except pydantic.ValidationError as exc:  # a value given on the command line, e.g. --lr -1
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())

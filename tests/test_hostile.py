@@ -243,7 +243,7 @@ def test_a_device_the_machine_lacks_stops_before_anything_is_written(tmp_path: P
     assert not list((tmp_path / "runs").glob("*/failed.json"))
 
 
-def test_a_full_disk_is_no_failure_of_the_run(teacher_out, tmp_path: Path, monkeypatch) -> None:
+def test_a_full_disk_is_no_failure_of_the_run(teacher_out, tmp_path: Path, monkeypatch, capsys) -> None:
     spec = student_spec(with_teacher(teacher_out, tmp_path), "kd")
 
     def disk_full(path, data):
@@ -267,6 +267,10 @@ def test_a_full_disk_is_no_failure_of_the_run(teacher_out, tmp_path: Path, monke
     with pytest.raises(MachineError, match=r"stopped at .*the machine failed, not the run"):
         scheduler._finish((job,), Answered())
     assert not scheduler.outcome.failed
+
+    monkeypatch.setattr(records, "atomic_write_bytes", disk_full)  # the runner's own files: the manifest
+    assert main(["run", str(write_suite(tmp_path)), "--out", str(tmp_path / "out")]) == 2
+    assert "the machine failed, not the run: [Errno 28] No space left on device" in capsys.readouterr().err
 
 
 # --- signals --------------------------------------------------------------------------
