@@ -96,6 +96,15 @@ class SuiteFile(Strict):
     method_files: list[str] = Field(default_factory=list)
     ablation: dict[str, Any] | None = None  # read by analysis.ablation
 
+    @pydantic.field_validator("seeds")
+    @classmethod
+    def _seeds_once(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"seed {', '.join(map(str, repeated))} is listed more than once; each seed is one "
+                             "repetition of every run, so list each seed once")
+        return seeds
+
 
 # Keys of a ``methods:`` entry that describe the label rather than set a hyperparameter.
 METHOD = "method"
@@ -153,9 +162,16 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"suite file '{path}' does not exist")
-    text = path.read_text()
     try:
-        raw = yaml.safe_load(text)
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a suite is a YAML file such "
+                          "as suites/quick.yaml") from None
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKey as exc:
+        raise ConfigError(f"{path} (line {exc.line}): key '{exc.key}' is given twice in one mapping (first on line "
+                          f"{exc.first}); YAML would keep only the last, so remove or merge one of them") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -165,8 +181,36 @@ def load_suite(path: str | Path) -> Suite:
     except pydantic.ValidationError as exc:
         raise ConfigError(_explain(path, text, exc, raw)) from None
     suite = Suite(path, file)
+    for index, (entry, resolved) in enumerate(zip(file.method_files, suite.method_files())):
+        if not resolved.exists():
+            raise suite_error(suite, text, ["method_files", index],
+                              f"'{entry}' does not exist (looked for {resolved}); method files are found relative "
+                              "to the suite file")
     suite.jobs = _expand(suite, text)
     return suite
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"key {key!r} on line {line} was given on line {first}")
+        self.key, self.line, self.first = key, line, first
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing a key given twice in one mapping (PyYAML keeps the last one
+    silently). Keys merged in with ``<<`` may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _explain(path: Path, text: str, exc: pydantic.ValidationError, raw: dict) -> str:

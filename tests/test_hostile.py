@@ -33,7 +33,7 @@ from kdbench.runner import (CohortJob, RunnerOptions, Scheduler, execute_cohort,
                             status_of, write_manifest)
 from kdbench.runs import CorruptResultsFile, ensure_run, ensure_runs, read_run_file
 from kdbench.spec import RunSpec
-from kdbench.suite import load_suite
+from kdbench.suite import UniqueKeyLoader, load_suite
 from kdbench.training import EngineOptions
 
 
@@ -365,3 +365,46 @@ def test_only_with_a_value_that_matches_nothing_names_the_valid_values(tmp_path:
     with pytest.raises(ConfigError, match=r"--only seed=7 .* its seed values are 0, 1"):
         select_jobs(suite, RunnerOptions(only={"seed": "7"}))
     assert [j.label for j in select_jobs(suite, RunnerOptions(only={"method": "kd", "seed": "1"}))] == ["teacher", "kd"]
+
+
+SUITE_TEXT = """\
+name: tiny
+seeds: [0]
+recipe: {epochs: 1, batch_size: 256}
+datasets:
+  digits: {options: {image_size: 8}}
+pairs:
+  - {dataset: digits, teacher: resnet14, student: resnet8}
+methods:
+  kd: {}
+"""
+
+
+@pytest.mark.parametrize("change, message", [
+    (("seeds: [0]", "seeds: [0, 1, 0]"),
+     r"suite.yaml \(line 2\): 'seeds': Value error, seed 0 is listed more than once; .* list each seed once"),
+    (("methods:\n  kd: {}", "methods:\n  kd: {}\n  none: {}\n  kd: {temperature: 2}"),
+     r"suite.yaml \(line 11\): key 'kd' is given twice in one mapping \(first on line 9\); YAML would keep only "
+     r"the last, so remove or merge one"),
+    (("name: tiny", "name: tiny\nexecutor: {workers: 0}"),
+     r"suite.yaml \(line 2\): 'executor.workers': Input should be greater than 0"),
+    (("name: tiny", "name: tiny\nmethod_files: [mine.py]"),
+     r"suite.yaml \(line 2\): 'method_files.0': 'mine.py' does not exist \(looked for .*mine.py\); method files "
+     r"are found relative to the suite file"),
+])
+def test_suite_mistakes_name_file_line_key_and_fix(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    (tmp_path / "suite.yaml").write_text(SUITE_TEXT.replace(*change))
+    with pytest.raises(ConfigError, match=message):
+        load_suite(tmp_path / "suite.yaml")
+
+
+def test_a_binary_file_given_as_the_suite_is_named(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(3)}, tmp_path / "weights.pt")
+    with pytest.raises(ConfigError, match=r"weights.pt: not a text file \(byte \d+ is not UTF-8\); a suite is a YAML"):
+        load_suite(tmp_path / "weights.pt")
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    text = SUITE_TEXT.replace("recipe: {epochs: 1, batch_size: 256}",
+                              "base: &base {epochs: 1, batch_size: 256}\nrecipe: {<<: *base, epochs: 2}")
+    assert yaml.load(text, Loader=UniqueKeyLoader)["recipe"] == {"epochs": 2, "batch_size": 256}
