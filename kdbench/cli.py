@@ -64,6 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     -m kdbench.cli train ...``) each run trains data-parallel over the N processes."""
     from .method import load_method_files
     from .spec import DataSpec, Recipe, RunSpec, TeacherRef
+    from .tracking import Tracking, require
     from .training import EngineOptions
     from .runs import ensure_run
 
@@ -81,7 +82,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     # resolved before any training, so a bad name or value fails before the teacher trains
     spec = RunSpec(dataset=dataset, student=args.student, method=args.method,
                    hparams=parse_overrides(args.hparams), recipe=recipe, seed=args.seed)
-    options = EngineOptions(device=args.device, data_root=args.data_root, workers=args.workers, progress=not args.quiet)
+    options = EngineOptions(device=args.device, data_root=args.data_root, workers=args.workers, progress=not args.quiet,
+                            tracking=Tracking(require(args.track)))
     teacher = None
     if args.teacher:
         if args.teacher_checkpoint:
@@ -105,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import ONLY_KEYS, RunnerOptions, run_suite, suite_dir
     from .suite import load_suite
+    from .tracking import Tracking, require
     from .training import EngineOptions
 
     only = {}
@@ -114,10 +117,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         only[key] = str(value)
     out = output_folder(args.out)
     suite = load_suite(args.suite)
+    tracking = Tracking(require([*suite.file.track, *args.track]), group=suite.name)  # before any training
     options = RunnerOptions(
         out=out, dry_run=args.dry_run, smoke=args.smoke, only=only, retry_failed=args.retry_failed,
         workers=args.workers, engine=EngineOptions(device=args.device, data_root=args.data_root, progress=False,
-                                                   stack_students=args.stack_students),
+                                                   stack_students=args.stack_students, tracking=tracking),
     )
     outcome = run_suite(suite, options)
     if args.dry_run:
@@ -203,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="where real data sets live (default: $KDBENCH_DATA)")
     p.add_argument("--out", default="results/train", help="results folder; each run gets <out>/<run id>/")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--track", action="append", default=[], choices=["tensorboard", "wandb"],
+                   help="stream each epoch's metrics to TensorBoard (event files in each run's folder) or W&B "
+                        "(offline unless WANDB_MODE is set); repeat for both")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("run", help="run a suite: datasets × pairs × methods × seeds, resumable",
@@ -219,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel jobs (default: one per GPU, else one per CPU core up to 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, or cuda")
     p.add_argument("--data-root", help="where real data sets live (default: the suite's data_root, else $KDBENCH_DATA)")
+    p.add_argument("--track", action="append", default=[], choices=["tensorboard", "wandb"],
+                   help="stream each epoch's metrics to TensorBoard (event files in each run's folder) or W&B "
+                        "(offline unless WANDB_MODE is set); added to the suite's 'track:' list")
     p.add_argument("--stack-students", action="store_true",
                    help="step a cohort's students of one architecture as one vmapped network (for GPUs: see "
                         "kdbench bench (b); records then equal the separate runs' up to float rounding)")

@@ -94,6 +94,7 @@ class SuiteFile(Strict):
     paper: dict[str, dict[str, float]] = Field(default_factory=dict)
     executor: ExecutorEntry = Field(default_factory=ExecutorEntry)
     method_files: list[str] = Field(default_factory=list)
+    track: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)  # kdbench.tracking sinks
     ablation: dict[str, Any] | None = None  # read by analysis.ablation
 
     @pydantic.field_validator("seeds")

@@ -56,6 +56,7 @@ from .method import Batch, Method, TrainContext, ViewOutputs, create_method
 from .models import Backbone, ModelOutput, create_model
 from .models.stacked import StackedForward
 from .spec import Recipe, RunSpec
+from .tracking import Tracking, log_epoch
 
 SPLIT_SEED = 0  # one validation split for every training seed, so model selection is comparable
 CHECK_EVERY = 50  # steps between host syncs (non-finite loss check, progress display)
@@ -88,6 +89,7 @@ class EngineOptions:
     # Called after each epoch's checkpoint with (epoch, metrics row); Optuna's pruning
     # raises from here. Runs in the training process.
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None
+    tracking: Tracking | None = None  # TensorBoard / W&B sinks of each epoch's metrics (kdbench.tracking)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -776,6 +778,7 @@ def _end_epoch(trainee: Trainee, epoch: int, seconds: float, val_loader: DataLoa
     if distributed.is_main():
         trainee.checkpoint(epoch)
         records.write_metrics(trainee.run_dir, trainee.history)
+        log_epoch(options.tracking, trainee.spec, trainee.run_dir, trainee.history)
     try:
         if options.on_epoch is not None:
             options.on_epoch(epoch, trainee.history[-1])
