@@ -37,7 +37,8 @@ from .style import color, display_name
 
 TEMPLATES = Path(__file__).parent / "templates"
 SVG_WIDTH, SVG_HEIGHT, SVG_MARGIN = 370, 150, 40
-CSS_DPI = 96  # a CSS inch
+# CSS pixels per inch of a figure: 1.5 × the CSS inch, so the figures' 8-pt text reads on a screen
+SCREEN_DPI = 144
 
 
 def write_html(path: Path, suite_dir: Path, runs: pd.DataFrame, summary: pd.DataFrame, missing: pd.DataFrame,
@@ -66,11 +67,11 @@ def write_html(path: Path, suite_dir: Path, runs: pd.DataFrame, summary: pd.Data
 
 
 def _figure(png: Path) -> dict[str, Any]:
-    """A PNG to embed, shown at its printed size (its pixels at the style's dpi, as CSS pixels)."""
+    """A PNG to embed, with its width on the page (``SCREEN_DPI`` per inch of the figure)."""
     data = png.read_bytes()
     width = int.from_bytes(data[16:20], "big")  # the IHDR chunk's width, right after the 8-byte signature
     return {"name": png.stem, "data": base64.b64encode(data).decode(),
-            "width": round(width * CSS_DPI / style.RC["savefig.dpi"])}
+            "width": round(width * SCREEN_DPI / style.RC["savefig.dpi"])}
 
 
 def _blocks(summary: pd.DataFrame, columns: list[tuple[str, str]], cell) -> list[dict[str, Any]]:
