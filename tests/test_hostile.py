@@ -138,7 +138,11 @@ def finished_suite(tmp_path_factory) -> tuple[Path, Path]:
     """A suite file and a results root holding its three finished runs (teacher, none, kd)."""
     folder = tmp_path_factory.mktemp("finished")
     path = write_suite(folder)
-    assert run_suite(load_suite(path), quiet(out=folder / "results")).ok
+    suite = load_suite(path)
+    runs = folder / "results" / "tiny" / "runs"
+    for job in sorted(suite.jobs, key=lambda j: not j.is_teacher):  # in this process: no worker to start
+        assert ensure_runs([job.spec], runs, EngineOptions(progress=False))[0]["status"] == "finished"
+    write_manifest(suite, suite.jobs, runs.parent)
     return path, folder / "results"
 
 
@@ -296,7 +300,7 @@ def test_a_signal_stops_the_runner_and_its_workers_at_once(tmp_path: Path, how: 
                               text=True, start_new_session=True)
     try:
         deadline = time.time() + 120
-        while not list((tmp_path / "out").glob("tiny/runs/*/metrics.jsonl")):  # a worker is training
+        while not list((tmp_path / "out").glob("tiny/runs/*/spec.json")):  # a worker is training
             assert runner.poll() is None and time.time() < deadline, runner.stdout.read()
             time.sleep(0.2)
         assert len(session_processes(runner.pid)) >= 2
