@@ -309,7 +309,7 @@ def check_teachers(jobs: Iterable[Job]) -> list[str]:
 
 def status_of(runs: Path, run_id: str) -> str:
     """done, failed, partial (a checkpoint to resume), todo, or corrupt (a record.json or
-    failed.json that is not what kdbench writes: ``set_aside_corrupt`` clears it)."""
+    failed.json that is not what kdbench writes: the scheduler sets it aside and redoes the run)."""
     if corrupt_run_files(runs / run_id):
         return "corrupt"
     if (runs / run_id / records.RECORD).exists():
