@@ -94,8 +94,8 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
                       teacher_train_logits=torch.randn(num_samples, num_classes))
     trainees = {}
     for name, method in created.items():
-        spec = RunSpec(dataset=DataSpec(name="bench"), student=student_name, method=name,
-                       teacher=teacher_ref if method.needs.teacher else None, recipe=Recipe(epochs=240))
+        spec = RunSpec(dataset=DataSpec(name=dataset, options={"image_size": image_size}), student=student_name,
+                       method=name, teacher=teacher_ref if method.needs.teacher else None, recipe=Recipe(epochs=240))
         trainees[name] = make_trainee(spec, Path("."), method, num_classes, teacher, images[:2], context, device, options)
         trainees[name].rng = RngStream(0, device)
 
