@@ -181,6 +181,38 @@ def form_cohorts(jobs: list[Job], size: int) -> list[tuple[Job, ...]]:
     return [tuple(group[i:i + size]) for group in groups.values() for i in range(0, len(group), size)]
 
 
+MAX_LOADER_WORKERS = 8  # a GPU job's data-loader processes, at most (as training.train_cohort's default)
+
+
+def core_plan(jobs: list[Job], slots: int, cores: int, cohort_size: int, processes_per_job: int = 1) -> dict[str, int]:
+    """Per run id, the cores its job may use: the machine's cores shared among the jobs
+    the suite's graph lets run beside it, so that a teacher every other job waits for
+    gets them all, and students that run side by side share them.
+
+    The jobs are the suite's cohorts (``form_cohorts``), each in the wave of its deepest
+    dependency chain (teachers 0, their students 1, ...); a job of a wave of n cohorts
+    shares the cores with min(n, slots) jobs, and with its own processes. Dividing by the
+    jobs running at the moment would use the cores at every instant, but the threads a
+    job computes with change its float sums (oneDNN and ATen split reductions by thread),
+    so a rerun, a resume or a run on a busier moment would give another record; the
+    suite's graph gives every run the same share each time (on this machine and with
+    these workers). The price: while a wave's last cohorts finish, the cores of the others
+    idle."""
+    by_id = {j.run_id: j for j in jobs}
+    depths: dict[str, int] = {}
+
+    def depth(job: Job) -> int:
+        if job.run_id not in depths:
+            depths[job.run_id] = 1 + max((depth(by_id[d]) for d in job.depends_on if d in by_id), default=-1)
+        return depths[job.run_id]
+
+    units = form_cohorts(jobs, cohort_size)
+    waves = [max(depth(job) for job in unit) for unit in units]
+    width = {wave: waves.count(wave) for wave in waves}
+    return {job.run_id: max(1, cores // (min(width[wave], slots) * processes_per_job))
+            for unit, wave in zip(units, waves) for job in unit}
+
+
 @dataclass
 class RunnerOptions:
     out: Path = Path("results")
@@ -372,14 +404,15 @@ class Scheduler:
         self.outcome = Outcome()
         executor = suite.file.executor
         workers = options.workers or executor.workers
+        self.cores: dict[str, int] = {}  # per run id: the cores its job may use (``core_plan``)
         if executor.kind == "slurm":  # devices are the nodes' business; Slurm queues the jobs
             self.slots = [(engine.device,)] * (workers or len(jobs))
-            self.threads = None
         else:
             self.slots = _slots(engine.device, workers, executor.processes_per_job)
-            # CPU jobs share the cores; small models scale better across processes than threads
-            processes = len(self.slots) * executor.processes_per_job
-            self.threads = max(1, (os.cpu_count() or 1) // processes) if self.slots[0][0] == "cpu" else None
+            # planned on the whole suite, so that a rerun, a resume or --only gives a run the same share
+            everything = select_jobs(suite, replace(options, only={}))
+            self.cores = core_plan(everything, len(self.slots), os.cpu_count() or 1, executor.cohort_size,
+                                   executor.processes_per_job)
         self.started = time.time()
 
     def run(self) -> Outcome:
@@ -419,7 +452,7 @@ class Scheduler:
                     units.remove(unit)
                     if ready and free:
                         slot = free.pop(0)
-                        options = replace(self.engine, progress=False, threads=self.threads)
+                        options = self._job_options(slot, ready)
                         handle = submit(slot, [j.spec.model_dump(mode="json") for j in ready],
                                         str(self.runs), options, [str(p) for p in self.suite.method_files()])
                         running.append((handle, slot, ready))
@@ -439,6 +472,19 @@ class Scheduler:
         finally:
             close(stopped)
         return self.outcome
+
+    def _job_options(self, slot: Slot, unit: tuple[Job, ...]) -> EngineOptions:
+        """The engine options of a job: on CPUs its intra-op threads, on GPUs its data-loader
+        processes (unless --workers names them), from the job's share of the cores."""
+        options = replace(self.engine, progress=False)
+        share = min((self.cores[j.run_id] for j in unit if j.run_id in self.cores), default=None)
+        if share is None:  # Slurm: the nodes' cores are the nodes' business
+            return options
+        if slot[0] == "cpu":
+            return replace(options, threads=share)
+        if slot[0].startswith("cuda") and options.workers is None:
+            return replace(options, workers=min(MAX_LOADER_WORKERS, share))
+        return options
 
     def _ready(self, unit: tuple[Job, ...]) -> tuple[Job, ...] | None:
         """The unit's jobs that can start now (after failing those whose teacher failed),
