@@ -30,9 +30,9 @@ hyperparameters in suites/cifar100.yaml.
 
 Differences from the released code:
 - The teacher's maps are its stage outputs as tapped by the engine. Both releases take the
-  teacher's pre-activation maps instead (a residual stage's sum before its last ReLU; for a
-  WRN, the next BN's output), which a forward hook cannot reach without model code for
-  this one method. The student's side is the same as theirs (post-activation stage
+  teacher's pre-activation maps instead (before the stage's last ReLU: a residual stage's
+  sum, a VGG block's BN output; for a WRN, the next BN's output), which a forward hook
+  cannot reach without model code for this one method. The student's side is the same as theirs (post-activation stage
   outputs, mdistiller's STU_PREACT false).
 - Warm-up counts epochs from 1, as mdistiller; the authors' script counts from 0, so its
   first epoch has no ReviewKD term.
@@ -41,8 +41,9 @@ Differences from the released code:
 - No released weight for VGG13→VGG8, VGG13→MobileNetV2 and ResNet50→MobileNetV2: they
   keep the default 5. mdistiller has a MAX_MID_CHANNEL setting it does not read (it
   hard-codes 512); here ``max_mid_channels`` is the value used.
-- Not the method but the recipe: the authors' script trains with Nesterov momentum and
-  lr 0.02 for ShuffleNet/MobileNet students; the suites use mdistiller's recipe.
+- Not the method but the recipe: the authors' script trains with batch 128, lr 0.1 (0.02
+  for ShuffleNet/MobileNet students) and Nesterov momentum; the suites use mdistiller's
+  batch 64 and lr 0.05 (0.01), the same ratio of lr to batch, without Nesterov.
 """
 
 import torch
