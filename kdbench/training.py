@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from . import distributed, records
 from .checkpoints import atomic_torch_save, load_weights, safe_load, set_aside
 from .data import DataSplits, create_dataset
-from .data.base import Augment, BatchCrop, TensorImageDataset
+from .data.base import Augment, BatchCrop, BatchResizedCrop, ImageDataset, RaggedImages
 from .errors import CheckpointError, ConfigError, KDBenchError, MachineError
 from .method import Batch, Method, TrainContext, ViewOutputs, create_method
 from .models import Backbone, ModelOutput, create_model
@@ -249,27 +249,29 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.devic
 
 @dataclass
 class ResidentTrainSet:
-    """An in-memory training set held on the device, augmented a whole batch at a time
-    there (``BatchCrop``): no loader processes, no host-to-device copies per step."""
+    """A training set held as pixels on the device, augmented a whole batch at a time there
+    (the recipe's ``batch``): no loader processes, no host-to-device copies per step."""
 
-    images: Tensor  # uint8 N×C×H×W on the device
+    images: Tensor | RaggedImages  # uint8 on the device: N×C×H×W, or a prepared store's images
     labels: Tensor
-    transform: BatchCrop
+    transform: BatchCrop | BatchResizedCrop
     augment: bool
     weak_view: bool = False  # also a second, standard-augmented view of every image
 
     @classmethod
     def of(cls, data: DataSplits, augment: Augment | bool, device: torch.device,
            weak_view: bool = False) -> ResidentTrainSet | None:
-        """The set on ``device``, or None when it is not held in memory as uint8, or when
+        """The set on ``device``, or None when it is not held as uint8 pixels, or when
         its augmentation is "strong" (RandAugment + Cutout run per image, in the loader)."""
         train = data.train
-        if (not isinstance(train, TensorImageDataset) or data.recipe is None or data.recipe.batch is None
+        if (not isinstance(train, ImageDataset) or data.recipe is None or data.recipe.batch is None
                 or augment == "strong"):
             return None
+        images = train.resident(device)
+        if images is None:
+            return None
         augmented = augment if isinstance(augment, bool) else augment == "standard"
-        return cls(train.images[train.indices].to(device), train.labels.to(device), data.recipe.batch, augmented,
-                   weak_view)
+        return cls(images, train.labels.to(device), data.recipe.batch, augmented, weak_view)
 
     def batches(self, sampler: EpochBatches, stream: RngStream
                 ) -> Iterator[tuple[Tensor | tuple[Tensor, Tensor], Tensor, Tensor]]:
@@ -277,7 +279,7 @@ class ResidentTrainSet:
         its own seed as ``Indexed`` does per item), labels and indices."""
         device = self.images.device
         for indices in sampler:
-            index = torch.as_tensor(indices, device=device)
+            index = torch.as_tensor(indices)  # a store's images are cut with host-side bounds
             with stream.active():
                 view_seed = int(torch.randint(2**62, ()))
                 images = self.transform(self.images[index], self.augment)

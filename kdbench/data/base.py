@@ -14,7 +14,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -85,6 +85,18 @@ class ImageDataset(Dataset, ABC):
         view.transform = transform
         return view
 
+    def official(self) -> ImageDataset:
+        """The whole official split this view looks into, untransformed."""
+        view = copy.copy(self)
+        view.indices = torch.arange(len(self._labels))
+        view.transform = None
+        return view
+
+    def resident(self, device: torch.device) -> Tensor | RaggedImages | None:
+        """The view's images as uint8 on ``device``, for augmentation a whole batch at a
+        time (``Recipe.batch``); None where they are not held as pixels."""
+        return None
+
     def __len__(self) -> int:
         return len(self.indices)
 
@@ -122,6 +134,9 @@ class TensorImageDataset(ImageDataset):
 
     def load(self, j: int) -> Tensor:
         return self.images[j]
+
+    def resident(self, device: torch.device) -> Tensor:
+        return self.images[self.indices].to(device)
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -182,6 +197,129 @@ class BatchCrop:
         return ((x - mean) / std).contiguous()
 
 
+def resized_short_side(image_size: int) -> int:
+    """The Resize step of the 224-px recipes: the short side scaled to 256/224 of the crop."""
+    return round(image_size * 256 / 224)
+
+
+@dataclass(frozen=True)
+class RaggedImages:
+    """uint8 RGB images of different sizes in one flat buffer, each stored as its H×W×3 rows
+    (the layout of a prepared store, ``kdbench.data.prepared``). ``flat`` may live on any
+    device; where each image starts and its size are kept on the CPU, where the crops are
+    cut."""
+
+    flat: Tensor  # uint8, 1-D
+    offsets: Tensor  # int64 (N,): the element of ``flat`` where each image starts
+    heights: Tensor  # int64 (N,)
+    widths: Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, index: Tensor) -> RaggedImages:
+        index = index.cpu()
+        return RaggedImages(self.flat, self.offsets[index], self.heights[index], self.widths[index])
+
+    @property
+    def device(self) -> torch.device:
+        return self.flat.device
+
+    def image(self, offset: int, height: int, width: int) -> Tensor:
+        """The image stored at ``offset`` as a 3×H×W view (channels last in memory)."""
+        return self.flat[offset : offset + height * width * 3].view(height, width, 3).permute(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class BatchResizedCrop:
+    """The 224-px recipe applied to a whole batch of a prepared store's images
+    (``RaggedImages``, each already resized so its short side is ``resized_short_side(size)``)
+    on the batch's device. Training: ``train_crop`` "random_resized" is
+    RandomResizedCrop(size, ``scale``, ``ratio``), "resize_crop" a RandomCrop(size) of the
+    resized image, each followed by a horizontal flip with probability ½; evaluation
+    (``augment=False``) is CenterCrop(size), which with the stored resize is exactly the eval
+    transform of the folder loader. Then ImageNet-style normalisation with ``mean``/``std``.
+
+    Crop boxes and flips are drawn as torchvision draws them (``RandomResizedCrop.get_params``:
+    ten tries of a uniform area fraction and a log-uniform aspect ratio, else the whole image
+    clipped to the ratio range), all images at once, from the CPU's global random stream:
+    each box is cut as a view with Python slice bounds, and drawing them on a GPU would stall
+    every batch on a device-to-host copy. Each box is resized with bilinear interpolation,
+    antialiased as torchvision's tensor path is (uint8 on a CPU, as torchvision does there;
+    float32 on a GPU, which has no uint8 kernel). Returns float32 N×3×size×size."""
+
+    size: int
+    train_crop: TrainCrop
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def boxes(self, heights: Tensor, widths: Tensor) -> Tensor:
+        """(top, left, height, width) of a random training crop of each image, int64 N×4."""
+        if self.train_crop == "resize_crop":
+            top = (torch.rand(len(heights)) * (heights - self.size + 1)).long()
+            left = (torch.rand(len(widths)) * (widths - self.size + 1)).long()
+            side = torch.full_like(heights, self.size)
+            return torch.stack([top, left, side, side], 1)
+        tries = 10
+        n = len(heights)
+        h_img, w_img = heights.double()[:, None], widths.double()[:, None]
+        area = h_img * w_img * torch.empty(n, tries, dtype=torch.float64).uniform_(*self.scale)
+        log_ratio = torch.tensor(self.ratio, dtype=torch.float64).log()
+        aspect = torch.empty(n, tries, dtype=torch.float64).uniform_(*log_ratio.tolist()).exp()
+        w = (area * aspect).sqrt().round()
+        h = (area / aspect).sqrt().round()
+        fits = (w > 0) & (w <= w_img) & (h > 0) & (h <= h_img)
+        first = fits.double().argmax(1, keepdim=True)  # the first try that fits, as torchvision takes
+        h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]
+        # torchvision's fallback: the whole image, narrowed to the nearest allowed aspect ratio
+        in_ratio = widths.double() / heights.double()
+        low, high = self.ratio
+        fallback_w = torch.where(in_ratio > high, (heights * high).round(), widths.double())
+        fallback_h = torch.where(in_ratio < low, (widths / low).round(), heights.double())
+        found = fits.any(1)
+        h = torch.where(found, h, fallback_h)
+        w = torch.where(found, w, fallback_w)
+        top = torch.where(found, (torch.rand(n) * (heights - h + 1)).floor(), (heights - h) // 2)
+        left = torch.where(found, (torch.rand(n) * (widths - w + 1)).floor(), (widths - w) // 2)
+        return torch.stack([top, left, h, w], 1).long()
+
+    def center_boxes(self, heights: Tensor, widths: Tensor) -> Tensor:
+        """The CenterCrop(size) box of each image, placed as torchvision places it."""
+        return torch.tensor(
+            [
+                [round((h - self.size) / 2.0), round((w - self.size) / 2.0), self.size, self.size]
+                for h, w in zip(heights.tolist(), widths.tolist())
+            ],
+            dtype=torch.int64,
+        ).view(-1, 4)
+
+    def __call__(self, images: RaggedImages, augment: bool = True) -> Tensor:
+        n, s = len(images), self.size
+        if augment:
+            boxes = self.boxes(images.heights, images.widths).tolist()
+            flips = (torch.rand(n) < 0.5).tolist()
+        else:
+            boxes, flips = self.center_boxes(images.heights, images.widths).tolist(), [False] * n
+        on_cpu = images.device.type == "cpu"
+        out = torch.empty(n, 3, s, s, device=images.device)
+        stored = zip(images.offsets.tolist(), images.heights.tolist(), images.widths.tolist())
+        for i, ((offset, height, width), (top, left, h, w), flip) in enumerate(zip(stored, boxes, flips)):
+            crop = images.image(offset, height, width)[:, top : top + h, left : left + w]
+            if (h, w) != (s, s):
+                crop = torch.nn.functional.interpolate(
+                    (crop if on_cpu else crop.float())[None], size=(s, s), mode="bilinear",
+                    antialias=True, align_corners=False,
+                )[0]
+            out[i] = crop.flip(-1) if flip else crop
+        # (x/255 - mean)/std in place: a fresh batch-sized buffer per operation would cost
+        # more than the arithmetic (page faults on a CPU)
+        std = torch.tensor(self.std, device=out.device)[:, None, None]
+        mean = torch.tensor(self.mean, device=out.device)[:, None, None]
+        return out.mul_(1 / (255 * std)).sub_(mean / std)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The transforms of one set: ``train`` (augmented) and ``eval``, and where the set is
@@ -189,7 +327,7 @@ class Recipe:
 
     train: Transform
     eval: Transform
-    batch: BatchCrop | None = None
+    batch: BatchCrop | BatchResizedCrop | None = None
 
     def transform(self, augment: Augment) -> Transform:
         """The training transform at augmentation level ``augment``."""
@@ -392,10 +530,16 @@ def large_image_recipe(
     crop_ratio: tuple[float, float] = CROP_RATIO,
 ) -> Recipe:
     """The recipe a 224-px set's options name (``crop_scale`` and ``crop_ratio`` are read only
-    with ``train_crop`` "random_resized")."""
-    if train_crop == "random_resized":
-        return random_resized_crop_recipe(image_size, crop_scale, crop_ratio)
-    return resize_crop_recipe(image_size)
+    with ``train_crop`` "random_resized"), with its batch form for a prepared store's images."""
+    per_image = (
+        random_resized_crop_recipe(image_size, crop_scale, crop_ratio)
+        if train_crop == "random_resized"
+        else resize_crop_recipe(image_size)
+    )
+    batch = BatchResizedCrop(
+        image_size, train_crop, tuple(crop_scale), tuple(crop_ratio), IMAGENET_MEAN, IMAGENET_STD
+    )
+    return replace(per_image, batch=batch)
 
 
 @dataclass(frozen=True)
