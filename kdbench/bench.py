@@ -101,7 +101,8 @@ def write_jpeg_folder(folder: Path, images: int, classes: int = 10, seed: int = 
 
 
 def large_image_data(batch_size: int, images: int, device: torch.device, options: EngineOptions,
-                     steps: int | None, rounds: int, printer: Callable[[str], None]) -> dict[str, float]:
+                     steps: int | None, rounds: int, printer: Callable[[str], None], teacher_name: str = LARGE_TEACHER,
+                     student_name: str = LARGE_STUDENT, image_size: int = LARGE_SIZE) -> dict[str, float]:
     """(c) at 224 px: a folder of ``images`` synthetic JPEGs read by the PIL folder loader and
     from its prepared store (batch RandomResizedCrop on ``device``), in images/s, against
     the fine-grained suite's ResNet34 → ResNet18 KD step."""
@@ -110,11 +111,11 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
         root = Path(tmp)
         write_jpeg_folder(root / "jpegs", images)
         spec = partial(DataSpec, name="imagefolder")
-        folder_options = {"path": "jpegs", "image_size": LARGE_SIZE, "train_crop": "random_resized"}
+        folder_options = {"path": "jpegs", "image_size": image_size, "train_crop": "random_resized"}
         engine = replace(options, data_root=str(root))
-        folder = open_data(RunSpec(dataset=spec(options=folder_options), student=LARGE_STUDENT), engine, "standard")
+        folder = open_data(RunSpec(dataset=spec(options=folder_options), student=student_name), engine, "standard")
         start = time.perf_counter()
-        store = open_data(RunSpec(dataset=spec(options={**folder_options, "prepared": True}), student=LARGE_STUDENT),
+        store = open_data(RunSpec(dataset=spec(options={**folder_options, "prepared": True}), student=student_name),
                           engine, "standard")
         prepare_seconds = time.perf_counter() - start
         resident = ResidentTrainSet.of(store, "standard", device)
@@ -130,9 +131,9 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
 
         epoch = interleaved({"folder": folder_epoch, "store": store_epoch}, device, 1, rounds)
         rates = {name: len(folder.train) / seconds for name, seconds in epoch.items()}
-        teacher = create_model(LARGE_TEACHER, num_classes=len(folder.classes)).to(device).eval().requires_grad_(False)
-        kd = RunSpec(dataset=spec(options=folder_options), student=LARGE_STUDENT, method="kd",
-                     teacher=TeacherRef(model=LARGE_TEACHER, checkpoint="random"))
+        teacher = create_model(teacher_name, num_classes=len(folder.classes)).to(device).eval().requires_grad_(False)
+        kd = RunSpec(dataset=spec(options=folder_options), student=student_name, method="kd",
+                     teacher=TeacherRef(model=teacher_name, checkpoint="random"))
         batch_images, labels, index = next(resident.batches(sampler, RngStream(0, device)))
         context = partial(TrainContext, len(folder.classes), folder.train_labels, 200, 0)
         trainee = make_trainee(kd, Path("."), create_method("kd"), len(folder.classes), teacher, batch_images[:2].cpu(),
@@ -143,14 +144,14 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
         step = interleaved({"kd": lambda: cohort_step(batch, teacher, [trainee], 1, 0.0, autocast)}, device,
                            steps or 1, rounds)["kd"]
     step_rate = len(batch.labels) / step
-    printer(f"    {LARGE_SIZE} px, {images} synthetic JPEGs (CUB-sized), RandomResizedCrop + flip, batch {batch_size}:\n"
+    printer(f"    {image_size} px, {images} synthetic JPEGs (CUB-sized), RandomResizedCrop + flip, batch {batch_size}:\n"
             f"      folder loader (PIL, 0 workers)          {rates['folder']:8,.0f} images/s\n"
             f"      prepared store, batch crop on {device.type:<5}  {rates['store']:8,.0f} images/s "
             f"({rates['store'] / rates['folder']:.1f}x the folder)\n"
-            f"      {LARGE_TEACHER} → {LARGE_STUDENT} KD step  {step_rate:8,.0f} images/s\n"
+            f"      {teacher_name} → {student_name} KD step  {step_rate:8,.0f} images/s\n"
             f"      preparing the store took {prepare_seconds:.1f} s (once per set)")
-    return {"folder_224_images_per_s": rates["folder"], "store_224_images_per_s": rates["store"],
-            "kd_224_images_per_s": step_rate, "prepare_224_seconds": prepare_seconds}
+    return {"large_folder_images_per_s": rates["folder"], "large_store_images_per_s": rates["store"],
+            "large_kd_images_per_s": step_rate, "large_prepare_seconds": prepare_seconds}
 
 
 def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4", batch_size: int = 64,

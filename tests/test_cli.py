@@ -58,7 +58,7 @@ def test_bench_runs_on_tiny_models():
 
     lines = []
     result = run_bench("resnet14", "resnet8", batch_size=8, image_size=8, num_classes=10, steps=1, rounds=1,
-                       printer=lines.append)
+                       printer=lines.append, large_images=0)  # (c) at 224 px: test_prepared_data
     text = "\n".join(lines)
     for method in ("kd", "figkd", "crd"):
         assert f"    {method} " in text

@@ -31,7 +31,7 @@ SHORT = round(SIZE * 256 / 224)  # the short side stores of 16-px sets keep: 18
 @pytest.fixture(autouse=True)
 def miniature_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     """The miniature layouts have 9 train and 6 test images, not the official counts."""
-    monkeypatch.setattr(prepared_module, "OFFICIAL_COUNTS", {name: (9, 6) for name in FILE_SETS})
+    monkeypatch.setattr(prepared_module, "OFFICIAL_COUNTS", dict.fromkeys(prepared_module.OFFICIAL_COUNTS, (9, 6)))
 
 
 def noisy_layout(name: str, root: Path) -> dict:
@@ -238,3 +238,14 @@ def test_cli_prepare_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture) -
     (tmp_path / "Indoor67/Images/kitchen/kit4.jpg").write_bytes(b"not a JPEG")
     assert cli.main(["data", "verify", *args]) == 1
     assert "kit4.jpg" in capsys.readouterr().out
+
+
+def test_bench_times_the_folder_loader_against_the_store() -> None:
+    from kdbench.bench import large_image_data
+
+    lines: list[str] = []
+    engine = EngineOptions(device="cpu", progress=False)
+    result = large_image_data(8, 24, torch.device("cpu"), engine, 1, 1, lines.append, "resnet14", "resnet8", SIZE)
+    assert min(result.values()) > 0
+    text = "\n".join(lines)
+    assert "folder loader (PIL, 0 workers)" in text and "prepared store, batch crop on cpu" in text
