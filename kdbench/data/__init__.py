@@ -53,7 +53,11 @@ RandomResizedCrop(224, ``crop_scale``, ``crop_ratio``) + flip instead (torchvisi
 defaults [0.08, 1] and [3/4, 4/3]). ``cub200``, ``stanford-dogs``, ``mit67`` and
 ``stanford40`` are also read from the ``{train,valid}`` / ``{train,test}`` ImageFolder
 trees prepared for FRSKD, CS-KD or L2T-ww (``kdbench.data.real.PREPARED_TREES``) where
-their official split files are absent. A missing set raises ``DataError`` naming the missing file and where to put
+their official split files are absent. Their option ``prepared: true`` reads the images
+from the set's prepared store instead of decoding JPEGs every epoch: decoded and resized
+once (short side 256 at 224 px), made on first use or by ``kdbench data prepare NAME``, and
+on CUDA cropped, flipped and normalised a batch at a time on the GPU
+(``kdbench.data.prepared`` documents the format and where stores live). A missing set raises ``DataError`` naming the missing file and where to put
 it; a malformed split file names the file and line; an unreadable image names its path.
 Register a new set with ``@register_dataset("name")`` on a factory
 ``(root: Path, splitter: Splitter, *, <options>) -> DataSplits``; its keyword-only
