@@ -37,6 +37,7 @@ from unittest.mock import patch
 from . import distributed, records
 from .checkpoints import set_aside
 from .errors import ConfigError, DataError, MachineError
+from .progress import Running, TimeLeft, Work, duration
 from .results import MANIFEST, RUNS, legacy_message, legacy_runs, load_manifest
 from .runs import (FAILED, CohortOutOfMemory, CorruptResultsFile, as_machine_error, ensure_runs, finished_record,
                    read_run_file)
@@ -45,6 +46,7 @@ from .suite import Job, Suite
 from .training import EngineOptions, cohort_key, resolve_device
 
 POLL_SECONDS = 1.0
+REPORT_SECONDS = 10.0  # between progress reports
 SMOKE_SAMPLES = 128  # per split: a smoke run checks that everything runs, not what it learns
 
 
@@ -414,6 +416,9 @@ class Scheduler:
             self.cores = core_plan(everything, len(self.slots), os.cpu_count() or 1, executor.cohort_size,
                                    executor.processes_per_job)
         self.started = time.time()
+        self.time_left = TimeLeft(slots=len(self.slots))
+        self.begun: dict[int, tuple[float, int]] = {}  # per running cohort: when it started, epochs done before
+        self.estimates: list[tuple[float, float | None]] = []  # (seconds since the start, estimated seconds left)
 
     def run(self) -> Outcome:
         pending: list[Job] = []
@@ -456,14 +461,16 @@ class Scheduler:
                         handle = submit(slot, [j.spec.model_dump(mode="json") for j in ready],
                                         str(self.runs), options, [str(p) for p in self.suite.method_files()])
                         running.append((handle, slot, ready))
+                        self.begun[id(ready)] = (time.time(), _epochs_done(self.runs, ready))
                     elif ready:
                         units.append(ready)
                 for entry in [e for e in running if e[0].done()]:
                     running.remove(entry)
                     handle, slot, unit = entry
                     free.append(slot)
+                    self.time_left.observe(self._progress(unit, finished=True))
                     units.extend(self._finish(unit, handle))
-                if time.time() - last_report > 10 or not (units or running):
+                if time.time() - last_report > REPORT_SECONDS or not (units or running):
                     self._report(units, running)
                     last_report = time.time()
                 if running or units:
@@ -558,9 +565,13 @@ class Scheduler:
         left = sum(len(u) for u in units)
         active = [job for _, _, unit in running for job in unit]
         eta = ""
-        if self.outcome.finished and (left or active):
-            per_run = (time.time() - self.started) / len(self.outcome.finished)
-            eta = f", about {_duration(per_run * (left + len(active)))} left"
+        if left or active:
+            progress = [self._progress(unit) for _, _, unit in running]
+            for job in progress:
+                self.time_left.observe(job)
+            seconds = self.time_left.estimate(progress, [self._work(unit) for unit in units])
+            self.estimates.append((time.time() - self.started, seconds))
+            eta = f", about {duration(seconds)} left" if seconds is not None else ", estimating…"
         lines = [f"[{self.suite.name}] {done}/{len(self.jobs)} done, {len(active)} running, "
                  f"{len(self.outcome.failed)} failed, {left} waiting{eta}"]
         for job in active:
@@ -569,6 +580,30 @@ class Scheduler:
                      if rows else "starting")
             lines.append(f"    {job.describe()} {state}")
         self.say("\n".join(lines))
+
+    def _work(self, unit: tuple[Job, ...]) -> Work:
+        """The cohort as the time estimate sees it; its kind: role, data, batch and models."""
+        spec = unit[0].spec
+        dataset = spec.dataset.model_dump_json()
+        models = sorted({(j.spec.student, j.spec.teacher.model if j.spec.teacher else "") for j in unit})
+        kind = f"{'teacher' if unit[0].is_teacher else 'students'} {dataset} batch {spec.recipe.batch_size} {models}"
+        return Work(key=unit[0].run_id, kind=kind, dataset=dataset, runs=len(unit), epochs=spec.recipe.epochs,
+                    depends_on=frozenset(d for j in unit for d in j.depends_on),
+                    produces=frozenset(j.run_id for j in unit))
+
+    def _progress(self, unit: tuple[Job, ...], finished: bool = False) -> Running:
+        """How far a started cohort got, from its runs' metrics.jsonl (its epochs end when
+        the slowest run's row is written)."""
+        started, before = self.begun[id(unit)]
+        now = time.time()
+        rows = [records.read_metrics(self.runs / job.run_id) for job in unit]
+        epochs = min(len(r) for r in rows)
+        last = max(((self.runs / job.run_id / records.METRICS).stat().st_mtime for job, r in zip(unit, rows) if r),
+                   default=started)
+        latest = next((r[-1] for r in rows if r and r[-1].get("images_per_s")), None)
+        return Running(self._work(unit), elapsed=now - started, epochs_done=max(0, epochs - before),
+                       epochs_before=before, last_epoch_at=last - started, finished=finished,
+                       samples_per_epoch=latest["images_per_s"] * latest["epoch_seconds"] if latest else None)
 
     def _executor(self) -> tuple[Callable[..., Handle], Callable[[], None]]:
         """A function submitting (slot, *execute_cohort's arguments), and one to close."""
@@ -603,6 +638,11 @@ class Scheduler:
 
 
 Slot = tuple[str, ...]  # the devices of one job, one process each
+
+
+def _epochs_done(runs: Path, unit: tuple[Job, ...]) -> int:
+    """Epochs every run of the cohort has finished (it resumes from there)."""
+    return min(len(records.read_metrics(runs / job.run_id)) for job in unit)
 
 
 class CohortJob:
@@ -666,9 +706,3 @@ def _slots(device: str, workers: int | None, processes: int) -> list[Slot]:
                               "use --device cuda (every GPU of the machine) or cpu")
         return [(device,)] * (workers or 1)
     return [("cpu",) * processes] * (workers or max(1, min(os.cpu_count() or 1, 8) // processes))
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
