@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -73,8 +73,11 @@ class EngineOptions:
     device: str = "auto"
     data_root: str | None = None
     workers: int | None = None  # data-loader processes; None: 0 on CPU, min(8, cores) on CUDA
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
-    channels_last: bool = True  # NHWC tensors on CUDA, faster convolutions; ignored on CPU
+    # Mixed precision: None on CUDA only (bf16 where supported, else fp16 with a GradScaler);
+    # True on the CPU too (bf16 autocast: the tests run the path there), False off.
+    amp: bool | None = None
+    amp_dtype: Literal["bfloat16", "float16"] | None = None  # None: bf16 unless a GPU lacks it
+    channels_last: bool | None = None  # NHWC models and batches: None on CUDA only, True on the CPU too
     compile: bool = False  # torch.compile the student (CUDA; slow to start, faster to run)
     # Keep an in-memory training set (the built-in sets, CIFAR-100) on the device and
     # augment whole batches there instead of in loader processes; None: on CUDA only.
@@ -237,9 +240,14 @@ def evaluate(model: Backbone, loader: DataLoader, device: torch.device, keep_log
     return result
 
 
-def _to_device(images: Tensor, device: torch.device) -> Tensor:
+def _to_device(images: Tensor, device: torch.device, channels_last: bool | None = None) -> Tensor:
     images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
+    nhwc = device.type == "cuda" if channels_last is None else channels_last
+    return images.contiguous(memory_format=torch.channels_last) if nhwc else images
+
+
+def _channels_last(options: EngineOptions, device: torch.device) -> bool:
+    return device.type == "cuda" if options.channels_last is None else options.channels_last
 
 
 def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
@@ -302,12 +310,17 @@ def _shard(dataset: Dataset) -> Dataset:
     return Subset(dataset, range(rank * n // world, (rank + 1) * n // world))
 
 
-def _autocast(device: torch.device, enabled: bool) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
-    """A factory of autocast contexts, and whether fp16 gradients need a GradScaler."""
-    if device.type != "cuda" or not enabled:
+def _autocast(device: torch.device, enabled: bool | None, dtype: str | None = None
+              ) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
+    """A factory of autocast contexts, and whether fp16 gradients need a GradScaler;
+    ``enabled`` None: on CUDA only."""
+    if not (device.type == "cuda" if enabled is None else enabled):
         return contextlib.nullcontext, False
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return (lambda: torch.autocast("cuda", dtype=dtype)), dtype == torch.float16
+    if dtype is not None:
+        chosen = getattr(torch, dtype)
+    else:
+        chosen = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+    return (lambda: torch.autocast(device.type, dtype=chosen)), chosen == torch.float16
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -438,12 +451,12 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
     teacher = build_teacher(lead, data.num_classes, teacher_weights, device)
     if teacher is not None:
         teacher.tap(sorted({stage for m in methods.values() if m.needs.teacher for stage in m.needs.teacher_stages}))
-        if device.type == "cuda" and options.channels_last:
+        if _channels_last(options, device):
             teacher.to(memory_format=torch.channels_last)
     eval_batch = max(recipe.batch_size, 256)
     val_loader = _loader(_shard(data.val), eval_batch, workers, device) if len(data.val) else None
     test_loader = _loader(_shard(data.test), eval_batch, workers, device)
-    autocast, _ = _autocast(device, options.amp)
+    autocast, _ = _autocast(device, options.amp, options.amp_dtype)
     teacher_train_logits = None
     if teacher is not None and any(m.needs.teacher_train_logits for m in methods.values()):
         teacher_train_logits = _predict(teacher, _loader(open_data(lead, options, augment=False).train, eval_batch, workers, device), device)
@@ -494,7 +507,7 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
         batches = _mixed(batches, mixer, data_stream)
         epoch_start = time.perf_counter()
         _train_epoch(epoch, batches, sampler, teacher, active, stacks, autocast, device,
-                     options.progress and distributed.is_main())
+                     options.progress and distributed.is_main(), _channels_last(options, device))
         epoch_seconds = time.perf_counter() - epoch_start
         for trainee in active:
             if trainee.error is None:
@@ -554,7 +567,7 @@ def _mixed(batches: Iterator[tuple[Any, Tensor, Tensor]], mixer: Any, stream: Rn
 def _train_epoch(epoch: int, batches: Iterator[tuple[Any, Tensor, Tensor, Tensor | None]], sampler: EpochBatches,
                  teacher: Backbone | None, trainees: list[Trainee], stacks: list[StudentStack],
                  autocast: Callable[[], contextlib.AbstractContextManager], device: torch.device,
-                 show_progress: bool) -> None:
+                 show_progress: bool, channels_last: bool | None = None) -> None:
     for trainee in trainees:
         trainee.model.train()
         trainee.method.train()
@@ -562,9 +575,10 @@ def _train_epoch(epoch: int, batches: Iterator[tuple[Any, Tensor, Tensor, Tensor
     bar = _progress(batches, steps, f"{trainees[0].spec.describe()} epoch {epoch}", show_progress)
     for step, (images, labels, index, mixed_targets) in enumerate(bar):
         images, weak_images = images if isinstance(images, (tuple, list)) else (images, None)
-        batch = Batch(_to_device(images, device), labels.to(device, non_blocking=True), index.to(device, non_blocking=True),
+        batch = Batch(_to_device(images, device, channels_last), labels.to(device, non_blocking=True),
+                      index.to(device, non_blocking=True),
                       mixed_targets=None if mixed_targets is None else mixed_targets.to(device, non_blocking=True),
-                      weak_images=None if weak_images is None else _to_device(weak_images, device))
+                      weak_images=None if weak_images is None else _to_device(weak_images, device, channels_last))
         check = (step + 1) % CHECK_EVERY == 0 or step + 1 == steps
         share = len(labels) / sampler.global_size(step) if distributed.active() else 1.0
         cohort_step(batch, teacher, trainees, epoch, step / steps, autocast, share, stacks)
@@ -855,7 +869,7 @@ def make_trainee(spec: RunSpec, run_dir: Path, method: Method, num_classes: int,
                           f"set the recipe's mixup_alpha and cutmix_alpha to 0 for run '{spec.describe()}'")
     seed_everything(spec.seed)  # each run's initialisation as if it were trained alone
     model = distributed.sync_batchnorm(create_model(spec.student, num_classes=num_classes), device).to(device)
-    if device.type == "cuda" and options.channels_last:
+    if _channels_last(options, device):
         model.to(memory_format=torch.channels_last)
     model.tap(method.needs.stages)
     probe = _to_device(probe, device)
@@ -872,7 +886,7 @@ def make_trainee(spec: RunSpec, run_dir: Path, method: Method, num_classes: int,
     if options.compile:
         model.compile()
     optimizer = _optimizer(spec.recipe, list(model.parameters()) + list(method.parameters()))
-    scaler = torch.amp.GradScaler("cuda") if _autocast(device, options.amp)[1] else None
+    scaler = torch.amp.GradScaler(device.type) if _autocast(device, options.amp, options.amp_dtype)[1] else None
     return Trainee(spec, run_dir, model, method, optimizer, scaler)
 
 
