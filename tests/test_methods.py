@@ -397,7 +397,7 @@ def np_haar2(x):
 def test_freekd_golden_2x2():
     s, t = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[0.0, 2.0], [5.0, 1.0]])
     (ll_s, det_s), (ll_t, det_t) = np_haar2(s), np_haar2(t)
-    expect_high = sum(abs(ds - dt).item() for ds, dt in zip(det_s, det_t))
+    expect_high = np.mean([abs(ds - dt).item() for ds, dt in zip(det_s, det_t)])  # mean over orientations
     expect_low = abs(ll_s - ll_t).item()
     st, tt = torch.tensor(s[None, None]), torch.tensor(t[None, None])
     assert freekd_loss(st, tt, levels=1).item() == pytest.approx(expect_high)
@@ -414,9 +414,9 @@ def test_freekd_golden_4x4_teacher_energy_mask():
     per_band = [np.mean([np.mean(mask * abs(det_s[ch][k] - det_t[ch][k])) for ch in range(2)]) for k in range(3)]
     st, tt = torch.tensor(s[None]), torch.tensor(t[None])
     got = freekd_loss(st, tt, levels=1, mask="teacher_energy")
-    assert got.item() == pytest.approx(sum(per_band), rel=1e-9)
+    assert got.item() == pytest.approx(np.mean(per_band), rel=1e-9)
     plain = [np.mean([np.mean(abs(det_s[ch][k] - det_t[ch][k])) for ch in range(2)]) for k in range(3)]
-    assert freekd_loss(st, tt, levels=1).item() == pytest.approx(sum(plain), rel=1e-9)
+    assert freekd_loss(st, tt, levels=1).item() == pytest.approx(np.mean(plain), rel=1e-9)
 
 
 def test_freekd_setup_projects_and_resizes():
@@ -425,7 +425,7 @@ def test_freekd_setup_projects_and_resizes():
     assert method.needs.stages == ()
     method.setup(context_for(student, teacher, torch.arange(4)))
     assert method.levels == {"feature_map": 2}
-    conv = method.projectors["feature_map"][0]
+    conv = method.projectors["feature_map"]
     assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (6, 8, (1, 1))
     staged = create_method("freekd", stages=["stage2"], levels=3)
     assert staged.needs.stages == ("stage2",)
@@ -611,7 +611,8 @@ def test_defaults_follow_methods_md():
     pcd = create_method("pcd").hparams
     assert (pcd.stages, pcd.temperature, pcd.alpha, pcd.w_ce, pcd.warmup, pcd.variant) == (3, 4.0, 1.0, 1.0, 20, "paper")
     freekd = create_method("freekd").hparams
-    assert (freekd.stages, freekd.levels, freekd.mu, freekd.w_low, freekd.mask) == (None, None, 1.0, 0.0, "none")
+    assert (freekd.stages, freekd.levels, freekd.mu, freekd.w_low, freekd.mask, freekd.warmup) == (
+        None, None, 1.0, 0.0, "none", 20)
     crd = create_method("crd").hparams
-    assert (crd.feat_dim, crd.num_negatives, crd.temperature, crd.momentum, crd.w_crd, crd.mode) == (
-        128, 16384, 0.07, 0.5, 0.8, "bank")
+    assert (crd.feat_dim, crd.num_negatives, crd.temperature, crd.momentum, crd.w_crd, crd.mode, crd.warmup) == (
+        128, 16384, 0.07, 0.5, 0.8, "bank", 0)
