@@ -75,14 +75,15 @@ def require(sinks: Sequence[str]) -> tuple[Sink, ...]:
 
 
 def run_name(spec: RunSpec, run_dir: Path) -> str:
-    """``dataset/teacher-student/label/seed<k>``; the label is read from the suite's manifest."""
-    label = spec.method
+    """``dataset/teacher-student/label/seed<k>``; label and pair are read from the suite's
+    manifest (a student without distillation belongs to its suite's pair too)."""
+    pair = f"{spec.teacher.model}→{spec.student}" if spec.teacher is not None else spec.student
+    job = {"label": spec.method, "pair": pair}
     manifest = Path(run_dir).parent.parent / "manifest.json"
     if manifest.exists():
         jobs = {job["run_id"]: job for job in json.loads(manifest.read_text()).get("jobs", [])}
-        label = jobs.get(spec.run_id, {}).get("label", label)
-    pair = f"{spec.teacher.model}-{spec.student}" if spec.teacher is not None else spec.student
-    return f"{spec.dataset.name}/{pair}/{label}/seed{spec.seed}"
+        job = jobs.get(spec.run_id, job)
+    return f"{spec.dataset.name}/{job['pair'].replace('→', '-')}/{job['label']}/seed{spec.seed}"
 
 
 def tag(key: str) -> str:

@@ -18,13 +18,14 @@ from kdbench.training import EngineOptions, train_run
 
 SPEC = RunSpec(dataset=DataSpec(name="digits", options={"image_size": 8}), student="resnet8", method="none",
                recipe=Recipe(epochs=3, batch_size=128, lr=0.05), seed=4)
-NAME = "digits/resnet8/plain/seed4"  # dataset/pair/label/seed, the label from the manifest
+NAME = "digits/resnet14-resnet8/plain/seed4"  # dataset/pair/label/seed: the suite's pair and label
 
 
 def suite_folder(root: Path) -> Path:
-    """A run folder inside a suite folder whose manifest labels the run ``plain``."""
+    """A run folder inside a suite folder whose manifest lists the run (no teacher) as
+    ``plain`` in the pair resnet14→resnet8."""
     records.write_json(root / "manifest.json", {"suite": "s", "jobs": [
-        {"run_id": SPEC.run_id, "label": "plain", "pair": "resnet8", "role": "student", "dataset": "digits", "seed": 4}]})
+        {"run_id": SPEC.run_id, "label": "plain", "pair": "resnet14→resnet8", "role": "student", "dataset": "digits", "seed": 4}]})
     return root / "runs" / SPEC.run_id
 
 
