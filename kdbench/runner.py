@@ -40,7 +40,7 @@ from .errors import ConfigError, DataError, MachineError
 from .progress import Running, TimeLeft, Work, duration
 from .results import MANIFEST, RUNS, legacy_message, legacy_runs, load_manifest
 from .runs import (FAILED, CohortOutOfMemory, CorruptResultsFile, as_machine_error, ensure_runs, finished_record,
-                   read_run_file)
+                   read_run_file, set_aside_unsound_weights)
 from .spec import RunSpec
 from .suite import Job, Suite
 from .training import EngineOptions, cohort_key, resolve_device
@@ -422,12 +422,15 @@ class Scheduler:
 
     def run(self) -> Outcome:
         pending: list[Job] = []
+        teachers = {d for job in self.jobs for d in job.depends_on}
         for job in self.jobs:
             status = status_of(self.runs, job.run_id)
             if status == "corrupt":
                 for corrupt in corrupt_run_files(self.runs / job.run_id):
                     set_aside(corrupt.path, str(corrupt))
                 status = status_of(self.runs, job.run_id)
+            if status == "done" and job.run_id in teachers and set_aside_unsound_weights(self.runs / job.run_id):
+                status = status_of(self.runs, job.run_id)  # its students need its weights: it trains again
             if status == "done":
                 self.outcome.skipped.append(job.run_id)
             elif status == "failed" and not self.options.retry_failed:

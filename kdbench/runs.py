@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from . import distributed, records
-from .checkpoints import set_aside
-from .errors import ConfigError, KDBenchError, MachineError
+from .checkpoints import safe_load, set_aside
+from .errors import CheckpointError, ConfigError, KDBenchError, MachineError
 from .spec import RunSpec
 from .training import EngineOptions, train_cohort
 
@@ -97,6 +97,23 @@ def finished_record(out: Path, run_id: str) -> dict[str, Any] | None:
     except CorruptResultsFile as exc:
         set_aside(path, str(exc))
         return None
+
+
+def set_aside_unsound_weights(run_dir: Path) -> bool:
+    """A finished run whose ``weights.pt`` is missing or cannot be read (a teacher that its
+    students load) has its record and weights set aside, so that it is trained again;
+    returns whether it had."""
+    weights, record = Path(run_dir) / records.WEIGHTS, Path(run_dir) / records.RECORD
+    try:
+        if not weights.exists():
+            raise CheckpointError(f"checkpoint '{weights}' is missing")
+        safe_load(weights)
+    except CheckpointError as exc:
+        if weights.exists():
+            set_aside(weights, str(exc))
+        set_aside(record, f"{record} has no sound weights ({exc})")
+        return True
+    return False
 
 
 def as_machine_error(error: BaseException) -> BaseException:

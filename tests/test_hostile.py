@@ -159,6 +159,8 @@ def test_a_corrupt_record_is_named_set_aside_and_its_run_done_again(finished_sui
     kd = next(j for j in suite.jobs if j.label == "kd")
     record = runs / kd.run_id / "record.json"
     record.write_text(record.read_text()[:100])  # cut short, as by a full disk
+    teacher = next(j for j in suite.jobs if j.is_teacher)
+    (runs / teacher.run_id / "weights.pt").write_bytes(b"PK\x03\x04")  # what the students load
     (runs / "stray").mkdir()
     (runs / "stray" / "record.json").write_bytes(b"\x00\xff garbage")
     assert status_of(runs, kd.run_id) == "corrupt"
@@ -169,7 +171,9 @@ def test_a_corrupt_record_is_named_set_aside_and_its_run_done_again(finished_sui
     assert len(frame) == 2 and kd.run_id not in set(frame.run_id)
     lines: list[str] = []
     outcome = run_suite(suite, quiet(lines, out=results))
-    assert outcome.finished == [kd.run_id] and len(outcome.skipped) == 2
+    assert sorted(outcome.finished) == sorted([teacher.run_id, kd.run_id]) and len(outcome.skipped) == 1
+    assert len(list((runs / teacher.run_id).glob("weights.pt.corrupt-*"))) == 1
+    assert len(list((runs / teacher.run_id).glob("record.json.corrupt-*"))) == 1
     assert read_run_file(record)["status"] == "finished"
     aside = list((runs / kd.run_id).glob("record.json.corrupt-*"))
     assert len(aside) == 1 and len(aside[0].read_text()) == 100  # kept as it was
