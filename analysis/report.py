@@ -252,7 +252,7 @@ def caption(name: str, manifest: dict[str, Any], n_seeds: int, summary: pd.DataF
 def _significance_text(manifest: dict[str, Any], summary: pd.DataFrame) -> str:
     reference = display_name(reference_label(manifest))
     if not summary["paired_n"].notna().any():
-        return f"No paired comparison: the reference {reference} is not in this suite."
+        return f"No paired comparison: the reference {reference} has no finished run in this suite."
     text = f"†: differs from {reference} at p < {SIGNIFICANCE} ({TEST_NAME} over seeds)."
     if not (summary["paired_n"].dropna() >= MIN_PAIRS).any():
         text += f" No cell has {MIN_PAIRS} paired seeds, so none is tested."
@@ -394,7 +394,7 @@ def _latex(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest: di
 def _latex_paired(summary: pd.DataFrame, name: str, manifest: dict[str, Any]) -> str:
     compared = summary[summary["paired_n"].notna()]
     if compared.empty:
-        return f"% No paired comparison in suite {name}: the reference {reference_label(manifest)} is not in it.\n"
+        return f"% No paired comparison in suite {name}: the reference {reference_label(manifest)} has no finished run.\n"
     header, body, rules, first_control = _grid(compared, 0, False, tex=True, cell_text=lambda r: paired_text(r, tex=True))
     if first_control is not None:
         body.insert(first_control, [f"\\multicolumn{{{len(header[0])}}}{{l}}{{\\textit{{Controls}}}}"])

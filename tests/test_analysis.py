@@ -372,6 +372,20 @@ def test_report_last_epoch_rule_and_transpose_from_the_command_line(tmp_path):
     _compile(tmp_path / "out" / "table.tex")
 
 
+def test_report_without_its_reference_says_so(results, tmp_path):
+    suite_dir = tmp_path / "fixture"
+    shutil.copytree(results, suite_dir, ignore=shutil.ignore_patterns("report", "spectra"))
+    manifest = json.loads((suite_dir / "manifest.json").read_text())
+    (suite_dir / "manifest.json").write_text(json.dumps(manifest | {"reference": "dkd"}))
+    write_report(suite_dir)
+    out = suite_dir / "report"
+    assert "No paired comparison: the reference DKD has no finished run in this suite." in (out / "table.md").read_text()
+    assert "## Paired differences" not in (out / "table.md").read_text()
+    assert (out / "paired.tex").read_text().startswith("% No paired comparison")
+    assert all(r["paired_n"] == "" for r in csv.DictReader((out / "summary.csv").open()))
+    assert "the reference DKD has no finished run" in (out / "report.html").read_text()
+
+
 # --- report.html ----------------------------------------------------------------------------
 
 
