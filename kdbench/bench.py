@@ -2,7 +2,12 @@
 
 (a) Per-method step time: one optimisation step of the student (the training loop's own
     step: student forward, the method's loss, backward, SGD step) for every method, on a
-    teacher output computed once, as a ratio to KD's.
+    teacher output computed once, as a ratio to KD's. Each round times KD and every
+    method back to back (``torch.utils.benchmark.Timer.blocked_autorange``, blocks of
+    calls filling ROUND_SECONDS, in an order rotated from round to round) and takes each
+    method's ratio to KD in that round, so that the machine's drift between rounds cancels;
+    rounds go on until every ratio's interquartile range is within RATIO_SPREAD of its
+    median (or ROUNDS_AT_MOST), and the ratios are printed with that range.
 (b) Cohort: every method as one cohort (one teacher forward per batch) against the same
     runs one by one. With t the teacher forward and s_i each student's step, one by one
     costs Σ(t + s_i) and a cohort t + Σs_i: the bound on the speed-up is printed beside
@@ -28,7 +33,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from unittest import mock
@@ -77,6 +82,59 @@ def interleaved(contenders: dict[str, Callable[[], None]], device: torch.device,
         for name, fn in contenders.items():
             samples[name].append(_seconds_per_call(fn, device, calls[name]))
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+RATIO_SPREAD = 0.05  # (a): relative interquartile range of every ratio to stop at
+ROUNDS_AT_MOST = 30
+
+
+@dataclass
+class StepRatio:
+    seconds: float  # median seconds per step over the rounds
+    ratio: float  # median over the rounds of the round's ratio to the reference
+    low: float  # first and third quartile of those ratios
+    high: float
+    rounds: int
+
+
+def step_ratios(contenders: dict[str, Callable[[], None]], reference: str, steps: int | None, rounds: int,
+                ) -> dict[str, StepRatio]:
+    """(a): each contender's seconds per call and ratio to ``reference`` (see the module
+    docstring). With ``steps`` given, exactly ``rounds`` rounds of that many calls each."""
+    from torch.utils.benchmark import Timer
+
+    timers = {name: Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+              for name, fn in contenders.items()}
+    for fn in contenders.values():
+        fn()  # warm-up: allocator, cuDNN autotuning, lazy init
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    ratios: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for round_ in range(rounds if steps else ROUNDS_AT_MOST):
+        order = names[round_ % len(names):] + names[:round_ % len(names)]
+        this_round = {name: (timers[name].timeit(steps) if steps else
+                             timers[name].blocked_autorange(min_run_time=ROUND_SECONDS)).median for name in order}
+        for name, value in this_round.items():
+            seconds[name].append(value)
+            ratios[name].append(value / this_round[reference])
+        if not steps and round_ + 1 >= rounds and all(_spread(r) <= RATIO_SPREAD for r in ratios.values()):
+            break
+    result = {}
+    for name in names:
+        low, _, high = _quartiles(ratios[name])
+        result[name] = StepRatio(statistics.median(seconds[name]), statistics.median(ratios[name]), low, high,
+                                 len(ratios[name]))
+    return result
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    return tuple(statistics.quantiles(values, n=4, method="inclusive")) if len(values) > 1 else (values[0],) * 3
+
+
+def _spread(values: list[float]) -> float:
+    """Interquartile range relative to the median."""
+    low, median, high = _quartiles(values)
+    return (high - low) / median
 
 
 LARGE_TEACHER, LARGE_STUDENT = "timm:resnet34", "timm:resnet18"  # the fine-grained suite's pair
@@ -148,7 +206,7 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
             f"      folder loader (PIL, 0 workers)          {rates['folder']:8,.0f} images/s\n"
             f"      prepared store, batch crop on {device.type:<5}  {rates['store']:8,.0f} images/s "
             f"({rates['store'] / rates['folder']:.1f}x the folder)\n"
-            f"      {teacher_name} → {student_name} KD step  {step_rate:8,.0f} images/s\n"
+            f"      {teacher_name} → {student_name} KD step  {step_rate:8,.{0 if step_rate >= 10 else 2}f} images/s\n"
             f"      preparing the store took {prepare_seconds:.1f} s (once per set)")
     return {"large_folder_images_per_s": rates["folder"], "large_store_images_per_s": rates["store"],
             "large_kd_images_per_s": step_rate, "large_prepare_seconds": prepare_seconds}
@@ -172,6 +230,8 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     teacher_ref = TeacherRef(model=teacher_name, checkpoint="random")
 
     created = {name: create_method(name) for name in methods}
+    if any(m.needs.weak_view for m in created.values()):  # MLKD: a second view of the batch
+        batch = replace(batch, weak_images=_to_device(torch.randn_like(images), device))
     teacher.tap(sorted({stage for m in created.values() if m.needs.teacher for stage in m.needs.teacher_stages}))
     context = partial(TrainContext, num_classes, train_labels, 240, 0,
                       teacher_train_logits=torch.randn(num_samples, num_classes))
@@ -188,11 +248,12 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
 
     with torch.no_grad(), autocast():
         teacher_out = teacher(batch.images)
+        teacher_weak = teacher(batch.weak_images) if batch.weak_images is not None else None
 
     def student_step(name: str) -> None:
         trainee = trainees[name]
         with trainee.rng.active():
-            _step(trainee, batch, teacher_out, 1, 0.0, autocast)
+            _step(trainee, batch, teacher_out, 1, 0.0, autocast, teacher_weak=teacher_weak)
 
     def alone(name: str) -> None:
         cohort_step(batch, teacher, [trainees[name]], 1, 0.0, autocast)
@@ -201,10 +262,19 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
             f"{num_classes} classes, {device} ({torch.get_num_threads()} threads), median of {rounds} rounds × "
             f"{steps or f'{ROUND_SECONDS} s of'} steps")
 
-    # (a) + (b): the teacher forward, every student's step, every run alone (its step after
-    # a teacher forward, if it needs one), the cohort, the cohort stacked
+    # (a) every student's step, against KD's
+    reference = "kd" if "kd" in trainees else next(iter(trainees))
+    measured = step_ratios({name: partial(student_step, name) for name in trainees}, reference, steps, rounds)
+    step_seconds = {name: m.seconds for name, m in measured.items()}
+    printer(f"\n(a) student step per method (a run alone costs this plus the teacher forward, if it has one); "
+            f"ratio to {reference}: median of {measured[reference].rounds} rounds' ratios [interquartile range]")
+    printer(f"    {'method':<10} {'step ms':>9} {'vs ' + reference:>7}  spread")
+    for name, m in measured.items():
+        printer(f"    {name:<10} {m.seconds * 1e3:9.1f} {m.ratio:6.2f}x  [{m.low:.2f}–{m.high:.2f}]")
+
+    # (b): the teacher forward, every run alone (its step after a teacher forward, if it
+    # needs one), the cohort, the cohort stacked
     contenders: dict[str, Callable[[], None]] = {"teacher forward": teacher_forward}
-    contenders.update({f"step {name}": partial(student_step, name) for name in trainees})
     contenders.update({f"alone {name}": partial(alone, name) for name in trainees})
     cohort = list(trainees.values())
     stacks = student_stacks(cohort, num_classes, replace(options, stack_students=True))
@@ -212,13 +282,6 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     contenders["stacked cohort"] = lambda: cohort_step(batch, teacher, cohort, 1, 0.0, autocast, stacks=stacks)
     times = interleaved(contenders, device, steps, rounds)
     t = times["teacher forward"]
-    step_seconds = {name: times[f"step {name}"] for name in trainees}
-    reference = step_seconds.get("kd")
-    printer("\n(a) student step per method (a run alone costs this plus the teacher forward, if it has one)")
-    printer(f"    {'method':<10} {'step ms':>9} {'vs kd':>7}")
-    for name, seconds in step_seconds.items():
-        ratio = f"{seconds / reference:6.2f}x" if reference else "   n/a"
-        printer(f"    {name:<10} {seconds * 1e3:9.1f} {ratio}")
     one_by_one = sum(times[f"alone {name}"] for name in trainees)
     bound = sum(s + (t if trainees[name].method.needs.teacher else 0.0) for name, s in step_seconds.items()) / (
         t + sum(step_seconds.values()))
@@ -275,5 +338,6 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
         printer(f"\n(d) KD step: harness {overhead['harness'] * 1e3:.1f} ms, minimal PyTorch loop "
                 f"{overhead['minimal'] * 1e3:.1f} ms ({(ratio - 1) * 100:+.1f}%)")
         result["harness_overhead"] = ratio - 1
-    result.update({f"step_ratio_{name}": s / reference for name, s in step_seconds.items() if reference})
+    result.update({f"step_ratio_{name}": m.ratio for name, m in measured.items()})
+    result.update({f"step_ratio_iqr_{name}": m.high - m.low for name, m in measured.items()})
     return result
