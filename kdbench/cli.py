@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     outcome = run_suite(suite, options)
     if args.dry_run:
-        return 0
+        return 0 if outcome.ok else 1  # a script checking a suite learns of missing inputs
     directory = suite_dir(suite, options)
     print(f"[{suite.name}] {len(outcome.finished)} trained, {len(outcome.skipped)} already done, "
           f"{len(outcome.failed)} failed; results in {directory}")

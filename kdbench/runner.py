@@ -232,10 +232,11 @@ class Outcome:
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # finished before this call, or by another runner
+    missing: list[str] = field(default_factory=list)  # inputs a dry run found missing (a run raises DataError)
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.missing
 
 
 def suite_dir(suite: Suite, options: RunnerOptions) -> Path:
@@ -387,7 +388,7 @@ def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
         say(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" (results in {directory})")
         for problem in problems:
             say(f"missing: {problem}")
-        return Outcome()
+        return Outcome(missing=problems)
     if problems:
         raise DataError("cannot run, inputs are missing:\n  " + "\n  ".join(problems))
     if suite.file.executor.kind != "slurm":  # the nodes' devices are not the login node's

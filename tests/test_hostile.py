@@ -416,3 +416,13 @@ def test_yaml_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
     text = SUITE_TEXT.replace("recipe: {epochs: 1, batch_size: 256}",
                               "base: &base {epochs: 1, batch_size: 256}\nrecipe: {<<: *base, epochs: 2}")
     assert yaml.load(text, Loader=UniqueKeyLoader)["recipe"] == {"epochs": 2, "batch_size": 256}
+
+
+def test_a_dry_run_that_finds_inputs_missing_exits_1(tmp_path: Path, capsys) -> None:
+    suite = yaml.safe_load(SUITE_TEXT)
+    suite["pairs"][0]["teacher_checkpoint"] = str(tmp_path / "absent.pt")
+    path = write_suite(tmp_path, suite)
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 1
+    assert f"missing: teacher resnet14: checkpoint {tmp_path / 'absent.pt'} does not exist" in capsys.readouterr().out
+    assert main(["run", str(write_suite(tmp_path, yaml.safe_load(SUITE_TEXT))), "--out", str(tmp_path / "out"),
+                 "--dry-run"]) == 0
