@@ -18,8 +18,8 @@ log-probability here is a difference of logsumexps over gathered classes: no log
 for any logit scale.
 
 ``logit_stand`` (LSKD, see methods/kd.py) z-scores both logit vectors before everything
-above; LSKD's CIFAR-100 DKD runs use base T 2 and multiply α and β by its KD weight
-(9 to 18 by pair; e.g. α 9, β 72 for resnet32x4→resnet8x4).
+above; LSKD's CIFAR-100 DKD runs use base T 2 (3 on two pairs) and multiply α and β by its
+KD weight (9 to 18 by pair; e.g. α 9, β 72 for resnet32x4→resnet8x4; suites/cifar100.yaml).
 """
 
 from typing import Literal
