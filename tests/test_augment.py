@@ -139,6 +139,15 @@ def test_augment_enters_the_run_id_and_old_booleans_still_load():
     assert old.run_id == spec.replace(recipe=Recipe(augment="none")).run_id
 
 
+def test_a_suite_written_with_the_old_boolean_still_loads(tmp_path):
+    from kdbench.suite import load_suite
+
+    path = tmp_path / "old.yaml"
+    path.write_text("name: old\nrecipe: {epochs: 1, augment: false}\ndatasets: {digits: {}}\n"
+                    "pairs: [{dataset: digits, teacher: resnet14, student: resnet8}]\nmethods: {kd: {}}\n")
+    assert {job.spec.recipe.augment for job in load_suite(path).jobs} == {"none"}
+
+
 def stream_batches(images, labels):
     yield images, labels, torch.arange(len(labels))
 
