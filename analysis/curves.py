@@ -7,7 +7,8 @@
   does not squeeze its 4-epoch students into a corner, and a loss term of 10 does not
   flatten another method's terms of 1. The two panels of a method share their epochs.
 - ``teacher_gap``: student − teacher test top-1 per method (bars, mean ± std over seeds),
-  grouped by dataset and pair; negative bars are students below their teacher.
+  grouped by dataset and pair; negative bars are students below their teacher; a control
+  (the summary's ``control`` column) is hatched and named as one.
 """
 
 from __future__ import annotations
@@ -94,18 +95,23 @@ def plot_teacher_gap(summary: pd.DataFrame, stem: Path) -> list[Path]:
     cols = list(dict.fromkeys(zip(students["dataset"], students["pair"])))
     methods = list(dict.fromkeys(students["label"]))
     width = 0.8 / len(methods)
-    fig, axes = style.figure(style.DOUBLE if len(cols) > 2 else style.SINGLE, aspect=0.45 if len(cols) > 2 else 0.8)
+    wide = len(cols) > 2
+    fig, axes = style.figure(style.DOUBLE if wide else style.SINGLE, aspect=0.45 if wide else 0.8)
     ax = axes[0, 0]
     for k, label in enumerate(methods):
         mine = students[students["label"] == label].set_index(["dataset", "pair"])
         x = [i + (k - (len(methods) - 1) / 2) * width for i, c in enumerate(cols) if c in mine.index]
         present = [c for c in cols if c in mine.index]
         gap = [mine.loc[c, "mean"] - teachers.loc[c] for c in present]
+        control = bool(mine["control"].iloc[0]) if "control" in mine else False
         ax.bar(x, gap, width, yerr=np.nan_to_num([mine.loc[c, "std"] for c in present]), color=style.color(label),
-               label=style.display_name(label), error_kw={"linewidth": 0.8})
+               label=style.display_name(label) + (" (control)" if control else ""), hatch="///" if control else None,
+               edgecolor="white" if control else None, linewidth=0, error_kw={"linewidth": 0.8})
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(cols)), [f"{d}\n{p}" for d, p in cols])
     ax.set_ylabel("student − teacher test top-1 (pp)")
     ax.grid(axis="x", visible=False)
-    ax.legend(ncols=min(4, len(methods)), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    # above the panel, as wide as the figure: a legend wider than its axes would narrow them
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside upper center", ncols=min(4 if wide else 2, len(methods)))
     return style.save(fig, stem)
