@@ -2,7 +2,9 @@
 (installed as kdbench.analysis).
 
 - ``report``: ``kdbench report RESULTS_DIR``: mean ± std over seeds as LaTeX (booktabs),
-  Markdown and CSV, training curves and the teacher–student gap (``write_report``).
+  Markdown and CSV, paired differences to the suite's reference, the controls block,
+  training curves and the teacher–student gap (``write_report``); ``stats``: the paired
+  t-test; ``html``: the same as one self-contained ``report.html``.
 - ``spectra``: ``kdbench spectra RESULTS_DIR``: wavelet band energies of teacher and student
   test logits under FiGKD's class orders (``write_spectra``).
 - ``ablation``: ``kdbench ablate SUITE``: the Optuna study of a suite's ``ablation:`` block
