@@ -67,7 +67,6 @@ OFFICIAL_COUNTS: dict[str, tuple[int, int]] = {
 SPLITS = ("train", "test")
 PARALLEL_FROM = 256  # smaller sets are decoded in this process: starting workers costs more
 IMAGES, INDEX = "images.u8", "index.json"
-STORE_ROOT_NOTE = "Stores live in $KDBENCH_PREPARED, else in kdbench-prepared/ inside the data root."
 
 
 def store_root(data_root: Path) -> Path:
