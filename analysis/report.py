@@ -67,7 +67,6 @@ from .runs import (
     columns,
     labels,
     paper_key,
-    selection_column,
     suite_runs,
 )
 from .stats import MIN_PAIRS, NOT_COMPUTABLE, SIGNIFICANCE, TEST_NAME, paired_difference
