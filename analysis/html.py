@@ -118,7 +118,10 @@ def _run(suite_dir: Path, run: Any) -> dict[str, Any]:
     spec, metrics = None, []
     for name in (records.RECORD, FAILED, records.SPEC):
         if (run_dir / name).exists():
-            saved = records.read_json(run_dir / name)
+            try:
+                saved = records.read_json(run_dir / name)
+            except ValueError:  # corrupt: results.load_results has warned about it
+                continue
             spec = saved.get("spec", saved if name == records.SPEC else None)
             metrics = saved.get("metrics") or records.read_metrics(run_dir)
             break

@@ -63,7 +63,7 @@ def read_run_file(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise CorruptResultsFile(path, "not text (binary garbage)") from None
     except json.JSONDecodeError as exc:
-        raise CorruptResultsFile(path, f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}; "
+        raise CorruptResultsFile(path, f"not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno}; "
                                    "cut short or overwritten)") from None
     if not isinstance(payload, dict):
         raise CorruptResultsFile(path, f"holds a JSON {type(payload).__name__}, not a run's record")

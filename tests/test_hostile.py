@@ -169,6 +169,8 @@ def test_a_corrupt_record_is_named_set_aside_and_its_run_done_again(finished_sui
     messages = " | ".join(str(w.message) for w in caught)
     assert f"{kd.run_id}/record.json: not valid JSON" in messages and "stray/record.json: not " in messages
     assert len(frame) == 2 and kd.run_id not in set(frame.run_id)
+    with pytest.warns(UserWarning, match="left out of the results"):
+        assert main(["report", str(results / "tiny")]) == 0  # the report of what is sound
     lines: list[str] = []
     outcome = run_suite(suite, quiet(lines, out=results))
     assert sorted(outcome.finished) == sorted([teacher.run_id, kd.run_id]) and len(outcome.skipped) == 1
