@@ -20,6 +20,7 @@ A suite file::
       kd: {temperature: 4}
       figkd_random: {method: figkd, class_order: random,  # a label that is not a method names one
                      control: "class order"}             # a control: reported apart, saying what it isolates
+      mlkd_strong: {method: mlkd, recipe: {augment: strong}}  # the label's own recipe, applied last
     reference: kd                     # the label every other is compared with, paired by seed
     paper:                            # published numbers, printed beside ours by reports
       digits/resnet20/resnet8: {kd: 90.1}
@@ -110,6 +111,8 @@ class SuiteFile(Strict):
 # Keys of a ``methods:`` entry that describe the label rather than set a hyperparameter.
 METHOD = "method"
 CONTROL = "control"
+RECIPE = "recipe"  # recipe overrides of one label (in ``methods`` or in a pair's ``hparams``), applied last
+META = (METHOD, CONTROL, RECIPE)
 
 
 @dataclass(frozen=True)
@@ -348,10 +351,16 @@ def _expand(suite: Suite, text: str) -> list[Job]:
                 teacher_ref = TeacherRef(model=pair.teacher, run_id=teacher_spec.run_id)
                 teacher_deps = (teacher_spec.run_id,)
             for label, base in file.methods.items():
-                hparams = {k: v for k, v in {**base, **pair.hparams.get(label, {})}.items() if k not in (METHOD, CONTROL)}
+                overrides = pair.hparams.get(label, {})
+                hparams = {k: v for k, v in {**base, **overrides}.items() if k not in META}
+                label_recipe = recipe
+                if RECIPE in base or RECIPE in overrides:
+                    loc = ["pairs", i, "hparams", label, RECIPE] if RECIPE in overrides else ["methods", label, RECIPE]
+                    label_recipe = _recipe(suite, text, loc, file.recipe, entry.recipe, pair.recipe,
+                                           base.get(RECIPE, {}), overrides.get(RECIPE, {}))
                 try:
                     spec = RunSpec(dataset=data, student=pair.student, method=method_of[label], hparams=hparams,
-                                   teacher=teacher_ref, recipe=recipe, seed=file.seeds[0])
+                                   teacher=teacher_ref, recipe=label_recipe, seed=file.seeds[0])
                     needs_teacher = create_method(spec.method, **spec.hparams).needs.teacher
                 except KDBenchError as exc:
                     loc = ["pairs", i, "hparams", label] if label in pair.hparams else ["methods", label]

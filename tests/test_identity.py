@@ -139,3 +139,11 @@ def test_a_folder_from_before_content_ids_is_neither_reused_nor_mixed(tmp_path):
         run_suite(suite, RunnerOptions(out=tmp_path / "out", printer=lambda *a: None))
     assert list((tmp_path / "out" / "ids" / "runs").iterdir()) == [old]  # nothing trained or written
     assert load_results(tmp_path / "out" / "ids").empty
+
+
+def test_a_label_recipe_applies_last_and_enters_the_id(tmp_path):
+    suite = load_suite(write_suite(tmp_path, {"kd": {}, "kd_strong": {"method": "kd", "recipe": {"augment": "strong"}}}))
+    by_label = {j.label: j.spec for j in suite.jobs}
+    assert by_label["kd_strong"].recipe.augment == "strong" and by_label["kd"].recipe.augment == "standard"
+    assert by_label["kd_strong"].recipe.batch_size == 32  # the suite's recipe below the label's
+    assert by_label["kd_strong"].run_id != by_label["kd"].run_id
