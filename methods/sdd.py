@@ -24,8 +24,8 @@ on 7×7 maps (every 224-px ResNet): adaptive pooling 7→4 uses the overlapping 
 rows/columns 0-1, 1-3, 3-5 and 5-6, so the code's 2×2 cells and its "global" 1×1 cell weight
 the map unevenly (row 0 by 1/8, row 1 by 5/24, row 2 by 1/12, ...), and that global region
 differs from the global average pool that gives the model's logits (which the code still
-uses for CE, as kdbench does). The code knows only scales (1, 2, 4),
-(1, 2) and (1), so ``official_code`` accepts no other scale.
+uses for CE, as kdbench does). The code knows only scales (1, 2, 4), (1, 2) and (1), so
+``official_code`` accepts no other scale.
 
 Warm-up of SD-DKD (``warmup``, read only with base dkd). The paper states a 30-epoch linear
 warm-up for all experiments; the released code differs by script: ``train_origin.py`` (the
