@@ -7,7 +7,8 @@
     calls filling ROUND_SECONDS, in an order rotated from round to round) and takes each
     method's ratio to KD in that round, so that the machine's drift between rounds cancels;
     rounds go on until every ratio's interquartile range is within RATIO_SPREAD of its
-    median (or ROUNDS_AT_MOST), and the ratios are printed with that range.
+    median (or ROUNDS_AT_MOST, or SECONDS_AT_MOST), and the ratios are printed with that
+    range.
 (b) Cohort: every method as one cohort (one teacher forward per batch) against the same
     runs one by one. With t the teacher forward and s_i each student's step, one by one
     costs Σ(t + s_i) and a cohort t + Σs_i: the bound on the speed-up is printed beside
@@ -87,6 +88,7 @@ def interleaved(contenders: dict[str, Callable[[], None]], device: torch.device,
 
 RATIO_SPREAD = 0.05  # (a): relative interquartile range of every ratio to stop at
 ROUNDS_AT_MOST = 30
+SECONDS_AT_MOST = 180.0  # (a) stops adding rounds after this long (a busy machine never settles)
 
 
 @dataclass
@@ -111,6 +113,7 @@ def step_ratios(contenders: dict[str, Callable[[], None]], reference: str, steps
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     ratios: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
+    start = time.perf_counter()
     for round_ in range(rounds if steps else ROUNDS_AT_MOST):
         order = names[round_ % len(names):] + names[:round_ % len(names)]
         this_round = {name: (timers[name].timeit(steps) if steps else
@@ -118,7 +121,8 @@ def step_ratios(contenders: dict[str, Callable[[], None]], reference: str, steps
         for name, value in this_round.items():
             seconds[name].append(value)
             ratios[name].append(value / this_round[reference])
-        if not steps and round_ + 1 >= rounds and all(_spread(r) <= RATIO_SPREAD for r in ratios.values()):
+        settled = all(_spread(r) <= RATIO_SPREAD for r in ratios.values())
+        if not steps and round_ + 1 >= rounds and (settled or time.perf_counter() - start > SECONDS_AT_MOST):
             break
     result = {}
     for name in names:
