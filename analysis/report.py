@@ -79,8 +79,8 @@ RULES = tuple(SELECTION_COLUMN)  # best_val, last
 DAGGER = {"tex": "$^\\dagger$", "md": "†"}
 SUMMARY_COLUMNS = ["dataset", "pair", "label", "role", "control", "mean", "std", "n",
                    *(f"{stat}_{rule}" for rule in RULES for stat in ("mean", "std")),
-                   "seeds", "failed", "missing", "paper", "delta_paper", "reference", "paired_n", "diff_mean",
-                   "diff_ci_low", "diff_ci_high", "t", "p_value", "significant"]
+                   "seeds", "failed", "missing", "paper", "delta_paper", "augment", "augment_note", "reference",
+                   "paired_n", "diff_mean", "diff_ci_low", "diff_ci_high", "t", "p_value", "significant"]
 
 
 def reference_label(manifest: dict[str, Any]) -> str:
@@ -110,9 +110,25 @@ def run_table(suite_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     for rule, column in SELECTION_COLUMN.items():
         frame[f"value_{rule}"] = frame[TEACHER_VALUE].where(teacher, frame[column]).where(finished)
     frame["value"] = frame[f"value_{manifest.get('selection', 'best_val')}"]
+    frame["augment"] = augmentation(frame)
     frame = pd.concat([frame, _checkpoint_teachers(frame)], ignore_index=True)
     return frame[["run_id", "dataset", "pair", "label", "role", "seed", "status", "value", "value_best_val",
-                  "value_last", "error"]], manifest
+                  "value_last", "augment", "error"]], manifest
+
+
+def augmentation(frame: pd.DataFrame) -> pd.Series:
+    """Each run's training augmentation in words (``standard``, ``strong``, ``standard +
+    mixup α=0.2``), from its recipe; missing for a run with no record."""
+    def words(row: pd.Series) -> Any:
+        kind = row.get("spec.recipe.augment")
+        if pd.isna(kind):
+            return None
+        kind = {True: "standard", False: "none"}.get(kind, kind)  # records of kdbench 0.1
+        mixing = [f"{name} α={row.get(f'spec.recipe.{name}_alpha'):g}" for name in ("mixup", "cutmix")
+                  if row.get(f"spec.recipe.{name}_alpha", 0) and not pd.isna(row.get(f"spec.recipe.{name}_alpha"))]
+        return " + ".join([kind, *mixing])
+
+    return frame.apply(words, axis=1) if len(frame) else pd.Series(dtype=object)
 
 
 def _checkpoint_teachers(frame: pd.DataFrame) -> pd.DataFrame:
@@ -132,6 +148,7 @@ def _checkpoint_teachers(frame: pd.DataFrame) -> pd.DataFrame:
 def summarise(runs: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFrame:
     """One row per (dataset, pair, label) cell; the columns of ``summary.csv``."""
     reference, controlled = reference_label(manifest), controls(manifest)
+    usual = usual_augmentation(runs)
     rows = []
     for dataset, pair in columns(runs):
         paper = manifest.get("paper", {}).get(paper_key(dataset, pair), {})
@@ -148,7 +165,10 @@ def summarise(runs: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFrame:
                    "seeds": " ".join(str(int(s)) for s in sorted(done["seed"].dropna())),
                    "failed": int((cell["status"] == "failed").sum()),
                    "missing": int((cell["status"] == "missing").sum()),
-                   "paper": paper.get(label, math.nan)}
+                   "paper": paper.get(label, math.nan),
+                   "augment": " / ".join(sorted(set(cell["augment"].dropna())))}
+            # a cell trained otherwise than the rest of the table, or mixing augmentations, says so
+            row["augment_note"] = f"[aug: {row['augment']}]" if row["augment"] and row["augment"] != usual else ""
             row["delta_paper"] = row["mean"] - row["paper"]
             if row["role"] != "teacher" and label != reference and baseline:
                 test = paired_difference(_by_seed(cell), baseline)
@@ -162,6 +182,12 @@ def summarise(runs: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFrame:
     summary["rank"] = ranked.groupby(["dataset", "pair"])["rounded"].rank(method="dense", ascending=False).astype("Int64")
     summary["selection"] = manifest.get("selection", "best_val")
     return summary
+
+
+def usual_augmentation(runs: pd.DataFrame) -> str | None:
+    """The augmentation most student runs trained with (the table's default)."""
+    students = runs.loc[runs["role"] != "teacher", "augment"].dropna()
+    return students.mode().iloc[0] if len(students) else None
 
 
 def _ordered(found: list[str], controlled: dict[str, str]) -> list[str]:
@@ -237,6 +263,12 @@ def caption(name: str, manifest: dict[str, Any], n_seeds: int, summary: pd.DataF
             f"from. For each dataset and pair the best method is bold and the second underlined. "
             f"[n=k]: only k of {n_seeds} runs finished.")
     text += " " + _significance_text(manifest, summary)
+    notes = summary.loc[summary["augment_note"] != "", "augment_note"]
+    usual = summary.loc[(summary["role"] != "teacher") & (summary["augment_note"] == "") & (summary["augment"] != ""),
+                        "augment"]
+    if len(usual):
+        text += (f" Training augmentation: {usual.iloc[0]}"
+                 + (", except where a cell says [aug: …]." if len(notes) else " for every run."))
     controlled = controls(manifest)
     if controlled:
         text += (" Controls (not ranked), below the methods: "
@@ -301,7 +333,7 @@ def _cell(row: pd.Series | None, n_seeds: int, tex: bool) -> str:
             text += f"{{\\scriptsize$\\pm${row['std']:.2f}}}" if tex else f" ± {row['std']:.2f}"
         if _is_true(row["significant"]):
             text += DAGGER["tex" if tex else "md"]
-    extras = []
+    extras = [row["augment_note"]] if row["augment_note"] else []
     if row["role"] != "teacher" and row["n"] < n_seeds:
         extras.append(f"[n={row['n']}]")
     if not math.isnan(row["paper"]):

@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 from kdbench.analysis.report import write_report
+from kdbench.analysis.style import display_name
 from kdbench.analysis.spectra import write_spectra
 
 from kdbench import list_methods, records
@@ -788,3 +789,24 @@ def test_shipped_ablation_suite_is_valid():
     ablation = load_ablation(Path(__file__).resolve().parents[1] / "suites" / "ablation_figkd.yaml")
     assert ablation.template.spec.method == "figkd" and ablation.template.spec.dataset.name == "synthetic-fg"
     assert {p.name for p in ablation.space} >= {"wavelet", "level", "temperature", "w_kd"}
+
+
+def test_a_cell_trained_with_other_augmentation_is_marked(tmp_path):
+    suite_dir = make_results(tmp_path)
+    marked = METHODS[-1]
+    manifest = json.loads((suite_dir / "manifest.json").read_text())
+    for job in manifest["jobs"]:
+        path = suite_dir / "runs" / job["run_id"] / "record.json"
+        if job["label"] == marked and path.exists():
+            record = json.loads(path.read_text())
+            record["spec"]["recipe"].update(augment="strong", mixup_alpha=0.2)
+            path.write_text(json.dumps(record))
+    write_report(suite_dir, tmp_path / "out")
+    table = (tmp_path / "out" / "table.md").read_text()
+    main_table = table.split("## Paired")[0]
+    rows = {line.split("|")[1].strip(): line for line in main_table.splitlines() if line.startswith("|")}
+    assert all("[aug: strong + mixup α=0.2]" in line for name, line in rows.items() if name == display_name(marked))
+    assert sum("[aug:" in line for line in rows.values()) == 1
+    assert "Training augmentation: standard, except where a cell says [aug: …]." in table
+    summary = {(r["dataset"], r["label"]): r for r in csv.DictReader((tmp_path / "out" / "summary.csv").open())}
+    assert {r["augment"] for (_, label), r in summary.items() if label == marked} == {"strong + mixup α=0.2"}
