@@ -26,6 +26,7 @@ A suite file::
       digits/resnet20/resnet8: {kd: 90.1}
     executor: {kind: local, workers: 2}  # processes_per_job: 4 trains each job on 4 GPUs
     method_files: [my_methods/]       # extra method files to load (paths relative to the suite)
+    track: [tensorboard]              # stream every epoch to TensorBoard and/or wandb (kdbench.tracking)
 
 Errors name the file, the key path, the line where known, and a suggestion.
 """
