@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import gc
 import os
+import re
 import signal
 import threading
 import time
@@ -329,17 +330,32 @@ def check_data(jobs: Iterable[Job], data_root: str | None) -> list[str]:
     return list(problems.values())
 
 
-def check_teachers(jobs: Iterable[Job]) -> list[str]:
-    """One message per teacher checkpoint file that does not exist."""
+def check_teachers(jobs: Iterable[Job], suite: Suite | None = None) -> list[str]:
+    """One message per teacher checkpoint file that does not exist, naming the suite's
+    ``pairs.N.teacher_checkpoint`` and its line when ``suite`` is given."""
     missing = {}
     for job in jobs:
         teacher = job.spec.teacher
         if teacher is not None and teacher.checkpoint and not Path(teacher.checkpoint).is_file():
-            missing[teacher.checkpoint] = (
-                f"teacher {teacher.model}: checkpoint {teacher.checkpoint} does not exist "
-                "(set the variables its path names, e.g. KDBENCH_CHECKPOINTS, or fix teacher_checkpoint)"
-            )
+            unset = re.findall(r"\$\{?([A-Za-z_]\w*)", teacher.checkpoint)  # expandvars leaves unset ones as they are
+            fix = (f"its path names ${unset[0]}, which is not set here: export {unset[0]}=<folder> first" if unset
+                   else "fix teacher_checkpoint, or set the variables its path names (e.g. KDBENCH_CHECKPOINTS)")
+            missing[teacher.checkpoint] = (f"{_pair_key(suite, teacher.model, teacher.checkpoint)}teacher "
+                                           f"{teacher.model}: checkpoint {teacher.checkpoint} does not exist; {fix}")
     return list(missing.values())
+
+
+def _pair_key(suite: Suite | None, model: str, checkpoint: str) -> str:
+    """'<suite file> (line N): 'pairs.i.teacher_checkpoint': ' of the pair naming this
+    teacher checkpoint (matched by model and file name), or ''."""
+    pairs = suite.file.pairs if suite is not None else []
+    for index, pair in enumerate(pairs):
+        raw = pair.teacher_checkpoint
+        if pair.teacher == model and raw and Path(os.path.expandvars(raw)).name == Path(checkpoint).name:
+            text = suite.path.read_text()
+            line = f" (line {text.count(chr(10), 0, text.find(raw)) + 1})" if raw in text else ""
+            return f"{suite.path}{line}: 'pairs.{index}.teacher_checkpoint': "
+    return ""
 
 
 def status_of(runs: Path, run_id: str) -> str:
@@ -378,7 +394,7 @@ def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
     jobs = select_jobs(suite, options)
     engine = replace(options.engine, data_root=options.engine.data_root or suite.file.data_root,
                      subset=SMOKE_SAMPLES if options.smoke else options.engine.subset)
-    problems = check_data(jobs, engine.data_root) + check_teachers(jobs)
+    problems = check_data(jobs, engine.data_root) + check_teachers(jobs, suite)
     if options.dry_run:
         counts: dict[str, int] = {}
         for job in jobs:

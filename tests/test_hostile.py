@@ -425,6 +425,12 @@ def test_a_dry_run_that_finds_inputs_missing_exits_1(tmp_path: Path, capsys) -> 
     suite["pairs"][0]["teacher_checkpoint"] = str(tmp_path / "absent.pt")
     path = write_suite(tmp_path, suite)
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 1
-    assert f"missing: teacher resnet14: checkpoint {tmp_path / 'absent.pt'} does not exist" in capsys.readouterr().out
+    assert (f"missing: {path} (line 15): 'pairs.0.teacher_checkpoint': teacher resnet14: checkpoint "
+            f"{tmp_path / 'absent.pt'} does not exist; fix teacher_checkpoint") in capsys.readouterr().out
+    suite["pairs"][0]["teacher_checkpoint"] = "$KDBENCH_UNSET_FOLDER/resnet14.pt"
+    path = write_suite(tmp_path, suite)
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 1
+    assert ("resnet14.pt does not exist; its path names $KDBENCH_UNSET_FOLDER, which is not set here: export "
+            "KDBENCH_UNSET_FOLDER=<folder> first") in capsys.readouterr().out
     assert main(["run", str(write_suite(tmp_path, yaml.safe_load(SUITE_TEXT))), "--out", str(tmp_path / "out"),
                  "--dry-run"]) == 0
