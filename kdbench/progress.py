@@ -7,10 +7,15 @@ since (start-up, the teacher's forward and the per-epoch evaluation included). T
 - a running job's time left: its seconds per epoch × the epochs it has left, less the
   time since its last epoch, plus the time jobs took after their last epoch (the final
   evaluation, the files);
-- a queued job's time: its epochs × its runs at the seconds per run-epoch observed on jobs
-  of its kind (same data set, batch size, role and models); of a kind not seen yet, at
-  the seconds per run-sample of every job seen so far, times its data set's samples per
-  epoch when a job on that set reported them (else per run-epoch).
+- a queued job's time: its epochs × its cost at the seconds per cost-epoch observed on
+  jobs of its kind (same data set, batch size, role and models); of a kind not seen yet,
+  at the seconds per cost-sample of every job seen so far, times its data set's samples
+  per epoch when a job on that set reported them (else per cost-epoch).
+
+A job's cost is what one sample costs it in parameters touched: the teacher's forward
+(once for the cohort) plus three times (forward and backward) each student's parameter
+count; a proxy for its FLOPs, which within the zoo's families (ResNets, WRNs at one
+resolution) follow the parameters to a few per cent.
 
 The jobs then go onto the runner's slots as the runner would start them: each as soon
 as a slot is free and the teachers it waits for have finished. Until one job has finished
@@ -31,7 +36,7 @@ class Work:
     key: str  # identifies the job (its first run id)
     kind: str  # jobs of one kind train at one speed per run-epoch
     dataset: str
-    runs: int  # runs trained together
+    cost: float  # per sample: teacher forward + 3 × each student's parameters (see above)
     epochs: int  # epochs each run trains in all
     depends_on: frozenset[str] = frozenset()  # keys of the jobs it waits for
     produces: frozenset[str] = frozenset()  # what other jobs' depends_on name it by (its run ids)
@@ -55,7 +60,7 @@ class TimeLeft:
     """Rates observed so far, and the estimate they give; pure (times are passed in)."""
 
     slots: int
-    per_run_epoch: dict[str, float] = field(default_factory=dict)  # kind → seconds per run-epoch
+    per_cost_epoch: dict[str, float] = field(default_factory=dict)  # kind → seconds per cost-epoch
     samples_per_epoch: dict[str, float] = field(default_factory=dict)  # data set → samples one run sees per epoch
     _by_job: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # job key → (kind, dataset, rate)
     _tails: list[float] = field(default_factory=list)  # finished jobs' seconds from their last epoch to their end
@@ -73,15 +78,15 @@ class TimeLeft:
             return
         if job.finished:
             self._tails.append(max(0.0, job.elapsed - job.last_epoch_at))
-        rate = job.last_epoch_at / job.epochs_done / job.work.runs
+        rate = job.last_epoch_at / job.epochs_done / job.work.cost
         self._by_job[job.work.key] = (job.work.kind, job.work.dataset, rate)
         rates = [r for kind, _, r in self._by_job.values() if kind == job.work.kind]
-        self.per_run_epoch[job.work.kind] = statistics.median(rates)
+        self.per_cost_epoch[job.work.kind] = statistics.median(rates)
 
-    def run_epoch_seconds(self, work: Work) -> float | None:
-        """Seconds per run-epoch expected of ``work``, None without any basis."""
-        if work.kind in self.per_run_epoch:
-            return self.per_run_epoch[work.kind]
+    def cost_epoch_seconds(self, work: Work) -> float | None:
+        """Seconds per cost-epoch expected of ``work``, None without any basis."""
+        if work.kind in self.per_cost_epoch:
+            return self.per_cost_epoch[work.kind]
         if not self._by_job:
             return None
         per_sample = [rate / self.samples_per_epoch[dataset] for _, dataset, rate in self._by_job.values()
@@ -96,8 +101,8 @@ class TimeLeft:
         if job.epochs_done >= 1 and job.last_epoch_at > 0:
             per_epoch = job.last_epoch_at / job.epochs_done
             return max(0.0, per_epoch * left + self.tail - (job.elapsed - job.last_epoch_at))
-        rate = self.run_epoch_seconds(job.work)
-        return None if rate is None else max(0.0, rate * job.work.runs * left + self.tail - job.elapsed)
+        rate = self.cost_epoch_seconds(job.work)
+        return None if rate is None else max(0.0, rate * job.work.cost * left + self.tail - job.elapsed)
 
     def estimate(self, running: list[Running], queued: list[Work]) -> float | None:
         """Seconds until the last job finishes, None until there is a basis: the running
@@ -117,11 +122,11 @@ class TimeLeft:
         heapq.heapify(free)
         end = max(free, default=0.0)
         for work in _in_dependency_order(queued):
-            rate = self.run_epoch_seconds(work)
+            rate = self.cost_epoch_seconds(work)
             assert rate is not None  # a basis exists
             slot_free = heapq.heappop(free)
             start = max([slot_free, *(finish.get(name, 0.0) for name in work.depends_on)])
-            done = start + rate * work.runs * work.epochs + self.tail
+            done = start + rate * work.cost * work.epochs + self.tail
             heapq.heappush(free, done)
             finish.update({name: done for name in work.produces})
             end = max(end, done)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import gc
 import os
 import re
@@ -607,7 +608,9 @@ class Scheduler:
         dataset = spec.dataset.model_dump_json()
         models = sorted({(j.spec.student, j.spec.teacher.model if j.spec.teacher else "") for j in unit})
         kind = f"{'teacher' if unit[0].is_teacher else 'students'} {dataset} batch {spec.recipe.batch_size} {models}"
-        return Work(key=unit[0].run_id, kind=kind, dataset=dataset, runs=len(unit), epochs=spec.recipe.epochs,
+        teacher = next((j.spec.teacher.model for j in unit if j.spec.teacher), None)
+        cost = (_parameters(teacher) if teacher else 0) + 3 * sum(_parameters(j.spec.student) for j in unit)
+        return Work(key=unit[0].run_id, kind=kind, dataset=dataset, cost=cost, epochs=spec.recipe.epochs,
                     depends_on=frozenset(d for j in unit for d in j.depends_on),
                     produces=frozenset(j.run_id for j in unit))
 
@@ -658,6 +661,15 @@ class Scheduler:
 
 
 Slot = tuple[str, ...]  # the devices of one job, one process each
+
+
+@functools.cache
+def _parameters(model: str) -> int:
+    """A model's parameter count (at 10 classes: the head barely matters), the time
+    estimate's proxy for what a sample costs it."""
+    from .models import create_model
+
+    return sum(p.numel() for p in create_model(model, num_classes=10).parameters())
 
 
 def _epochs_done(runs: Path, unit: tuple[Job, ...]) -> int:

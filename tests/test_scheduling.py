@@ -61,8 +61,8 @@ def test_never_less_than_one_thread(cores):
 
 
 def _teacher_then_students(students: int = 4) -> tuple[Work, list[Work]]:
-    teacher = Work(key="t", kind="teacher", dataset="digits", runs=1, epochs=10, produces=frozenset({"t"}))
-    cohorts = [Work(key=f"s{i}", kind="students", dataset="digits", runs=2, epochs=4, depends_on=frozenset({"t"}),
+    teacher = Work(key="t", kind="teacher", dataset="digits", cost=1, epochs=10, produces=frozenset({"t"}))
+    cohorts = [Work(key=f"s{i}", kind="students", dataset="digits", cost=2, epochs=4, depends_on=frozenset({"t"}),
                     produces=frozenset({f"s{i}"})) for i in range(students)]
     return teacher, cohorts
 
@@ -77,14 +77,14 @@ def test_no_estimate_before_a_first_epoch():
 
 def test_a_lone_teacher_then_student_cohorts_on_two_slots():
     """A teacher at 6 s per epoch after 3 of its 10 epochs (18 s, 2 s ago): 7 × 6 - 2 = 40 s
-    left. Its students have no rate of their own, so the teacher's run-epoch (6 s) stands in:
-    a cohort of 2 runs × 4 epochs = 48 s; four cohorts on two slots, two rounds: 96 s."""
+    left. Its students have no rate of their own, so the teacher's cost-epoch (6 s) stands in:
+    a cohort of cost 2 × 4 epochs = 48 s; four cohorts on two slots, two rounds: 96 s."""
     teacher, students = _teacher_then_students()
     time_left = TimeLeft(slots=2)
     running = Running(teacher, elapsed=20.0, epochs_done=3, last_epoch_at=18.0)
     time_left.observe(running)
     assert time_left.estimate([running], students) == pytest.approx(40 + 96)
-    # the students' own rate once one cohort reports: 2 epochs in 8 s = 2 s per run-epoch
+    # the students' own rate once one cohort reports: 2 epochs in 8 s = 2 s per cost-epoch
     first = Running(students[0], elapsed=9.0, epochs_done=2, last_epoch_at=8.0)
     time_left.observe(first)
     # that cohort: 2 epochs × 4 s left, less the 1 s since its last epoch = 7 s; three more
@@ -99,24 +99,24 @@ def test_resumed_job_and_a_kind_not_seen_yet():
     resumed = Running(teacher, elapsed=10.0, epochs_done=1, epochs_before=8, last_epoch_at=10.0)
     time_left.observe(resumed)
     assert time_left.remaining(resumed) == pytest.approx(10)  # one epoch of 10 s left
-    # another data set, twice the samples per epoch: twice the seconds per run-epoch
-    other = Work(key="o", kind="other", dataset="cifar", runs=1, epochs=3)
+    # another data set, twice the samples per epoch: twice the seconds per cost-epoch
+    other = Work(key="o", kind="other", dataset="cifar", cost=1, epochs=3)
     time_left.samples_per_epoch.update({"digits": 1000, "cifar": 2000})
-    assert time_left.run_epoch_seconds(other) == pytest.approx(20)
+    assert time_left.cost_epoch_seconds(other) == pytest.approx(20)
     assert time_left.estimate([resumed], [other]) == pytest.approx(10 + 60)
 
 
 def test_jobs_waiting_for_a_queued_teacher_start_after_it():
     teacher, students = _teacher_then_students(2)
     time_left = TimeLeft(slots=3)
-    time_left.observe(Running(teacher, elapsed=1.0, epochs_done=1, last_epoch_at=1.0))  # 1 s per run-epoch
+    time_left.observe(Running(teacher, elapsed=1.0, epochs_done=1, last_epoch_at=1.0))  # 1 s per cost-epoch
     # the students come first in the queue but wait for the teacher: 10 s, then 8 s side by side
     assert time_left.estimate([], [*students, teacher]) == pytest.approx(18)
 
 
 def test_the_time_after_the_last_epoch_counts():
     """A finished teacher: 10 epochs in 10 s, then 3 s of final evaluation; its student
-    cohort (2 runs × 4 epochs at the fallback 1 s per run-epoch) takes 8 + 3 s."""
+    cohort (cost 2 × 4 epochs at the fallback 1 s per cost-epoch) takes 8 + 3 s."""
     teacher, students = _teacher_then_students(1)
     time_left = TimeLeft(slots=1)
     time_left.observe(Running(teacher, elapsed=13.0, epochs_done=10, last_epoch_at=10.0, finished=True))
