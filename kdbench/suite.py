@@ -229,7 +229,7 @@ def _explain(path: Path, text: str, exc: pydantic.ValidationError, raw: dict) ->
             hint = did_you_mean(str(loc[-1]), allowed) or f"; allowed: {', '.join(allowed)}"
             lines.append(f"{path}{where}: unknown key '{key}'{hint}")
         elif err["type"] == "missing":
-            lines.append(f"{path}: missing key '{key}'")
+            lines.append(f"{path}{_node_line(text, loc[:-1])}: missing key '{key}'; add it")
         else:
             lines.append(f"{path}{where}: '{key}': {err['msg']} (got {err.get('input')!r})")
     return "\n".join(dict.fromkeys(lines))
@@ -272,6 +272,21 @@ def _line_of(text: str, loc: list) -> str:
         position = match.start()
         line = text.count("\n", 0, position) + 1
     return f" (line {line})" if line else ""
+
+
+def _node_line(text: str, loc: list) -> str:
+    """' (line N)' of the YAML node at ``loc`` (mapping keys and list positions), or ''."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((value for key, value in node.value if key.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+        if node is None:
+            return ""
+    return f" (line {node.start_mark.line + 1})" if node is not None else ""
 
 
 def suite_error(suite: Suite, text: str, loc: list, message: str) -> KDBenchError:

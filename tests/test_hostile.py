@@ -398,6 +398,9 @@ methods:
      r"the last, so remove or merge one"),
     (("name: tiny", "name: tiny\nexecutor: {workers: 0}"),
      r"suite.yaml \(line 2\): 'executor.workers': Input should be greater than 0"),
+    (("  - {dataset: digits, teacher: resnet14, student: resnet8}",
+      "  - {dataset: digits, teacher: resnet14, student: resnet8}\n  - {dataset: digits, teacher: resnet14}"),
+     r"suite.yaml \(line 8\): missing key 'pairs.1.student'; add it"),
     (("name: tiny", "name: tiny\nmethod_files: [mine.py]"),
      r"suite.yaml \(line 2\): 'method_files.0': 'mine.py' does not exist \(looked for .*mine.py\); method files "
      r"are found relative to the suite file"),
