@@ -401,6 +401,8 @@ methods:
     (("  - {dataset: digits, teacher: resnet14, student: resnet8}",
       "  - {dataset: digits, teacher: resnet14, student: resnet8}\n  - {dataset: digits, teacher: resnet14}"),
      r"suite.yaml \(line 8\): missing key 'pairs.1.student'; add it"),
+    (("teacher: resnet14", "teacher: timm:resnet18x"),
+     r"suite.yaml \(line 7\): 'pairs.0.teacher': unknown model 'timm:resnet18x'"),
     (("name: tiny", "name: tiny\nmethod_files: [mine.py]"),
      r"suite.yaml \(line 2\): 'method_files.0': 'mine.py' does not exist \(looked for .*mine.py\); method files "
      r"are found relative to the suite file"),

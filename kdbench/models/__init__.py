@@ -39,7 +39,14 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def is_model(name: str) -> bool:
-    return name.startswith(TIMM_PREFIX) or name in MODELS
+    """A zoo model, or a timm architecture timm knows (``hf-hub:`` names are timm's to resolve)."""
+    if name.startswith(TIMM_PREFIX):
+        import timm
+        from timm.models import parse_model_name
+
+        source, timm_name = parse_model_name(name[len(TIMM_PREFIX):])
+        return source is not None or timm.is_model(timm_name)
+    return name in MODELS
 
 
 from . import cifar  # noqa: E402,F401  (registers the zoo)
