@@ -167,8 +167,9 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
                      steps: int | None, rounds: int, printer: Callable[[str], None], teacher_name: str = LARGE_TEACHER,
                      student_name: str = LARGE_STUDENT, image_size: int = LARGE_SIZE) -> dict[str, float]:
     """(c) at 224 px: a folder of ``images`` synthetic JPEGs read by the PIL folder loader and
-    from its prepared store (batch RandomResizedCrop on ``device``), in images/s, against
-    the fine-grained suite's ResNet34 → ResNet18 KD step."""
+    from its prepared store (item by item through the loader, and batch RandomResizedCrop on
+    ``device``), in images/s on one thread, against the fine-grained suite's ResNet34 →
+    ResNet18 KD step."""
     with tempfile.TemporaryDirectory(prefix="kdbench-bench-") as tmp, \
             mock.patch.dict(os.environ, {"KDBENCH_PREPARED": str(Path(tmp) / "prepared")}):
         root = Path(tmp)
@@ -192,8 +193,13 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
             for _ in resident.batches(sampler, RngStream(0, device)):
                 pass
 
-        epoch = interleaved({"folder": partial(loader_epoch, folder), "store items": partial(loader_epoch, store),
-                             "store": store_epoch}, device, 1, rounds)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # images/s per core, as a loader process runs (PIL decodes on one anyway)
+        try:
+            epoch = interleaved({"folder": partial(loader_epoch, folder), "store items": partial(loader_epoch, store),
+                                 "store": store_epoch}, device, 1, rounds)
+        finally:
+            torch.set_num_threads(threads)
         rates = {name: len(folder.train) / seconds for name, seconds in epoch.items()}
         teacher = create_model(teacher_name, num_classes=len(folder.classes)).to(device).eval().requires_grad_(False)
         kd = RunSpec(dataset=spec(options=folder_options), student=student_name, method="kd",
@@ -208,7 +214,8 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
         step = interleaved({"kd": lambda: cohort_step(batch, teacher, [trainee], 1, 0.0, autocast)}, device,
                            steps or 1, rounds)["kd"]
     step_rate = len(batch.labels) / step
-    printer(f"    {image_size} px, {images} synthetic JPEGs (CUB-sized), RandomResizedCrop + flip, batch {batch_size}:\n"
+    printer(f"    {image_size} px, {images} synthetic JPEGs (CUB-sized), RandomResizedCrop + flip, batch {batch_size}, "
+            f"data paths on one thread:\n"
             f"      folder loader (PIL, 0 workers)          {rates['folder']:8,.0f} images/s\n"
             f"      prepared store, loader (0 workers)      {rates['store items']:8,.0f} images/s\n"
             f"      prepared store, batch crop on {device.type:<5}  {rates['store']:8,.0f} images/s "
