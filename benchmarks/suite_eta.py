@@ -5,7 +5,10 @@ left, and how much of the machine's cores it left idle.
 
 Default suite: the quick suite. ``--rule per-worker`` shares the cores out as the runner
 did before ``core_plan`` (cores // workers for every job), for a before/after of the idle
-fraction: 1 - CPU seconds of the runner and its workers / (wall seconds × cores).
+fraction, measured two ways: 1 - CPU seconds of the runner and its workers / (wall
+seconds × cores), which other processes on a shared machine push up; and 1 - the threads
+the runner gave its jobs × the seconds they ran / (wall seconds × cores), the cores the
+schedule leaves unasked for, which they do not.
 Each estimate is printed with the truth (known once the suite ends) and their ratio; the
 target is a ratio within 1/1.5 .. 1.5 after each job's first epoch. A benchmark, not a
 test: on a shared machine the figures move with the load.
@@ -50,6 +53,18 @@ def main() -> None:
         schedulers.append(self)
 
     lines: list[tuple[float, str]] = []
+    threads: list[tuple[int, int]] = []  # per started job: (its unit's id, threads or loader processes)
+    finished: dict[int, float] = {}  # per unit id: when it ended
+    job_options, finish = Scheduler._job_options, Scheduler._finish
+
+    def noting_threads(self, slot, unit):
+        options = job_options(self, slot, unit)
+        threads.append((id(unit), options.threads or options.workers or 1))
+        return options
+
+    def noting_end(self, unit, handle):
+        finished[id(unit)] = time.time()
+        return finish(self, unit, handle)
     measured: list[bool] = []  # per estimate: had every running job finished an epoch since it started?
     estimate = TimeLeft.estimate
 
@@ -60,6 +75,8 @@ def main() -> None:
     cpu_before = _cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="kdbench-eta-") as tmp, \
             mock.patch.object(Scheduler, "__init__", keep), mock.patch.object(TimeLeft, "estimate", noting), \
+            mock.patch.object(Scheduler, "_job_options", noting_threads), \
+            mock.patch.object(Scheduler, "_finish", noting_end), \
             mock.patch.object(runner, "REPORT_SECONDS", args.report_seconds), \
             mock.patch.object(runner, "core_plan", per_worker if args.rule == "per-worker" else runner.core_plan):
         options = RunnerOptions(out=Path(args.out or tmp), engine=EngineOptions(progress=False),
@@ -74,6 +91,9 @@ def main() -> None:
           f"{duration(total)} wall (rule {args.rule})")
     print(f"CPU {cpu:.0f} s over {wall:.0f} s × {cores} cores: idle fraction {1 - cpu / (wall * cores):.2f}, "
           f"load {os.getloadavg()[0]:.2f} now (others' work shares the cores)")
+    asked = sum(n * (finished[unit] - scheduler.begun[unit][0]) for unit, n in threads if unit in finished)
+    print(f"threads × seconds given to jobs {asked:.0f} over {total:.0f} s × {cores} cores: "
+          f"unasked-for fraction {1 - asked / (total * cores):.2f}")
     print(f"{'at':>7} {'estimate':>11} {'truth':>7} {'ratio':>6}  every running job past its first epoch")
     ratios = []
     for (at, left), past_first in zip(scheduler.estimates, measured):
