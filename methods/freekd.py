@@ -12,8 +12,9 @@ maps go through a J-level 2-D Haar DWT (J = ``levels``, default min(2, ⌊log2 H
 As in the authors' code (Gumpest/FreeKD @ e0874f5, mmrazor/models/losses/freekd.py), each
 level's three orientations are one N×C×3×h×w tensor reduced by ``F.l1_loss`` (a mean), and
 the levels are summed; the loss weight is their config's 1 (``loss_weight=1``). The
-projector is their config's ``align_module`` of type ``conv2d``: a 1×1 convolution without
-normalisation. (Version 1 of this method summed the orientations and put a BatchNorm after
+projector is a plain 1×1 convolution: their configs name an ``align_module`` of type
+``conv2d`` (student → teacher channels), whose definition the release does not include, so
+"plain" is our reading; no normalisation. (Version 1 of this method summed the orientations and put a BatchNorm after
 the convolution; measured on the quick suite's synthetic-fg that tripled the loss and forced
 the projected student map to unit variance per channel where the teacher's final post-ReLU
 map has a median channel std of 0.32: the loss at initialisation was 3.2× that of
