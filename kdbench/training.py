@@ -79,8 +79,9 @@ class EngineOptions:
     amp_dtype: Literal["bfloat16", "float16"] | None = None  # None: bf16 unless a GPU lacks it
     channels_last: bool | None = None  # NHWC models and batches: None on CUDA only, True on the CPU too
     compile: bool = False  # torch.compile the student (CUDA; slow to start, faster to run)
-    # Keep an in-memory training set (the built-in sets, CIFAR-100) on the device and
-    # augment whole batches there instead of in loader processes; None: on CUDA only.
+    # Keep a training set held as pixels (the built-in sets, CIFAR-100, a prepared store) on
+    # the device and augment whole batches there instead of in loader processes; None: on
+    # CUDA only.
     device_data: bool | None = None
     progress: bool = True
     subset: int | None = None  # use only the first N samples of each split (smoke runs)

@@ -203,6 +203,13 @@ def test_corrupt_source_image_names_its_path(processes: bool, tmp_path: Path, mo
     assert list((tmp_path / "kdbench-prepared").glob("cub200-*/")) == []
 
 
+def test_a_read_only_store_root_says_how_to_move_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    options = noisy_layout("mit67", tmp_path)
+    monkeypatch.setenv("KDBENCH_PREPARED", "/proc/kdbench-prepared")  # cannot be created, even by root
+    with pytest.raises(DataError, match="cannot write a prepared store in /proc/kdbench-prepared .*KDBENCH_PREPARED"):
+        create_dataset("mit67", tmp_path, prepared=True, **options)
+
+
 def test_official_counts_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()  # the real table
     cub200_layout(tmp_path)

@@ -177,8 +177,13 @@ def prepare(listing: Listing, progress: bool = True) -> Path:
     """Make the store of ``listing`` unless it exists; returns its folder. Parallel callers wait
     for the first one's store instead of making their own."""
     directory = listing.directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with open(directory.with_name(directory.name + ".lock"), "w") as lock:
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(directory.with_name(directory.name + ".lock"), "w")
+    except OSError as e:
+        raise DataError(f"{listing.name}: cannot write a prepared store in {directory.parent} ({e}); set "
+                        "$KDBENCH_PREPARED to a writable folder") from e
+    with lock_file as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
