@@ -158,7 +158,8 @@ def _decoded(listing: Listing, progress: bool) -> Iterator[np.ndarray]:
         else:
             # forked, as DataLoader workers are: spawned ones would run the caller's script
             # again (which may be preparing this store), and decoding needs no CUDA
-            with multiprocessing.get_context("fork").Pool(os.cpu_count(), initializer=torch.set_num_threads,
+            processes = len(os.sched_getaffinity(0))  # the cores this process may use, not the machine's
+            with multiprocessing.get_context("fork").Pool(processes, initializer=torch.set_num_threads,
                                                           initargs=(1,)) as pool:
                 yield from _counted(pool.imap(_decode_task, tasks, chunksize=8), bar)
     finally:
