@@ -52,7 +52,7 @@ CenterCrop(224) for evaluation, ImageNet mean/std, scaled by their option ``imag
 RandomResizedCrop(224, ``crop_scale``, ``crop_ratio``) + flip instead (torchvision's
 defaults [0.08, 1] and [3/4, 4/3]). ``cub200``, ``stanford-dogs``, ``mit67`` and
 ``stanford40`` are also read from the ``{train,valid}`` / ``{train,test}`` ImageFolder
-trees prepared for FRSKD, CS-KD or L2T-ww (``kdbench.data.real.PREPARED_TREES``) where
+trees prepared for FRSKD, CS-KD or L2T-ww (``kdbench.data.real.REPOSITORY_TREES``) where
 their official split files are absent. Their option ``prepared: true`` reads the images
 from the set's prepared store instead of decoding JPEGs every epoch: decoded and resized
 once (short side 256 at 224 px), made on first use or by ``kdbench data prepare NAME``, and

@@ -155,7 +155,7 @@ def _file_splits(
 # - L2T-ww (alinlab/L2T-ww @ f4dde04, README.md and cub200.py / dog.py): train/ and test/
 #   written inside CUB_200_2011/ and dog/.
 # An official layout (its split files present) is read first; a tree only where it is absent.
-PREPARED_TREES = {
+REPOSITORY_TREES = {
     "cub200": ("CUB_200_2011", "CUB200"),
     "stanford-dogs": ("dogs", "STANFORD120", "dog", "StanfordDogs"),
     "mit67": ("mit67", "Indoor67", "indoor"),
@@ -165,17 +165,17 @@ TREE_TEST_FOLDERS = ("valid", "test")
 
 
 def _tree_note(dataset: str) -> str:
-    """How the ``how`` of a missing fine-grained set names the prepared trees it also reads."""
-    names = "|".join(PREPARED_TREES[dataset])
+    """How the ``how`` of a missing fine-grained set names the repositories' trees it also reads."""
+    names = "|".join(REPOSITORY_TREES[dataset])
     return f"Or give it as an ImageFolder tree <data root>/<{names}>/{{train,valid or test}}/<class>/."
 
 
 def _prepared_tree(root: Path, dataset: str) -> tuple[Path, Path] | None:
-    """(train, test) folders of the first of ``PREPARED_TREES[dataset]`` under ``root`` (any
+    """(train, test) folders of the first of ``REPOSITORY_TREES[dataset]`` under ``root`` (any
     case) that holds ``train/`` and ``valid/`` or ``test/``; None where there is none."""
     if not root.is_dir():
         return None
-    wanted = [name.lower() for name in PREPARED_TREES[dataset]]
+    wanted = [name.lower() for name in REPOSITORY_TREES[dataset]]
     folders = sorted(
         (d for d in root.iterdir() if d.is_dir() and d.name.lower() in wanted),
         key=lambda d: (wanted.index(d.name.lower()), d.name),
@@ -224,7 +224,7 @@ def cub200(
     ``images.txt`` (``<image id> <path under images/>``), ``image_class_labels.txt``
     (``<image id> <class id>``) and ``train_test_split.txt`` (``<image id> <1 train | 0
     test>``); ids are 1-based. 200 classes, 5994 train / 5794 test images. Without
-    ``images.txt``, a prepared tree (``PREPARED_TREES``) of folders ``001.Black_footed_Albatross``…"""
+    ``images.txt``, a tree laid out for FRSKD, CS-KD or L2T-ww (``REPOSITORY_TREES``) of folders ``001.Black_footed_Albatross``…"""
     base = root / "CUB_200_2011"
     recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
     if not (base / "images.txt").is_file() and (tree := _prepared_tree(root, "cub200")):
@@ -293,7 +293,7 @@ def stanford_dogs(
     the official ``train_list.mat`` / ``test_list.mat`` (lists.tar): a ``file_list`` cell
     array of paths under ``Images/`` and 1-based ``labels``. 120 breeds, 12000 train /
     8580 test images; class names are the breeds from the folder names. Without
-    ``train_list.mat``, a prepared tree (``PREPARED_TREES``) of ``<wnid>-<breed>`` folders."""
+    ``train_list.mat``, a tree laid out for FRSKD, CS-KD or L2T-ww (``REPOSITORY_TREES``) of ``<wnid>-<breed>`` folders."""
     base = root / "StanfordDogs"
     recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
     if not (base / "train_list.mat").is_file() and (tree := _prepared_tree(root, "stanford-dogs")):
@@ -357,7 +357,7 @@ def mit67(
     """MIT Indoor-67 from ``Indoor67/``: ``Images/<class>/*.jpg`` (indoorCVPR_09.tar) and the
     official ``TrainImages.txt`` / ``TestImages.txt``, one ``<class>/<file>`` per line.
     67 classes in sorted order, 5360 train / 1340 test images. Without ``TrainImages.txt``,
-    a prepared tree (``PREPARED_TREES``)."""
+    a tree laid out for FRSKD, CS-KD or L2T-ww (``REPOSITORY_TREES``)."""
     base = root / "Indoor67"
     recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
     if not (base / "TrainImages.txt").is_file() and (tree := _prepared_tree(root, "mit67")):
@@ -398,7 +398,7 @@ def stanford40(
     with ``actions.txt`` (a header line, then ``<action> <number of images>``) and
     ``<action>_train.txt`` / ``<action>_test.txt`` listing that action's file names.
     40 classes in the order of actions.txt, 4000 train / 5532 test images. Without
-    ``ImageSplits/actions.txt``, a prepared tree (``PREPARED_TREES``)."""
+    ``ImageSplits/actions.txt``, a tree laid out for FRSKD, CS-KD or L2T-ww (``REPOSITORY_TREES``)."""
     base = root / "Stanford40"
     recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
     if not (base / "ImageSplits" / "actions.txt").is_file() and (
