@@ -649,7 +649,8 @@ class Scheduler:
         processes = ProcessPoolExecutor(max_workers=len(self.slots), mp_context=get_context("spawn"))
 
         def submit_local(*args: Any) -> Handle:
-            with _sigint_ignored():  # inherited by the processes it starts: a Ctrl-C reaches only the runner
+            # both inherited by the processes it starts: a Ctrl-C reaches only the runner
+            with _sigint_ignored(), _passive_openmp():
                 return processes.submit(launch_cohort, *args)
 
         def close(stop: bool) -> None:
@@ -705,6 +706,15 @@ def _sigint_ignored() -> Any:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _passive_openmp() -> Any:
+    """OMP_WAIT_POLICY=PASSIVE for the worker processes started in the block, unless set.
+    OpenMP threads that spin while they wait for each other lose most of their time when
+    the machine has more runnable processes than cores: under a load of 7 on 2 cores one
+    epoch took 34-48 s on 2 threads against 5-11 s on 1; waiting passively, 4.5-4.8 s on
+    2. How threads wait does not change what they compute: records stay the same."""
+    return patch.dict(os.environ, {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")})
 
 
 def _stop_workers(pool: ProcessPoolExecutor, grace: float = 10.0) -> None:
