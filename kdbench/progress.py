@@ -1,12 +1,13 @@
 """The time a suite has left, estimated from what its own jobs have done.
 
 A job (a cohort: one process training its runs in lock-step) is measured by its own
-epochs: the seconds from its start to its last finished epoch, over the epochs it trained
-since (start-up, the teacher's forward and the per-epoch evaluation included). That gives
+epochs: its seconds per epoch (teacher forward and per-epoch evaluation included) from its
+first epoch's end to its last's, once it has two; its start-up (process, data, models)
+as the time to its first epoch's end less one epoch; its tail as the time from its last
+epoch to its end (final evaluation, files). That gives
 
-- a running job's time left: its seconds per epoch × the epochs it has left, less the
-  time since its last epoch, plus the time jobs took after their last epoch (the final
-  evaluation, the files);
+- a running job's time left: its seconds per epoch × the epochs it has left, plus the
+  jobs' tail seen so far, less the time since its last epoch;
 - a queued job's time: its epochs × its cost at the seconds per cost-epoch observed on
   jobs of its kind (same data set, batch size, role and models); of a kind not seen yet,
   at the seconds per cost-sample of every job seen so far, times its data set's samples
@@ -51,6 +52,7 @@ class Running:
     epochs_done: int = 0  # epochs it trained since it started
     epochs_before: int = 0  # epochs done before it started (resumed from a checkpoint)
     last_epoch_at: float = 0.0  # seconds since it started when its last epoch ended
+    first_epoch_at: float | None = None  # seconds since it started when its first epoch ended, if seen
     samples_per_epoch: float | None = None  # what one of its runs sees per epoch, once reported
     finished: bool = False  # ended ``elapsed`` seconds after it started
 
@@ -64,11 +66,25 @@ class TimeLeft:
     samples_per_epoch: dict[str, float] = field(default_factory=dict)  # data set → samples one run sees per epoch
     _by_job: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # job key → (kind, dataset, rate)
     _tails: list[float] = field(default_factory=list)  # finished jobs' seconds from their last epoch to their end
+    _startups: dict[str, float] = field(default_factory=dict)  # job key → seconds before its first epoch began
 
     @property
     def tail(self) -> float:
         """Seconds a job takes after its last epoch (final evaluation, files), as seen so far."""
         return statistics.median(self._tails) if self._tails else 0.0
+
+    @property
+    def startup(self) -> float:
+        """Seconds a job takes before its first epoch begins, as seen so far."""
+        return statistics.median(self._startups.values()) if self._startups else 0.0
+
+    @staticmethod
+    def epoch_seconds(job: Running) -> float:
+        """A job's seconds per epoch: between its first and last epochs' ends once it has
+        two, else to its first epoch's end from its start."""
+        if job.first_epoch_at is not None and job.epochs_done >= 2:
+            return (job.last_epoch_at - job.first_epoch_at) / (job.epochs_done - 1)
+        return job.last_epoch_at / job.epochs_done
 
     def observe(self, job: Running) -> None:
         """Learn from a job that finished at least one epoch (a finished job: all of them)."""
@@ -78,7 +94,10 @@ class TimeLeft:
             return
         if job.finished:
             self._tails.append(max(0.0, job.elapsed - job.last_epoch_at))
-        rate = job.last_epoch_at / job.epochs_done / job.work.cost
+        per_epoch = self.epoch_seconds(job)
+        if job.first_epoch_at is not None and job.epochs_done >= 2:
+            self._startups[job.work.key] = max(0.0, job.first_epoch_at - per_epoch)
+        rate = per_epoch / job.work.cost
         self._by_job[job.work.key] = (job.work.kind, job.work.dataset, rate)
         rates = [r for kind, _, r in self._by_job.values() if kind == job.work.kind]
         self.per_cost_epoch[job.work.kind] = statistics.median(rates)
@@ -99,10 +118,10 @@ class TimeLeft:
         """Seconds the running job has left."""
         left = job.work.epochs - job.epochs_before - job.epochs_done
         if job.epochs_done >= 1 and job.last_epoch_at > 0:
-            per_epoch = job.last_epoch_at / job.epochs_done
-            return max(0.0, per_epoch * left + self.tail - (job.elapsed - job.last_epoch_at))
+            return max(0.0, self.epoch_seconds(job) * left + self.tail - (job.elapsed - job.last_epoch_at))
         rate = self.cost_epoch_seconds(job.work)
-        return None if rate is None else max(0.0, rate * job.work.cost * left + self.tail - job.elapsed)
+        return None if rate is None else max(0.0, self.startup + rate * job.work.cost * left + self.tail
+                                             - job.elapsed)
 
     def estimate(self, running: list[Running], queued: list[Work]) -> float | None:
         """Seconds until the last job finishes, None until there is a basis: the running
@@ -126,7 +145,7 @@ class TimeLeft:
             assert rate is not None  # a basis exists
             slot_free = heapq.heappop(free)
             start = max([slot_free, *(finish.get(name, 0.0) for name in work.depends_on)])
-            done = start + rate * work.cost * work.epochs + self.tail
+            done = start + self.startup + rate * work.cost * work.epochs + self.tail
             heapq.heappush(free, done)
             finish.update({name: done for name in work.produces})
             end = max(end, done)

@@ -436,6 +436,7 @@ class Scheduler:
         self.started = time.time()
         self.time_left = TimeLeft(slots=len(self.slots))
         self.begun: dict[int, tuple[float, int]] = {}  # per running cohort: when it started, epochs done before
+        self.first_epoch: dict[int, float | None] = {}  # per running cohort: when its first epoch ended
         self.estimates: list[tuple[float, float | None]] = []  # (seconds since the start, estimated seconds left)
 
     def run(self) -> Outcome:
@@ -483,8 +484,10 @@ class Scheduler:
                                         str(self.runs), options, [str(p) for p in self.suite.method_files()])
                         running.append((handle, slot, ready))
                         self.begun[id(ready)] = (time.time(), _epochs_done(self.runs, ready))
+                        self.first_epoch.pop(id(ready), None)
                     elif ready:
                         units.append(ready)
+                self._note_first_epochs(running)
                 for entry in [e for e in running if e[0].done()]:
                     running.remove(entry)
                     handle, slot, unit = entry
@@ -602,6 +605,18 @@ class Scheduler:
             lines.append(f"    {job.describe()} {state}")
         self.say("\n".join(lines))
 
+    def _note_first_epochs(self, running: list[tuple[Handle, Slot, tuple[Job, ...]]]) -> None:
+        """When each running cohort's first epoch ended: its metrics files' time while they
+        hold that one epoch (polled every second; None if a second one came first)."""
+        for _, _, unit in running:
+            if id(unit) in self.first_epoch:
+                continue
+            started, before = self.begun[id(unit)]
+            rows = [len(records.read_metrics(self.runs / job.run_id)) for job in unit]
+            if min(rows) > before:
+                self.first_epoch[id(unit)] = (max((self.runs / job.run_id / records.METRICS).stat().st_mtime
+                                                  for job in unit) - started) if max(rows) == before + 1 else None
+
     def _work(self, unit: tuple[Job, ...]) -> Work:
         """The cohort as the time estimate sees it; its kind: role, data, batch and models."""
         spec = unit[0].spec
@@ -626,6 +641,7 @@ class Scheduler:
         latest = next((r[-1] for r in rows if r and r[-1].get("images_per_s")), None)
         return Running(self._work(unit), elapsed=now - started, epochs_done=max(0, epochs - before),
                        epochs_before=before, last_epoch_at=last - started, finished=finished,
+                       first_epoch_at=self.first_epoch.get(id(unit)),
                        samples_per_epoch=latest["images_per_s"] * latest["epoch_seconds"] if latest else None)
 
     def _executor(self) -> tuple[Callable[..., Handle], Callable[[], None]]:

@@ -122,3 +122,16 @@ def test_the_time_after_the_last_epoch_counts():
     time_left.observe(Running(teacher, elapsed=13.0, epochs_done=10, last_epoch_at=10.0, finished=True))
     assert time_left.tail == pytest.approx(3)
     assert time_left.estimate([], students) == pytest.approx(11)
+
+
+def test_start_up_is_told_apart_from_the_epochs():
+    """First epoch ends at 10 s, second at 14 s: 4 s per epoch and 6 s of start-up, which
+    a queued job pays once (6 + 3 × 4 = 18 s), not in every epoch."""
+    teacher, students = _teacher_then_students(1)
+    other = Work(key="t2", kind="teacher", dataset="digits", cost=1, epochs=3)
+    time_left = TimeLeft(slots=1)
+    running = Running(teacher, elapsed=15.0, epochs_done=2, last_epoch_at=14.0, first_epoch_at=10.0)
+    time_left.observe(running)
+    assert time_left.startup == pytest.approx(6) and TimeLeft.epoch_seconds(running) == pytest.approx(4)
+    assert time_left.remaining(running) == pytest.approx(8 * 4 - 1)
+    assert time_left.estimate([], [other]) == pytest.approx(18)
