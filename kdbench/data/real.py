@@ -170,7 +170,7 @@ def _tree_note(dataset: str) -> str:
     return f"Or give it as an ImageFolder tree <data root>/<{names}>/{{train,valid or test}}/<class>/."
 
 
-def _prepared_tree(root: Path, dataset: str) -> tuple[Path, Path] | None:
+def _repository_tree(root: Path, dataset: str) -> tuple[Path, Path] | None:
     """(train, test) folders of the first of ``REPOSITORY_TREES[dataset]`` under ``root`` (any
     case) that holds ``train/`` and ``valid/`` or ``test/``; None where there is none."""
     if not root.is_dir():
@@ -227,7 +227,7 @@ def cub200(
     ``images.txt``, a tree laid out for FRSKD, CS-KD or L2T-ww (``REPOSITORY_TREES``) of folders ``001.Black_footed_Albatross``…"""
     base = root / "CUB_200_2011"
     recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
-    if not (base / "images.txt").is_file() and (tree := _prepared_tree(root, "cub200")):
+    if not (base / "images.txt").is_file() and (tree := _repository_tree(root, "cub200")):
         return _tree_splits(
             "cub200", splitter, tree, lambda name: name.split(".", 1)[-1], image_size, recipe, root, prepared
         )
@@ -296,7 +296,7 @@ def stanford_dogs(
     ``train_list.mat``, a tree laid out for FRSKD, CS-KD or L2T-ww (``REPOSITORY_TREES``) of ``<wnid>-<breed>`` folders."""
     base = root / "StanfordDogs"
     recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
-    if not (base / "train_list.mat").is_file() and (tree := _prepared_tree(root, "stanford-dogs")):
+    if not (base / "train_list.mat").is_file() and (tree := _repository_tree(root, "stanford-dogs")):
         return _tree_splits(
             "stanford-dogs", splitter, tree, _breed, image_size, recipe, root, prepared
         )
@@ -360,7 +360,7 @@ def mit67(
     a tree laid out for FRSKD, CS-KD or L2T-ww (``REPOSITORY_TREES``)."""
     base = root / "Indoor67"
     recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
-    if not (base / "TrainImages.txt").is_file() and (tree := _prepared_tree(root, "mit67")):
+    if not (base / "TrainImages.txt").is_file() and (tree := _repository_tree(root, "mit67")):
         return _tree_splits("mit67", splitter, tree, str, image_size, recipe, root, prepared)
     how = (
         "Download indoorCVPR_09.tar, TrainImages.txt and TestImages.txt from "
@@ -402,7 +402,7 @@ def stanford40(
     base = root / "Stanford40"
     recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
     if not (base / "ImageSplits" / "actions.txt").is_file() and (
-        tree := _prepared_tree(root, "stanford40")
+        tree := _repository_tree(root, "stanford40")
     ):
         return _tree_splits("stanford40", splitter, tree, str, image_size, recipe, root, prepared)
     how = (
