@@ -136,6 +136,10 @@ class Method(nn.Module, ABC):
     def needs(self) -> Needs:
         return Needs()
 
+    def check_classes(self, num_classes: int) -> None:
+        """Raise ConfigError when the hyperparameters cannot work with ``num_classes``
+        classes; the runner asks before a suite trains anything. Most methods take any."""
+
     def setup(self, context: TrainContext) -> None:
         """Build the method's own modules; the default method has none."""
 

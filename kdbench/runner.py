@@ -316,18 +316,40 @@ def write_manifest(suite: Suite, jobs: list[Job], directory: Path) -> None:
     })
 
 
-def check_data(jobs: Iterable[Job], data_root: str | None) -> list[str]:
-    """One message per data set that cannot be opened."""
+def check_data(jobs: Iterable[Job], data_root: str | None) -> tuple[dict[str, int], list[str]]:
+    """The class count of each data set (by name), and one message per set that cannot be opened."""
     from .data import create_dataset
 
-    problems = {}
+    classes: dict[str, int] = {}
+    problems: dict[str, str] = {}
     for spec in {j.spec.dataset.model_dump_json(): j.spec for j in jobs}.values():
         if spec.dataset.name in problems:
             continue
         try:
-            create_dataset(spec.dataset.name, data_root, val_fraction=spec.dataset.val_fraction, **spec.dataset.options)
+            data = create_dataset(spec.dataset.name, data_root, val_fraction=spec.dataset.val_fraction, **spec.dataset.options)
         except DataError as exc:
             problems[spec.dataset.name] = str(exc) if str(exc).startswith(spec.dataset.name) else f"{spec.dataset.name}: {exc}"
+        else:
+            classes[spec.dataset.name] = data.num_classes
+    return classes, list(problems.values())
+
+
+def check_methods(jobs: Iterable[Job], classes: dict[str, int], suite: Suite) -> list[str]:
+    """One message per method label whose hyperparameters cannot work with its data set's
+    class count (``Method.check_classes``), naming the suite file, key and line."""
+    from .method import create_method
+    from .suite import suite_error
+
+    problems: dict[tuple[str, str], str] = {}
+    text = suite.path.read_text()
+    for job in jobs:
+        name, key = job.spec.dataset.name, (job.label, job.spec.dataset.name)
+        if job.is_teacher or name not in classes or key in problems:
+            continue
+        try:
+            create_method(job.spec.method, **job.spec.hparams).check_classes(classes[name])
+        except ConfigError as exc:
+            problems[key] = str(suite_error(suite, text, ["methods", job.label], f"on {name} ({classes[name]} classes): {exc}"))
     return list(problems.values())
 
 
@@ -395,7 +417,11 @@ def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
     jobs = select_jobs(suite, options)
     engine = replace(options.engine, data_root=options.engine.data_root or suite.file.data_root,
                      subset=SMOKE_SAMPLES if options.smoke else options.engine.subset)
-    problems = check_data(jobs, engine.data_root) + check_teachers(jobs, suite)
+    classes, problems = check_data(jobs, engine.data_root)
+    problems += check_teachers(jobs, suite)
+    invalid = check_methods(jobs, classes, suite)
+    if invalid:
+        raise ConfigError("nothing was trained:\n  " + "\n  ".join(invalid))
     if options.dry_run:
         counts: dict[str, int] = {}
         for job in jobs:

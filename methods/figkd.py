@@ -109,12 +109,15 @@ class FiGKD(Method):
     def needs(self) -> Needs:
         return Needs(teacher_train_logits=self.hparams.class_order == "teacher")
 
-    def setup(self, context: TrainContext) -> None:
-        hp, c = self.hparams, context.num_classes
+    def check_classes(self, num_classes: int) -> None:
         try:
-            wavelets.check_level(hp.level, c, hp.wavelet)
+            wavelets.check_level(self.hparams.level, num_classes, self.hparams.wavelet)
         except ConfigError as exc:
             raise ConfigError(f"method '{self.name}': hyperparameter 'level': {exc}") from None
+
+    def setup(self, context: TrainContext) -> None:
+        hp, c = self.hparams, context.num_classes
+        self.check_classes(c)
         device = context.student.logits.device
         if hp.class_order == "random":
             self.order = wavelets.random_class_order(c, hp.order_seed).to(device)

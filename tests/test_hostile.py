@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 
 from conftest import student_spec
-from analysis.runs import read_test_logits
+from kdbench.analysis.runs import read_test_logits
 from kdbench import records
 from kdbench.checkpoints import atomic_write_bytes, load_weights, read_state_dict
 from kdbench.cli import main
@@ -439,3 +439,21 @@ def test_a_dry_run_that_finds_inputs_missing_exits_1(tmp_path: Path, capsys) -> 
             "KDBENCH_UNSET_FOLDER=<folder> first") in capsys.readouterr().out
     assert main(["run", str(write_suite(tmp_path, yaml.safe_load(SUITE_TEXT))), "--out", str(tmp_path / "out"),
                  "--dry-run"]) == 0
+
+
+def test_a_figkd_level_too_deep_for_the_classes_is_refused_before_anything_is_written(tmp_path):
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(yaml.safe_dump({
+        "name": "deep", "seeds": [0], "recipe": {"epochs": 1, "batch_size": 32},
+        "datasets": {"digits": {"options": {"image_size": 16}}},
+        "pairs": [{"dataset": "digits", "teacher": "resnet14", "student": "resnet8"}],
+        "methods": {"kd": {}, "figkd": {"level": 8}},
+    }))
+    with pytest.raises(ConfigError) as info:
+        run_suite(load_suite(suite_file), RunnerOptions(out=tmp_path / "out", printer=lambda *a: None))
+    message = str(info.value)
+    assert str(suite_file) in message and "'methods.figkd'" in message and "(line " in message
+    import pywt
+
+    assert "10 classes" in message and f"1..{pywt.dwt_max_level(10, pywt.Wavelet('haar').dec_len)}" in message
+    assert not (tmp_path / "out").exists()
