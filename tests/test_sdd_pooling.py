@@ -45,7 +45,9 @@ def output_of(fmap: torch.Tensor, head: nn.Module) -> ModelOutput:
     return ModelOutput(head(embedding), {}, fmap, embedding, head)
 
 
-def random_output(side: int, d: int = 5, c: int = 6, b: int = 2, seed: int = 0) -> tuple[ModelOutput, np.ndarray, nn.Linear]:
+def random_output(
+    side: int, d: int = 5, c: int = 6, b: int = 2, seed: int = 0
+) -> tuple[ModelOutput, np.ndarray, nn.Linear]:
     g = np.random.default_rng(seed)
     fmap = g.normal(size=(b, d, side, side))
     torch.manual_seed(seed)
