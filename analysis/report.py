@@ -123,7 +123,6 @@ def augmentation(frame: pd.DataFrame) -> pd.Series:
         kind = row.get("spec.recipe.augment")
         if pd.isna(kind):
             return None
-        kind = {True: "standard", False: "none"}.get(kind, kind)  # records of kdbench 0.1
         mixing = [f"{name} α={row.get(f'spec.recipe.{name}_alpha'):g}" for name in ("mixup", "cutmix")
                   if row.get(f"spec.recipe.{name}_alpha", 0) and not pd.isna(row.get(f"spec.recipe.{name}_alpha"))]
         return " + ".join([kind, *mixing])
