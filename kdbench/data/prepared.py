@@ -35,7 +35,7 @@ images again. Image counts per split are checked against the official ones where
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -52,6 +52,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from ..errors import DataError
+from ..locking import exclusive_lock
 from .base import DataSplits, ImageDataset, ImageFileDataset, RaggedImages, load_rgb, resized_short_side
 
 FORMAT = 1
@@ -178,18 +179,14 @@ def prepare(listing: Listing, progress: bool = True) -> Path:
     """Make the store of ``listing`` unless it exists; returns its folder. Parallel callers wait
     for the first one's store instead of making their own."""
     directory = listing.directory
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(directory.with_name(directory.name + ".lock"), "w")
-    except OSError as e:
-        raise DataError(f"{listing.name}: cannot write a prepared store in {directory.parent} ({e}); set "
-                        "$KDBENCH_PREPARED to a writable folder") from e
-    with lock_file as lock:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process to prepare {directory}", file=sys.stderr, flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(exclusive_lock(directory.with_name(directory.name + ".lock"), on_wait=lambda: print(
+                f"waiting for another process to prepare {directory}", file=sys.stderr, flush=True)))
+        except OSError as e:
+            raise DataError(f"{listing.name}: cannot write a prepared store in {directory.parent} ({e}); set "
+                            "$KDBENCH_PREPARED to a writable folder") from e
         if (directory / INDEX).is_file():
             return directory
         for stale in directory.parent.glob(directory.name + ".partial-*"):  # interrupted prepares
