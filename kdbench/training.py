@@ -273,14 +273,14 @@ class ResidentTrainSet:
         """The set on ``device``, or None when it is not held as uint8 pixels, or when
         its augmentation is "strong" (RandAugment + Cutout run per image, in the loader)."""
         train = data.train
-        if (not isinstance(train, ImageDataset) or data.recipe is None or data.recipe.batch is None
+        if (not isinstance(train, ImageDataset) or data.transforms is None or data.transforms.batch is None
                 or augment == "strong"):
             return None
         images = train.resident(device)
         if images is None:
             return None
         augmented = augment if isinstance(augment, bool) else augment == "standard"
-        return cls(images, train.labels.to(device), data.recipe.batch, augmented, weak_view)
+        return cls(images, train.labels.to(device), data.transforms.batch, augmented, weak_view)
 
     def batches(self, sampler: EpochBatches, stream: RngStream
                 ) -> Iterator[tuple[Tensor | tuple[Tensor, Tensor], Tensor, Tensor]]:

@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 
 from kdbench import records
 from kdbench.data import create_dataset
-from kdbench.data.base import CUTOUT_FILL, STRONG_OPS, StrongAugment, cutout, padded_crop_recipe
+from kdbench.data.base import CUTOUT_FILL, STRONG_OPS, StrongAugment, cutout, padded_crop_transforms
 from kdbench.errors import ConfigError
 from kdbench.spec import Recipe, RunSpec
 from kdbench.training import (EngineOptions, ResidentTrainSet, RngStream, _mixed, _mixer, open_data, train_cohort,
@@ -110,11 +110,11 @@ def test_strong_augment_applies_two_drawn_ops_then_cutout(monkeypatch):
 
 
 def test_strong_goes_after_crop_and_flip_before_the_float_conversion():
-    recipe = padded_crop_recipe(32, 4, flip=True, mean=(0.5,) * 3, std=(0.5,) * 3)
-    steps = [type(step) for step in recipe.transform("strong").transforms]
+    transforms = padded_crop_transforms(32, 4, flip=True, mean=(0.5,) * 3, std=(0.5,) * 3)
+    steps = [type(step) for step in transforms.transform("strong").transforms]
     assert steps == [v2.ToImage, v2.RandomCrop, v2.RandomHorizontalFlip, StrongAugment, v2.ToDtype, v2.Normalize,
                      v2.ToPureTensor]
-    assert recipe.transform("standard") is recipe.train and recipe.transform("none") is recipe.eval
+    assert transforms.transform("standard") is transforms.train and transforms.transform("none") is transforms.eval
 
 
 def test_augment_levels_of_a_dataset():

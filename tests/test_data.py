@@ -554,16 +554,16 @@ def test_synthetic_fg_groups_look_alike() -> None:
     assert distance[same_group].max() < distance[other_group].min()
 
 
-def test_batch_crop_matches_the_per_image_recipe():
-    from kdbench.data.base import padded_crop_recipe
+def test_batch_crop_matches_the_per_image_transforms():
+    from kdbench.data.base import padded_crop_transforms
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    recipe = padded_crop_recipe(8, 2, flip=True, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
-    plain = recipe.batch(images, augment=False)
+    transforms = padded_crop_transforms(8, 2, flip=True, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    plain = transforms.batch(images, augment=False)
     for i in range(len(images)):  # without augmentation: exactly the eval transform
-        assert torch.allclose(plain[i], recipe.eval(images[i]), atol=1e-6)
-    out = recipe.batch(images)
+        assert torch.allclose(plain[i], transforms.eval(images[i]), atol=1e-6)
+    out = transforms.batch(images)
     mean, std = torch.tensor((0.5, 0.4, 0.3))[:, None, None], torch.tensor((0.2, 0.25, 0.3))[:, None, None]
     padded = torch.nn.functional.pad(images.float() / 255, [2] * 4)
     offsets = set()

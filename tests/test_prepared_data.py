@@ -63,7 +63,7 @@ def test_store_gives_the_folder_loaders_images(name: str, tmp_path: Path) -> Non
             assert torch.equal(a[i][0], b[i][0]), (split, i)
     # the batch form of the eval transform gives the same images
     images = store.train.resident(torch.device("cpu"))
-    batch = store.recipe.batch(images[torch.arange(len(images))], augment=False)
+    batch = store.transforms.batch(images[torch.arange(len(images))], augment=False)
     expected = torch.stack([folder.train[i][0] for i in range(len(folder.train))])
     assert torch.allclose(batch, expected, atol=1e-5)
 

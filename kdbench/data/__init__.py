@@ -6,7 +6,7 @@ split, augmented), ``val`` (a seeded split of the official train split, stratifi
 transform), with ``num_classes``, ``input_size``, ``classes`` and ``train_labels``. The same
 ``seed`` gives the same validation split; hyperparameter search scores on ``val`` and never
 looks at ``test``. ``augment`` is the training images' augmentation: "standard" (the set's
-recipe, below), "strong" (the recipe, then MLKD's RandAugment + Cutout:
+transforms, below), "strong" (those, then MLKD's RandAugment + Cutout:
 ``base.StrongAugment``) or "none", which gives ``train`` with the eval transform in the same
 order (for computing the teacher's logits on every training sample); True and False mean
 "standard" and "none".
@@ -44,7 +44,7 @@ name                expected under the data root
                     ``train/<class>/*`` and ``test/<class>/*`` (or ``val/<class>/*``)
 ==================  ==============================================================================
 
-Recipes: ``cifar100`` RandomCrop(32, padding 4) + flip, its own mean/std;
+Transforms: ``cifar100`` RandomCrop(32, padding 4) + flip, its own mean/std;
 ``tiny-imagenet`` 64 px, RandomCrop(64, padding 8) + flip, ImageNet mean/std; the other
 real sets Resize(256) + RandomCrop(224) + flip for training and Resize(256) +
 CenterCrop(224) for evaluation, ImageNet mean/std, scaled by their option ``image_size``

@@ -56,14 +56,14 @@ class DataSplits:
     classes: list[str]
     train_labels: Tensor  # int64 label of every item of ``train``, in order
     name: str
-    recipe: Recipe | None = None  # the transforms used, for a batched on-device data path
+    transforms: SplitTransforms | None = None  # the transforms used, for a batched on-device data path
 
     def train_view(self, augment: Augment) -> Dataset:
         """The training samples, in the same order, under the transform of another
         augmentation level (a second view of each image, e.g. MLKD's weak one)."""
-        if not isinstance(self.train, ImageDataset) or self.recipe is None:
-            raise DataError(f"data set '{self.name}' gives no recipe, so it has no second view of its training images")
-        return self.train.subset(torch.arange(len(self.train)), self.recipe.transform(augment))
+        if not isinstance(self.train, ImageDataset) or self.transforms is None:
+            raise DataError(f"data set '{self.name}' gives no transforms, so it has no second view of its training images")
+        return self.train.subset(torch.arange(len(self.train)), self.transforms.transform(augment))
 
 
 class ImageDataset(Dataset, ABC):
@@ -94,7 +94,7 @@ class ImageDataset(Dataset, ABC):
 
     def resident(self, device: torch.device) -> Tensor | RaggedImages | None:
         """The view's images as uint8 on ``device``, for augmentation a whole batch at a
-        time (``Recipe.batch``); None where they are not held as pixels."""
+        time (``SplitTransforms.batch``); None where they are not held as pixels."""
         return None
 
     def __len__(self) -> int:
@@ -321,9 +321,9 @@ class BatchResizedCrop:
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """The transforms of one set: ``train`` (augmented) and ``eval``, and where the set is
-    held in memory, the same recipe for whole batches (``batch``)."""
+class SplitTransforms:
+    """The transforms of one set's splits: ``train`` (augmented) and ``eval`` (val and test),
+    and where the set is held in memory, the same augmentation for whole batches (``batch``)."""
 
     train: Transform
     eval: Transform
@@ -426,8 +426,8 @@ def with_strong_augmentation(train: Transform) -> Transform:
     steps = list(train.transforms) if isinstance(train, v2.Compose) else []
     at = next((i for i, step in enumerate(steps) if isinstance(step, v2.ToDtype)), None)
     if at is None:
-        raise DataError("augment 'strong' needs a recipe whose training transform is a v2.Compose "
-                        "that converts a uint8 image with v2.ToDtype (as padded_crop_recipe's does)")
+        raise DataError("augment 'strong' needs transforms whose training transform is a v2.Compose "
+                        "that converts a uint8 image with v2.ToDtype (as padded_crop_transforms's does)")
     return v2.Compose([*steps[:at], StrongAugment(), *steps[at:]])
 
 
@@ -435,13 +435,13 @@ def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[v
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
 
 
-def padded_crop_recipe(
+def padded_crop_transforms(
     size: int, padding: int, flip: bool, mean: Sequence[float], std: Sequence[float]
-) -> Recipe:
+) -> SplitTransforms:
     """The CIFAR recipe for images already ``size`` px square: train RandomCrop(size,
     padding) [+ horizontal flip]; eval only normalises. Takes PIL images or uint8 tensors."""
     flips = [v2.RandomHorizontalFlip()] if flip else []
-    return Recipe(
+    return SplitTransforms(
         batch=BatchCrop(padding, flip, tuple(mean), tuple(std)),
         train=v2.Compose(
             [
@@ -468,11 +468,11 @@ def _resize_center_crop(image_size: int) -> Transform:
     )
 
 
-def resize_crop_recipe(image_size: int = 224) -> Recipe:
+def resize_crop_transforms(image_size: int = 224) -> SplitTransforms:
     """The standard 224-px recipe scaled to ``image_size``: train Resize(image_size·256/224)
     + RandomCrop(image_size) + horizontal flip; eval Resize + CenterCrop; ImageNet
     normalisation."""
-    return Recipe(
+    return SplitTransforms(
         train=v2.Compose(
             [
                 v2.Resize(round(image_size * 256 / 224)),
@@ -493,24 +493,24 @@ def _ordered(bounds: tuple[float, float]) -> tuple[float, float]:
 
 
 # The training crop of the 224-px sets (their options ``train_crop``, ``crop_scale``,
-# ``crop_ratio``): "resize_crop" is ``resize_crop_recipe``, "random_resized" is
-# ``random_resized_crop_recipe`` with that scale and ratio range (torchvision's defaults).
+# ``crop_ratio``): "resize_crop" is ``resize_crop_transforms``, "random_resized" is
+# ``random_resized_crop_transforms`` with that scale and ratio range (torchvision's defaults).
 TrainCrop = Literal["resize_crop", "random_resized"]
 CropRange = Annotated[tuple[PositiveFloat, PositiveFloat], AfterValidator(_ordered)]
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
-def random_resized_crop_recipe(
+def random_resized_crop_transforms(
     image_size: int = 224,
     scale: tuple[float, float] = CROP_SCALE,
     ratio: tuple[float, float] = CROP_RATIO,
-) -> Recipe:
+) -> SplitTransforms:
     """The ImageNet training recipe of the fine-grained KD literature (CS-KD, FRSKD, L2T-ww):
     train RandomResizedCrop(image_size, scale, ratio) — a crop of a random ``scale`` fraction
     of the image's area and aspect ratio in ``ratio``, resized to image_size² — + horizontal
     flip; eval Resize(image_size·256/224) + CenterCrop(image_size); ImageNet normalisation."""
-    return Recipe(
+    return SplitTransforms(
         train=v2.Compose(
             [
                 v2.RandomResizedCrop(image_size, scale=scale, ratio=ratio),
@@ -523,18 +523,18 @@ def random_resized_crop_recipe(
     )
 
 
-def large_image_recipe(
+def large_image_transforms(
     image_size: int,
     train_crop: TrainCrop = "resize_crop",
     crop_scale: tuple[float, float] = CROP_SCALE,
     crop_ratio: tuple[float, float] = CROP_RATIO,
-) -> Recipe:
+) -> SplitTransforms:
     """The recipe a 224-px set's options name (``crop_scale`` and ``crop_ratio`` are read only
     with ``train_crop`` "random_resized"), with its batch form for a prepared store's images."""
     per_image = (
-        random_resized_crop_recipe(image_size, crop_scale, crop_ratio)
+        random_resized_crop_transforms(image_size, crop_scale, crop_ratio)
         if train_crop == "random_resized"
-        else resize_crop_recipe(image_size)
+        else resize_crop_transforms(image_size)
     )
     batch = BatchResizedCrop(
         image_size, train_crop, tuple(crop_scale), tuple(crop_ratio), IMAGENET_MEAN, IMAGENET_STD
@@ -557,22 +557,22 @@ class Splitter:
         test: ImageDataset,
         classes: Sequence[str],
         input_size: int,
-        recipe: Recipe,
+        transforms: SplitTransforms,
     ) -> DataSplits:
         """Carve the validation split out of the official ``train`` split and attach the
         transforms."""
         kept, held = stratified_split(train.labels, self.val_fraction, self.seed)
-        train_split = train.subset(kept, recipe.transform(self.augment))
+        train_split = train.subset(kept, transforms.transform(self.augment))
         return DataSplits(
             train=train_split,
-            val=train.subset(held, recipe.eval),
-            test=test.subset(torch.arange(len(test)), recipe.eval),
+            val=train.subset(held, transforms.eval),
+            test=test.subset(torch.arange(len(test)), transforms.eval),
             num_classes=len(classes),
             input_size=input_size,
             classes=list(classes),
             train_labels=train_split.labels,
             name=self.name,
-            recipe=recipe,
+            transforms=transforms,
         )
 
 

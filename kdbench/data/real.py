@@ -26,13 +26,13 @@ from .base import (
     CropRange,
     DataSplits,
     ImageFileDataset,
-    Recipe,
     Splitter,
+    SplitTransforms,
     TensorImageDataset,
     TrainCrop,
-    large_image_recipe,
+    large_image_transforms,
     malformed,
-    padded_crop_recipe,
+    padded_crop_transforms,
     read_records,
     require,
     require_files,
@@ -57,10 +57,10 @@ def cifar100(root: Path, splitter: Splitter) -> DataSplits:
         return TensorImageDataset(images, batch["fine_labels"])
 
     classes = _unpickle(base / "meta", ("fine_label_names",))["fine_label_names"]
-    recipe = padded_crop_recipe(
+    transforms = padded_crop_transforms(
         32, 4, flip=True, mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761)
     )
-    return splitter.make(split("train"), split("test"), classes, 32, recipe)
+    return splitter.make(split("train"), split("test"), classes, 32, transforms)
 
 
 def _unpickle(path: Path, keys: Sequence[str]) -> dict[str, Any]:
@@ -116,13 +116,13 @@ def tiny_imagenet(root: Path, splitter: Splitter) -> DataSplits:
         test_labels.append(index[w])
     require_files(test_paths, annotations)
 
-    recipe = padded_crop_recipe(64, 8, flip=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    transforms = padded_crop_transforms(64, 8, flip=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     return splitter.make(
         ImageFileDataset(train_paths, train_labels),
         ImageFileDataset(test_paths, test_labels),
         classes,
         64,
-        recipe,
+        transforms,
     )
 
 
@@ -132,7 +132,7 @@ def _file_splits(
     test: tuple[list[Path], list[int]],
     classes: Sequence[str],
     image_size: int,
-    recipe: Recipe,
+    transforms: SplitTransforms,
     root: Path,
     prepared: bool,
 ) -> DataSplits:
@@ -141,7 +141,7 @@ def _file_splits(
     train_set, test_set = ImageFileDataset(*train), ImageFileDataset(*test)
     if prepared:
         train_set, test_set = prepared_splits(splitter.name, root, train_set, test_set, image_size)
-    return splitter.make(train_set, test_set, classes, image_size, recipe)
+    return splitter.make(train_set, test_set, classes, image_size, transforms)
 
 
 # The four fine-grained sets may also be read from the ImageFolder trees that the
@@ -198,7 +198,7 @@ def _tree_splits(
     folders: tuple[Path, Path],
     class_name: Callable[[str], str],
     image_size: int,
-    recipe: Recipe,
+    transforms: SplitTransforms,
     root: Path,
     prepared: bool,
 ) -> DataSplits:
@@ -206,7 +206,7 @@ def _tree_splits(
     folder names (ImageFolder's order), shown as ``class_name`` of the folder name."""
     folder_names, train, test = _read_tree(dataset, *folders)
     classes = [class_name(name) for name in folder_names]
-    return _file_splits(splitter, train, test, classes, image_size, recipe, root, prepared)
+    return _file_splits(splitter, train, test, classes, image_size, transforms, root, prepared)
 
 
 @register_dataset("cub200")
@@ -226,10 +226,10 @@ def cub200(
     test>``); ids are 1-based. 200 classes, 5994 train / 5794 test images. Without
     ``images.txt``, a tree laid out for FRSKD, CS-KD or L2T-ww (``REPOSITORY_TREES``) of folders ``001.Black_footed_Albatross``…"""
     base = root / "CUB_200_2011"
-    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    transforms = large_image_transforms(image_size, train_crop, crop_scale, crop_ratio)
     if not (base / "images.txt").is_file() and (tree := _repository_tree(root, "cub200")):
         return _tree_splits(
-            "cub200", splitter, tree, lambda name: name.split(".", 1)[-1], image_size, recipe, root, prepared
+            "cub200", splitter, tree, lambda name: name.split(".", 1)[-1], image_size, transforms, root, prepared
         )
     how = (
         "Download CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ "
@@ -275,7 +275,7 @@ def cub200(
         paths.append(base / "images" / path)
         split_labels.append(labels[image_id])
     require_files(splits["1"][0] + splits["0"][0], base / "images.txt")
-    return _file_splits(splitter, splits["1"], splits["0"], classes, image_size, recipe, root, prepared)
+    return _file_splits(splitter, splits["1"], splits["0"], classes, image_size, transforms, root, prepared)
 
 
 @register_dataset("stanford-dogs")
@@ -295,10 +295,10 @@ def stanford_dogs(
     8580 test images; class names are the breeds from the folder names. Without
     ``train_list.mat``, a tree laid out for FRSKD, CS-KD or L2T-ww (``REPOSITORY_TREES``) of ``<wnid>-<breed>`` folders."""
     base = root / "StanfordDogs"
-    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    transforms = large_image_transforms(image_size, train_crop, crop_scale, crop_ratio)
     if not (base / "train_list.mat").is_file() and (tree := _repository_tree(root, "stanford-dogs")):
         return _tree_splits(
-            "stanford-dogs", splitter, tree, _breed, image_size, recipe, root, prepared
+            "stanford-dogs", splitter, tree, _breed, image_size, transforms, root, prepared
         )
     how = (
         "Download images.tar and lists.tar from http://vision.stanford.edu/aditya86/ImageNetDogs/ "
@@ -322,7 +322,7 @@ def stanford_dogs(
     if sorted(names) != list(range(len(names))):
         raise DataError(f"stanford-dogs: the labels in {base}/*_list.mat are not 1..{len(names)}")
     classes = [names[i] for i in range(len(names))]
-    return _file_splits(splitter, splits[0], splits[1], classes, image_size, recipe, root, prepared)
+    return _file_splits(splitter, splits[0], splits[1], classes, image_size, transforms, root, prepared)
 
 
 def _breed(folder: str) -> str:
@@ -359,9 +359,9 @@ def mit67(
     67 classes in sorted order, 5360 train / 1340 test images. Without ``TrainImages.txt``,
     a tree laid out for FRSKD, CS-KD or L2T-ww (``REPOSITORY_TREES``)."""
     base = root / "Indoor67"
-    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    transforms = large_image_transforms(image_size, train_crop, crop_scale, crop_ratio)
     if not (base / "TrainImages.txt").is_file() and (tree := _repository_tree(root, "mit67")):
-        return _tree_splits("mit67", splitter, tree, str, image_size, recipe, root, prepared)
+        return _tree_splits("mit67", splitter, tree, str, image_size, transforms, root, prepared)
     how = (
         "Download indoorCVPR_09.tar, TrainImages.txt and TestImages.txt from "
         f"https://web.mit.edu/torralba/www/indoor.html and put them (the tar extracted) in {base}. "
@@ -380,7 +380,7 @@ def mit67(
         paths = [base / "Images" / c / f for _, (c, f) in records]
         require_files(paths, base / name)
         splits.append((paths, [index[c] for _, (c, _) in records]))
-    return _file_splits(splitter, splits[0], splits[1], classes, image_size, recipe, root, prepared)
+    return _file_splits(splitter, splits[0], splits[1], classes, image_size, transforms, root, prepared)
 
 
 @register_dataset("stanford40")
@@ -400,11 +400,11 @@ def stanford40(
     40 classes in the order of actions.txt, 4000 train / 5532 test images. Without
     ``ImageSplits/actions.txt``, a tree laid out for FRSKD, CS-KD or L2T-ww (``REPOSITORY_TREES``)."""
     base = root / "Stanford40"
-    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    transforms = large_image_transforms(image_size, train_crop, crop_scale, crop_ratio)
     if not (base / "ImageSplits" / "actions.txt").is_file() and (
         tree := _repository_tree(root, "stanford40")
     ):
-        return _tree_splits("stanford40", splitter, tree, str, image_size, recipe, root, prepared)
+        return _tree_splits("stanford40", splitter, tree, str, image_size, transforms, root, prepared)
     how = (
         "Download Stanford40_JPEGImages.zip and Stanford40_ImageSplits.zip from "
         f"http://vision.stanford.edu/Datasets/40actions.html and unzip both into {base}. "
@@ -429,7 +429,7 @@ def stanford40(
             paths += files
             labels += [label] * len(files)
         splits.append((paths, labels))
-    return _file_splits(splitter, splits[0], splits[1], classes, image_size, recipe, root, prepared)
+    return _file_splits(splitter, splits[0], splits[1], classes, image_size, transforms, root, prepared)
 
 
 @register_dataset("fgvc-aircraft")
@@ -470,8 +470,8 @@ def fgvc_aircraft(
             labels.append(index[variant])
         require_files(paths, base / name)
         splits.append((paths, labels))
-    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
-    return _file_splits(splitter, splits[0], splits[1], classes, image_size, recipe, root, prepared)
+    transforms = large_image_transforms(image_size, train_crop, crop_scale, crop_ratio)
+    return _file_splits(splitter, splits[0], splits[1], classes, image_size, transforms, root, prepared)
 
 
 @register_dataset("flowers102")
@@ -512,9 +512,9 @@ def flowers102(
     names = getattr(torchvision.datasets.Flowers102, "classes", [])
     num_classes = int(labels.max()) + 1
     classes = [names[i] if i < len(names) else str(i + 1) for i in range(num_classes)]
-    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
+    transforms = large_image_transforms(image_size, train_crop, crop_scale, crop_ratio)
     return _file_splits(
-        splitter, split("trnid", "valid"), split("tstid"), classes, image_size, recipe, root, prepared
+        splitter, split("trnid", "valid"), split("tstid"), classes, image_size, transforms, root, prepared
     )
 
 
@@ -544,8 +544,8 @@ def imagefolder(
         base / "test" if (base / "test").is_dir() else require(base / "val", "imagefolder", how)
     )
     classes, train, test = _read_tree("imagefolder", train_dir, test_dir)
-    recipe = large_image_recipe(image_size, train_crop, crop_scale, crop_ratio)
-    return _file_splits(splitter, train, test, classes, image_size, recipe, root, prepared)
+    transforms = large_image_transforms(image_size, train_crop, crop_scale, crop_ratio)
+    return _file_splits(splitter, train, test, classes, image_size, transforms, root, prepared)
 
 
 def _read_tree(

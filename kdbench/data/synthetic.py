@@ -11,7 +11,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor
 
 from . import register_dataset
-from .base import DataSplits, Splitter, TensorImageDataset, padded_crop_recipe, stratified_split
+from .base import DataSplits, Splitter, TensorImageDataset, padded_crop_transforms, stratified_split
 
 HALF = (0.5, 0.5, 0.5)  # mean and std that map [0, 1] to [-1, 1]
 
@@ -32,10 +32,10 @@ def digits(root: Path, splitter: Splitter, *, image_size: PositiveInt = 32) -> D
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)
     everything = TensorImageDataset(images, labels)
     train, test = stratified_split(labels, 0.2, seed=0)
-    recipe = padded_crop_recipe(image_size, image_size // 8, flip=False, mean=HALF, std=HALF)
+    transforms = padded_crop_transforms(image_size, image_size // 8, flip=False, mean=HALF, std=HALF)
     classes = [str(d) for d in range(10)]
     return splitter.make(
-        everything.subset(train), everything.subset(test), classes, image_size, recipe
+        everything.subset(train), everything.subset(test), classes, image_size, transforms
     )
 
 
@@ -80,9 +80,9 @@ def synthetic_fg(
         return TensorImageDataset(images, labels)
 
     classes = [f"group{g}-class{k}" for g in range(num_groups) for k in range(classes_per_group)]
-    recipe = padded_crop_recipe(image_size, image_size // 8, flip=True, mean=HALF, std=HALF)
+    transforms = padded_crop_transforms(image_size, image_size // 8, flip=True, mean=HALF, std=HALF)
     return splitter.make(
-        generate(train_per_class, 1), generate(test_per_class, 2), classes, image_size, recipe
+        generate(train_per_class, 1), generate(test_per_class, 2), classes, image_size, transforms
     )
 
 
