@@ -27,6 +27,12 @@ class CheckpointError(KDBenchError):
     """A checkpoint that cannot be trusted or does not fit the model."""
 
 
+class RunStopped(KDBenchError):
+    """A run stopped on purpose after an epoch, by the ``on_epoch`` callback of its engine
+    options (an ablation pruning a trial): neither finished nor failed, it keeps its epoch
+    checkpoint and resumes when it is run again."""
+
+
 class MachineError(KDBenchError):
     """The machine failed, not the run: a full disk, an I/O error, a device it lacks. Such a
     run is not booked as failed; the suite stops, and a plain rerun retries it."""

@@ -38,7 +38,7 @@ from unittest.mock import patch
 
 from . import distributed, records
 from .checkpoints import set_aside
-from .errors import ConfigError, DataError, MachineError
+from .errors import ConfigError, DataError, MachineError, RunStopped
 from .progress import Running, TimeLeft, Work, duration
 from .results import MANIFEST, RUNS, legacy_message, legacy_runs, load_manifest
 from .runs import (FAILED, CohortOutOfMemory, CorruptResultsFile, as_machine_error, ensure_runs, finished_record,
@@ -79,7 +79,8 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
     """Train runs together in this process, each under its own lock. Returns, per run id,
     {"status", "reason"}: finished, failed, busy (another process holds its lock),
     skipped (finished meanwhile by another process), split (the cohort ran out of
-    device memory: train it in smaller ones) or machine (the machine failed, not the run).
+    device memory: train it in smaller ones), machine (the machine failed, not the run)
+    or stopped (``options.on_epoch`` stopped it: ``RunStopped``, kept to resume).
 
     As one of several processes of a data-parallel job (``launch_cohort``, or a Slurm job
     with several tasks) it joins the others; the first takes the locks and decides."""
@@ -117,6 +118,7 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
         for spec, result in zip(todo, ensure_runs(todo, runs, options)):
             status = ("split" if isinstance(result, CohortOutOfMemory) else
                       "machine" if isinstance(result, MachineError) else
+                      "stopped" if isinstance(result, RunStopped) else
                       "failed" if isinstance(result, BaseException) else "finished")
             outcome[spec.run_id] = {"status": status,
                                     "reason": f"{type(result).__name__}: {result}" if status != "finished" else ""}

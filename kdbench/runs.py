@@ -19,7 +19,7 @@ import torch
 
 from . import distributed, records
 from .checkpoints import safe_load, set_aside
-from .errors import CheckpointError, ConfigError, KDBenchError, MachineError
+from .errors import CheckpointError, ConfigError, KDBenchError, MachineError, RunStopped
 from .spec import RunSpec
 from .training import EngineOptions, train_cohort
 
@@ -179,9 +179,9 @@ def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None =
         for spec, result in zip(todo, trained):
             result = as_machine_error(result)
             results[spec.run_id] = result
-            # under torchrun, rank 0 keeps the books; a cohort too large, or a machine
-            # failing, is no run's failure
-            if not distributed.is_main() or isinstance(result, (CohortOutOfMemory, MachineError)):
+            # under torchrun, rank 0 keeps the books; a cohort too large, a machine failing,
+            # or a run its on_epoch stopped (a pruned trial, to resume) is no run's failure
+            if not distributed.is_main() or isinstance(result, (CohortOutOfMemory, MachineError, RunStopped)):
                 continue
             if isinstance(result, BaseException):
                 _record_failure(spec, out / spec.run_id, result)
