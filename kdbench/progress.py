@@ -4,19 +4,28 @@ A job (a cohort: one process training its runs in lock-step) is measured by its 
 epochs: its seconds per epoch (teacher forward and per-epoch evaluation included) from its
 first epoch's end to its last's, once it has two; its start-up (process, data, models)
 as the time to its first epoch's end less one epoch; its tail as the time from its last
-epoch to its end (final evaluation, files). That gives
+epoch to its end (final evaluation, files). With one epoch seen, its seconds per epoch are
+the seconds its runs report having trained in it, times the ratio of a whole epoch to its
+training seen on jobs like it (evaluation and files): the time to its first epoch's end,
+start-up included, would count the start-up again in every epoch still to come. That gives
 
 - a running job's time left: its seconds per epoch × the epochs it has left, plus the
-  jobs' tail seen so far, less the time since its last epoch;
-- a queued job's time: its epochs × its cost at the seconds per cost-epoch observed on
-  jobs of its kind (same data set, batch size, role and models); of a kind not seen yet,
-  at the seconds per cost-sample of every job seen so far, times its data set's samples
-  per epoch when a job on that set reported them (else per cost-epoch).
+  tail of jobs like it, less the time since its last epoch;
+- a queued job's time (or a started one's that has not finished an epoch): the start-up
+  of jobs like it, its epochs × its cost at the seconds per cost-epoch of jobs like it,
+  and their tail.
+
+Jobs like it: those of its kind (same role, data set, batch size, models and labels: the
+same cohort in another seed) once one has shown the figure, else those of its family
+(kinds apart only in their labels: a data set's other student cohorts), else every job
+seen, whose rates stand in per cost-sample, times its data set's samples per epoch when
+a job on that set reported them (else per cost-epoch).
 
 A job's cost is what one sample costs it in parameters touched: the teacher's forward
 (once for the cohort) plus three times (forward and backward) each student's parameter
 count; a proxy for its FLOPs, which within the zoo's families (ResNets, WRNs at one
-resolution) follow the parameters to a few per cent.
+resolution) follow the parameters to a few per cent. It leaves out what a method adds
+(CRD's memory, FreeKD's transforms), which is why a kind's own rate comes first.
 
 The jobs then go onto the runner's slots as the runner would start them: each as soon
 as a slot is free and the teachers it waits for have finished. Until one job has finished
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -35,7 +45,8 @@ class Work:
     """A job as the estimate sees it."""
 
     key: str  # identifies the job (its first run id)
-    kind: str  # jobs of one kind train at one speed per run-epoch
+    kind: str  # jobs of one kind (role, data set, batch, models and labels) train at one speed per cost-epoch
+    family: str  # its kind less the labels: where a kind not seen yet takes its figures from
     dataset: str
     cost: float  # per sample: teacher forward + 3 × each student's parameters (see above)
     epochs: int  # epochs each run trains in all
@@ -51,10 +62,22 @@ class Running:
     elapsed: float  # seconds since it started
     epochs_done: int = 0  # epochs it trained since it started
     epochs_before: int = 0  # epochs done before it started (resumed from a checkpoint)
-    last_epoch_at: float = 0.0  # seconds since it started when its last epoch ended
+    last_epoch_at: float = 0.0  # seconds since it started when its last epoch ended (its slowest run's row)
     first_epoch_at: float | None = None  # seconds since it started when its first epoch ended, if seen
+    train_seconds: float | None = None  # seconds its last epoch trained, as its runs report (no evaluation)
     samples_per_epoch: float | None = None  # what one of its runs sees per epoch, once reported
     finished: bool = False  # ended ``elapsed`` seconds after it started
+
+
+@dataclass
+class Seen:
+    """What one job has shown so far."""
+
+    work: Work
+    rate: float  # seconds per cost-epoch
+    startup: float | None = None  # seconds before its first epoch began
+    overhead: float | None = None  # a whole epoch's seconds over its training seconds (evaluation, files)
+    tail: float | None = None  # seconds from its last epoch to its end, once finished
 
 
 @dataclass
@@ -62,29 +85,37 @@ class TimeLeft:
     """Rates observed so far, and the estimate they give; pure (times are passed in)."""
 
     slots: int
-    per_cost_epoch: dict[str, float] = field(default_factory=dict)  # kind → seconds per cost-epoch
     samples_per_epoch: dict[str, float] = field(default_factory=dict)  # data set → samples one run sees per epoch
-    _by_job: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # job key → (kind, dataset, rate)
-    _tails: list[float] = field(default_factory=list)  # finished jobs' seconds from their last epoch to their end
-    _startups: dict[str, float] = field(default_factory=dict)  # job key → seconds before its first epoch began
+    seen: dict[str, Seen] = field(default_factory=dict)  # job key → what it showed
 
-    @property
-    def tail(self) -> float:
-        """Seconds a job takes after its last epoch (final evaluation, files), as seen so far."""
-        return statistics.median(self._tails) if self._tails else 0.0
+    def typical(self, work: Work, figure: Callable[[Seen], float | None]) -> float | None:
+        """The median of ``figure`` over the jobs like ``work`` that show it (see the module
+        docstring), None if none does."""
+        for alike in (lambda s: s.work.kind == work.kind, lambda s: s.work.family == work.family, lambda s: True):
+            values = [value for s in self.seen.values() if alike(s) and (value := figure(s)) is not None]
+            if values:
+                return statistics.median(values)
+        return None
 
-    @property
-    def startup(self) -> float:
-        """Seconds a job takes before its first epoch begins, as seen so far."""
-        return statistics.median(self._startups.values()) if self._startups else 0.0
+    def startup(self, work: Work) -> float:
+        """Seconds a job like ``work`` takes before its first epoch begins."""
+        return self.typical(work, lambda s: s.startup) or 0.0
 
-    @staticmethod
-    def epoch_seconds(job: Running) -> float:
+    def tail(self, work: Work) -> float:
+        """Seconds a job like ``work`` takes after its last epoch (final evaluation, files)."""
+        return self.typical(work, lambda s: s.tail) or 0.0
+
+    def epoch_seconds(self, job: Running) -> float:
         """A job's seconds per epoch: between its first and last epochs' ends once it has
-        two, else to its first epoch's end from its start."""
+        two; else its training seconds times the overhead of jobs like it, at most the
+        time to its epoch's end from its start."""
         if job.first_epoch_at is not None and job.epochs_done >= 2:
             return (job.last_epoch_at - job.first_epoch_at) / (job.epochs_done - 1)
-        return job.last_epoch_at / job.epochs_done
+        whole = job.last_epoch_at / job.epochs_done
+        if not job.train_seconds:
+            return whole
+        overhead = self.typical(job.work, lambda s: s.overhead) or 1.0
+        return min(whole, job.train_seconds * overhead)
 
     def observe(self, job: Running) -> None:
         """Learn from a job that finished at least one epoch (a finished job: all of them)."""
@@ -92,42 +123,45 @@ class TimeLeft:
             self.samples_per_epoch[job.work.dataset] = job.samples_per_epoch
         if job.epochs_done < 1 or job.last_epoch_at <= 0:
             return
-        if job.finished:
-            self._tails.append(max(0.0, job.elapsed - job.last_epoch_at))
         per_epoch = self.epoch_seconds(job)
+        seen = Seen(job.work, per_epoch / job.work.cost)
         if job.first_epoch_at is not None and job.epochs_done >= 2:
-            self._startups[job.work.key] = max(0.0, job.first_epoch_at - per_epoch)
-        rate = per_epoch / job.work.cost
-        self._by_job[job.work.key] = (job.work.kind, job.work.dataset, rate)
-        rates = [r for kind, _, r in self._by_job.values() if kind == job.work.kind]
-        self.per_cost_epoch[job.work.kind] = statistics.median(rates)
+            seen.startup = max(0.0, job.first_epoch_at - per_epoch)
+            seen.overhead = per_epoch / job.train_seconds if job.train_seconds else None
+        elif job.train_seconds:  # its epochs from its runs' training seconds: the rest was start-up
+            seen.startup = max(0.0, job.last_epoch_at - per_epoch * job.epochs_done)
+        if job.finished:
+            seen.tail = max(0.0, job.elapsed - job.last_epoch_at)
+        self.seen[job.work.key] = seen
 
     def cost_epoch_seconds(self, work: Work) -> float | None:
         """Seconds per cost-epoch expected of ``work``, None without any basis."""
-        if work.kind in self.per_cost_epoch:
-            return self.per_cost_epoch[work.kind]
-        if not self._by_job:
+        for alike in (lambda s: s.work.kind == work.kind, lambda s: s.work.family == work.family):
+            rates = [s.rate for s in self.seen.values() if alike(s)]
+            if rates:
+                return statistics.median(rates)
+        if not self.seen:
             return None
-        per_sample = [rate / self.samples_per_epoch[dataset] for _, dataset, rate in self._by_job.values()
-                      if dataset in self.samples_per_epoch]
+        per_sample = [s.rate / self.samples_per_epoch[s.work.dataset] for s in self.seen.values()
+                      if s.work.dataset in self.samples_per_epoch]
         if per_sample and work.dataset in self.samples_per_epoch:
             return statistics.median(per_sample) * self.samples_per_epoch[work.dataset]
-        return statistics.median(rate for _, _, rate in self._by_job.values())
+        return statistics.median(s.rate for s in self.seen.values())
 
     def remaining(self, job: Running) -> float | None:
         """Seconds the running job has left."""
         left = job.work.epochs - job.epochs_before - job.epochs_done
         if job.epochs_done >= 1 and job.last_epoch_at > 0:
-            return max(0.0, self.epoch_seconds(job) * left + self.tail - (job.elapsed - job.last_epoch_at))
+            return max(0.0, self.epoch_seconds(job) * left + self.tail(job.work) - (job.elapsed - job.last_epoch_at))
         rate = self.cost_epoch_seconds(job.work)
-        return None if rate is None else max(0.0, self.startup + rate * job.work.cost * left + self.tail
-                                             - job.elapsed)
+        return None if rate is None else max(0.0, self.startup(job.work) + rate * job.work.cost * left
+                                             + self.tail(job.work) - job.elapsed)
 
     def estimate(self, running: list[Running], queued: list[Work]) -> float | None:
         """Seconds until the last job finishes, None until there is a basis: the running
         jobs hold their slots until they finish, the queued ones start in order, each on
         the first free slot once the jobs it waits for have finished."""
-        if not self._by_job:
+        if not self.seen:
             return None
         finish: dict[str, float] = {}
         free: list[float] = []
@@ -145,7 +179,7 @@ class TimeLeft:
             assert rate is not None  # a basis exists
             slot_free = heapq.heappop(free)
             start = max([slot_free, *(finish.get(name, 0.0) for name in work.depends_on)])
-            done = start + self.startup + rate * work.cost * work.epochs + self.tail
+            done = start + self.startup(work) + rate * work.cost * work.epochs + self.tail(work)
             heapq.heappush(free, done)
             finish.update({name: done for name in work.produces})
             end = max(end, done)

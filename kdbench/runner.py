@@ -646,14 +646,16 @@ class Scheduler:
                                                   for job in unit) - started) if max(rows) == before + 1 else None
 
     def _work(self, unit: tuple[Job, ...]) -> Work:
-        """The cohort as the time estimate sees it; its kind: role, data, batch and models."""
+        """The cohort as the time estimate sees it; its family: role, data, batch and models;
+        its kind: those and its labels (the same cohort in every seed)."""
         spec = unit[0].spec
         dataset = spec.dataset.model_dump_json()
         models = sorted({(j.spec.student, j.spec.teacher.model if j.spec.teacher else "") for j in unit})
-        kind = f"{'teacher' if unit[0].is_teacher else 'students'} {dataset} batch {spec.recipe.batch_size} {models}"
+        family = f"{'teacher' if unit[0].is_teacher else 'students'} {dataset} batch {spec.recipe.batch_size} {models}"
+        kind = f"{family} {sorted(j.label for j in unit)}"
         teacher = next((j.spec.teacher.model for j in unit if j.spec.teacher), None)
         cost = (_parameters(teacher) if teacher else 0) + 3 * sum(_parameters(j.spec.student) for j in unit)
-        return Work(key=unit[0].run_id, kind=kind, dataset=dataset, cost=cost, epochs=spec.recipe.epochs,
+        return Work(key=unit[0].run_id, kind=kind, family=family, dataset=dataset, cost=cost, epochs=spec.recipe.epochs,
                     depends_on=frozenset(d for j in unit for d in j.depends_on),
                     produces=frozenset(j.run_id for j in unit))
 
@@ -664,12 +666,15 @@ class Scheduler:
         now = time.time()
         rows = [records.read_metrics(self.runs / job.run_id) for job in unit]
         epochs = min(len(r) for r in rows)
-        last = max(((self.runs / job.run_id / records.METRICS).stat().st_mtime for job, r in zip(unit, rows) if r),
-                   default=started)
+        # its last epoch ended with its slowest run's row: a run already a row ahead wrote its file later
+        last = max(((self.runs / job.run_id / records.METRICS).stat().st_mtime for job, r in zip(unit, rows)
+                    if r and len(r) == epochs), default=started)
         latest = next((r[-1] for r in rows if r and r[-1].get("images_per_s")), None)
         return Running(self._work(unit), elapsed=now - started, epochs_done=max(0, epochs - before),
                        epochs_before=before, last_epoch_at=last - started, finished=finished,
                        first_epoch_at=self.first_epoch.get(id(unit)),
+                       train_seconds=(sum(r[epochs - 1].get("epoch_seconds") or 0.0 for r in rows)
+                                      if epochs > before else None),
                        samples_per_epoch=latest["images_per_s"] * latest["epoch_seconds"] if latest else None)
 
     def _executor(self) -> tuple[Callable[..., Handle], Callable[[], None]]:

@@ -65,9 +65,10 @@ def test_never_less_than_one_thread(cores):
 
 
 def _teacher_then_students(students: int = 4) -> tuple[Work, list[Work]]:
-    teacher = Work(key="t", kind="teacher", dataset="digits", cost=1, epochs=10, produces=frozenset({"t"}))
-    cohorts = [Work(key=f"s{i}", kind="students", dataset="digits", cost=2, epochs=4, depends_on=frozenset({"t"}),
-                    produces=frozenset({f"s{i}"})) for i in range(students)]
+    teacher = Work(key="t", kind="teacher", family="teacher", dataset="digits", cost=1, epochs=10,
+                   produces=frozenset({"t"}))
+    cohorts = [Work(key=f"s{i}", kind="students", family="students", dataset="digits", cost=2, epochs=4,
+                    depends_on=frozenset({"t"}), produces=frozenset({f"s{i}"})) for i in range(students)]
     return teacher, cohorts
 
 
@@ -104,7 +105,7 @@ def test_resumed_job_and_a_kind_not_seen_yet():
     time_left.observe(resumed)
     assert time_left.remaining(resumed) == pytest.approx(10)  # one epoch of 10 s left
     # another data set, twice the samples per epoch: twice the seconds per cost-epoch
-    other = Work(key="o", kind="other", dataset="cifar", cost=1, epochs=3)
+    other = Work(key="o", kind="other", family="other", dataset="cifar", cost=1, epochs=3)
     time_left.samples_per_epoch.update({"digits": 1000, "cifar": 2000})
     assert time_left.cost_epoch_seconds(other) == pytest.approx(20)
     assert time_left.estimate([resumed], [other]) == pytest.approx(10 + 60)
@@ -124,7 +125,7 @@ def test_the_time_after_the_last_epoch_counts():
     teacher, students = _teacher_then_students(1)
     time_left = TimeLeft(slots=1)
     time_left.observe(Running(teacher, elapsed=13.0, epochs_done=10, last_epoch_at=10.0, finished=True))
-    assert time_left.tail == pytest.approx(3)
+    assert time_left.tail(students[0]) == pytest.approx(3)
     assert time_left.estimate([], students) == pytest.approx(11)
 
 
@@ -132,10 +133,55 @@ def test_start_up_is_told_apart_from_the_epochs():
     """First epoch ends at 10 s, second at 14 s: 4 s per epoch and 6 s of start-up, which
     a queued job pays once (6 + 3 × 4 = 18 s), not in every epoch."""
     teacher, students = _teacher_then_students(1)
-    other = Work(key="t2", kind="teacher", dataset="digits", cost=1, epochs=3)
+    other = Work(key="t2", kind="teacher", family="teacher", dataset="digits", cost=1, epochs=3)
     time_left = TimeLeft(slots=1)
     running = Running(teacher, elapsed=15.0, epochs_done=2, last_epoch_at=14.0, first_epoch_at=10.0)
     time_left.observe(running)
-    assert time_left.startup == pytest.approx(6) and TimeLeft.epoch_seconds(running) == pytest.approx(4)
+    assert time_left.startup(other) == pytest.approx(6) and time_left.epoch_seconds(running) == pytest.approx(4)
     assert time_left.remaining(running) == pytest.approx(8 * 4 - 1)
     assert time_left.estimate([], [other]) == pytest.approx(18)
+
+
+def test_one_epoch_seen_its_start_up_is_not_an_epoch_to_come():
+    """A teacher's first epoch ends 10 s after its start, its run reporting 4 s of training
+    in it. With no job yet to tell evaluation's share: 4 s per epoch, 6 s of start-up, and
+    9 × 4 - 1 = 35 s left (the 10 s to the epoch's end taken as the epoch would say 89 s).
+    Once another teacher's epochs are 5 s apart for 4 s of training each (a whole epoch is
+    1.25 × its training), 4 × 1.25 = 5 s per epoch: 9 × 5 - 1 = 44 s, start-up 10 - 5 = 5 s."""
+    teacher, _ = _teacher_then_students(0)
+    time_left = TimeLeft(slots=2)
+    first = Running(teacher, elapsed=11.0, epochs_done=1, last_epoch_at=10.0, train_seconds=4.0)
+    time_left.observe(first)
+    assert time_left.epoch_seconds(first) == pytest.approx(4) and time_left.startup(teacher) == pytest.approx(6)
+    assert time_left.remaining(first) == pytest.approx(35)
+    other = Work(key="t2", kind="teacher", family="teacher", dataset="digits", cost=1, epochs=10)
+    time_left.observe(Running(other, elapsed=14.0, epochs_done=2, first_epoch_at=8.0, last_epoch_at=13.0,
+                              train_seconds=4.0))
+    assert time_left.seen["t2"].overhead == pytest.approx(1.25) and time_left.seen["t2"].startup == pytest.approx(3)
+    assert time_left.remaining(first) == pytest.approx(44)
+    time_left.observe(first)
+    assert time_left.seen["t"].startup == pytest.approx(5)
+    # never more than the time to the epoch's end: 3 s of training × 1.25 > 3.5 s to its end
+    quick = Running(teacher, elapsed=3.5, epochs_done=1, last_epoch_at=3.5, train_seconds=3.0)
+    assert time_left.epoch_seconds(quick) == pytest.approx(3.5)
+
+
+def test_a_kind_not_seen_yet_takes_its_family_figures_before_every_job_s():
+    """A teacher (10 s per cost-epoch, 1 s of start-up) and a cohort of eight students
+    (cost 4, epochs 8 s apart: 2 s per cost-epoch, 3 s of start-up) have been seen. A cohort
+    of three other labels on the same data (cost 2, 4 epochs) takes its family's figures,
+    not the median of every job's (6 s, 2 s): 3 + 2 × 2 × 4 = 19 s after the eight's
+    2 × 8 - 1 = 15 s on the one slot. Once the three's kind shows in another seed (epochs
+    3 s apart: 1.5 s per cost-epoch, 2 s of start-up), its own: 15 + 2 + 1.5 × 2 × 4 = 29 s."""
+    teacher, _ = _teacher_then_students(0)
+    eight = Work(key="e0", kind="eight", family="students", dataset="digits", cost=4, epochs=4)
+    three = Work(key="h0", kind="three", family="students", dataset="digits", cost=2, epochs=4)
+    time_left = TimeLeft(slots=1)
+    time_left.observe(Running(teacher, elapsed=31.0, epochs_done=2, first_epoch_at=11.0, last_epoch_at=21.0))
+    running = Running(eight, elapsed=20.0, epochs_done=2, first_epoch_at=11.0, last_epoch_at=19.0)
+    time_left.observe(running)
+    assert time_left.cost_epoch_seconds(three) == pytest.approx(2) and time_left.startup(three) == pytest.approx(3)
+    assert time_left.estimate([running], [three]) == pytest.approx(15 + 19)
+    other_seed = Work(key="h1", kind="three", family="students", dataset="digits", cost=2, epochs=4)
+    time_left.observe(Running(other_seed, elapsed=10.0, epochs_done=2, first_epoch_at=5.0, last_epoch_at=8.0))
+    assert time_left.estimate([running], [three]) == pytest.approx(29)
