@@ -27,9 +27,8 @@ from typing import Any
 import jinja2
 import pandas as pd
 
-from kdbench import records
-from kdbench.results import runs_dir
-from kdbench.runs import FAILED
+from kdbench import store
+from kdbench.store import FAILED, runs_dir
 
 from .stats import NOT_COMPUTABLE
 from . import style
@@ -116,14 +115,14 @@ def _run(suite_dir: Path, run: Any) -> dict[str, Any]:
     """One run for the template: its row, spec, per-epoch metrics and curves."""
     run_dir = runs_dir(suite_dir) / run.run_id
     spec, metrics = None, []
-    for name in (records.RECORD, FAILED, records.SPEC):
+    for name in (store.RECORD, FAILED, store.SPEC):
         if (run_dir / name).exists():
             try:
-                saved = records.read_json(run_dir / name)
-            except ValueError:  # corrupt: results.load_results has warned about it
+                saved = store.read_json(run_dir / name)
+            except ValueError:  # corrupt: store.load_results has warned about it
                 continue
-            spec = saved.get("spec", saved if name == records.SPEC else None)
-            metrics = saved.get("metrics") or records.read_metrics(run_dir)
+            spec = saved.get("spec", saved if name == store.SPEC else None)
+            metrics = saved.get("metrics") or store.read_metrics(run_dir)
             break
     terms = sorted({k for row in metrics for k in row if k.startswith("loss_")})
     return {

@@ -58,7 +58,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdbench.results import load_manifest
+from kdbench.store import load_manifest
 
 from . import curves
 from .runs import (

@@ -1,6 +1,6 @@
 """The runs of one suite folder, as the analysis tools read them.
 
-``suite_runs`` is ``kdbench.results.load_results`` restricted to the jobs the suite's
+``suite_runs`` is ``kdbench.store.load_results`` restricted to the jobs the suite's
 manifest lists (other runs in the same folder, such as ablation trials, are not the
 suite's), in the manifest's order, plus one row with status ``missing`` for each job that
 has neither a record nor ``failed.json`` (not started, or still running), so nothing the
@@ -17,10 +17,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from kdbench import records
+from kdbench import store
 from kdbench.checkpoints import safe_load
 from kdbench.errors import CheckpointError, ConfigError, KDBenchError
-from kdbench.results import load_manifest, load_results, runs_dir
+from kdbench.store import load_manifest, load_results, runs_dir
 
 SELECTION_COLUMN = {"best_val": "test_top1_best_val", "last": "test_top1_last"}
 SELECTION_TEXT = {
@@ -80,13 +80,13 @@ def labels(frame: pd.DataFrame) -> list[str]:
 
 def read_run_metrics(suite_dir: Path, run_id: str) -> list[dict[str, Any]]:
     """The per-epoch metrics of a finished run (from its record)."""
-    return records.read_json(runs_dir(suite_dir) / run_id / records.RECORD)["metrics"]
+    return store.read_json(runs_dir(suite_dir) / run_id / store.RECORD)["metrics"]
 
 
 def read_test_logits(suite_dir: Path, run_id: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A finished run's final test-set logits (float64) and labels, or None without the file
     (or with a corrupt one, which is warned about)."""
-    path = runs_dir(suite_dir) / run_id / records.TEST_LOGITS
+    path = runs_dir(suite_dir) / run_id / store.TEST_LOGITS
     if not path.exists():
         return None
     try:

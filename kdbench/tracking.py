@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import records
+from . import store
 from .errors import ConfigError
 from .spec import RunSpec
 
@@ -143,11 +143,11 @@ def log_epoch(tracking: Tracking | None, spec: RunSpec, run_dir: Path, history: 
     tracker = _OPEN.get(run_dir)
     if tracker is None:
         noted = run_dir / LOGGED
-        logged = records.read_json(noted)["epoch"] if noted.exists() else 0
+        logged = store.read_json(noted)["epoch"] if noted.exists() else 0
         tracker = _OPEN[run_dir] = RunTracker(tracking, spec, run_dir, logged=min(logged, len(history) - 1))
     for row in history[tracker.logged:]:
         tracker.log(row)
-    records.write_json(run_dir / LOGGED, {"epoch": tracker.logged})
+    store.write_json(run_dir / LOGGED, {"epoch": tracker.logged})
     if len(history) >= spec.recipe.epochs:
         _OPEN.pop(run_dir).close()
 
