@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import pydantic
 from torch import Tensor, nn
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, ValidationProblem, explain_validation
 from .models.base import ModelOutput
 from .registry import Registry
 
@@ -157,20 +157,14 @@ def parse_hparams(method: type[Method], values: dict[str, Any]) -> HParams:
     try:
         return method.HParams(**values)
     except pydantic.ValidationError as exc:
-        raise ConfigError(_explain(method, exc)) from None
+        raise ConfigError(f"method '{method.name}': "
+                          + explain_validation(exc, method.HParams, line=_hyperparameter_problem, separator="; ")) from None
 
 
-def _explain(method: type[Method], exc: pydantic.ValidationError) -> str:
-    known = list(method.HParams.model_fields)
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(hyperparameters)"
-        if err["type"] == "extra_forbidden":
-            hint = did_you_mean(key, known) or f"; it takes {', '.join(known) or 'none'}"
-            lines.append(f"unknown hyperparameter '{key}'{hint}")
-        else:
-            lines.append(f"hyperparameter '{key}': {err['msg']} (got {err.get('input')!r})")
-    return f"method '{method.name}': " + "; ".join(lines)
+def _hyperparameter_problem(problem: ValidationProblem) -> str:
+    if problem.kind == "unknown":
+        return f"unknown hyperparameter '{problem.key}'{problem.hint}"
+    return f"hyperparameter '{problem.key or '(hyperparameters)'}': {problem.message} (got {problem.got!r})"
 
 
 def warmup(epoch: int, epochs: int) -> float:

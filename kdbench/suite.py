@@ -43,7 +43,7 @@ import pydantic
 import yaml
 from pydantic import Field, NonNegativeInt, PositiveInt
 
-from .errors import ConfigError, KDBenchError, did_you_mean
+from .errors import ConfigError, KDBenchError, ValidationProblem, did_you_mean, explain_validation
 from .spec import DataSpec, Recipe, RunSpec, Strict, TeacherRef
 
 
@@ -184,7 +184,8 @@ def load_suite(path: str | Path) -> Suite:
     try:
         file = SuiteFile(**raw)
     except pydantic.ValidationError as exc:
-        raise ConfigError(_explain(path, text, exc, raw)) from None
+        raise ConfigError(explain_validation(exc, SuiteFile,
+                                             line=lambda problem: f"{path}{_line_in(text, problem)}: {problem}")) from None
     suite = Suite(path, file)
     for index, (entry, resolved) in enumerate(zip(file.method_files, suite.method_files())):
         if not resolved.exists():
@@ -218,44 +219,9 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _explain(path: Path, text: str, exc: pydantic.ValidationError, raw: dict) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "list[str]"))]
-        key = ".".join(str(p) for p in loc)
-        where = _line_of(text, loc)
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(loc[:-1])
-            hint = did_you_mean(str(loc[-1]), allowed) or f"; allowed: {', '.join(allowed)}"
-            lines.append(f"{path}{where}: unknown key '{key}'{hint}")
-        elif err["type"] == "missing":
-            lines.append(f"{path}{_node_line(text, loc[:-1])}: missing key '{key}'; add it")
-        else:
-            lines.append(f"{path}{where}: '{key}': {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(dict.fromkeys(lines))
-
-
-def _allowed_keys(loc: list) -> list[str]:
-    model: type[pydantic.BaseModel] = SuiteFile
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        annotation = model.model_fields[part].annotation if part in model.model_fields else None
-        nested = _model_in(annotation)
-        if nested is None:
-            continue
-        model = nested
-    return list(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[pydantic.BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+def _line_in(text: str, problem: ValidationProblem) -> str:
+    """' (line N)' of a problem in the suite's text: the mapping a missing key belongs in, else the key."""
+    return _node_line(text, list(problem.loc[:-1])) if problem.kind == "missing" else _line_of(text, list(problem.loc))
 
 
 def _line_of(text: str, loc: list) -> str:
@@ -301,12 +267,11 @@ def _recipe(suite: Suite, text: str, loc: list, *layers: dict[str, Any]) -> Reci
     try:
         return Recipe(**merged)
     except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(map(str, err["loc"]))
-        if err["type"] == "extra_forbidden":
-            hint = did_you_mean(key, Recipe.model_fields) or f"; allowed: {', '.join(Recipe.model_fields)}"
-            raise suite_error(suite, text, loc, f"unknown recipe key '{key}'{hint}") from None
-        raise suite_error(suite, text, [*loc, key], f"{err['msg']} (got {err.get('input')!r})") from None
+        def problem_at(problem: ValidationProblem) -> str:
+            if problem.kind == "unknown":
+                return str(suite_error(suite, text, loc, f"unknown recipe key '{problem.key}'{problem.hint}"))
+            return str(suite_error(suite, text, [*loc, *problem.loc], problem.detail))
+        raise ConfigError(explain_validation(exc, Recipe, line=problem_at)) from None
 
 
 def _expand(suite: Suite, text: str) -> list[Job]:

@@ -75,7 +75,7 @@ from typing import Any
 
 import pydantic
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, did_you_mean, explain_validation
 from ..registry import Registry
 from .base import AUGMENTATIONS, Augment, DataSplits, ImageFileDataset, Splitter, TensorImageDataset
 
@@ -169,10 +169,9 @@ def _checked_options(name: str, factory: Factory, options: dict[str, Any]) -> di
         try:
             checked[key] = pydantic.TypeAdapter(hints[key]).validate_python(value)
         except pydantic.ValidationError as e:
-            problem = e.errors()[0]["msg"]
-            raise ConfigError(
-                f"dataset '{name}' option '{key}': {problem} (got {value!r})"
-            ) from None
+            raise ConfigError(explain_validation(
+                e, line=lambda problem: f"dataset '{name}' option '{key}': {problem.message} (got {value!r})", separator="; "
+            )) from None
     return checked
 
 
