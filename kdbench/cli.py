@@ -14,7 +14,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from .errors import ConfigError, KDBenchError, MachineError
+from .errors import ConfigError, KDBenchError, MachineError, explain_validation
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdbench: error: {as_machine_error(exc)}", file=sys.stderr)
         return 2
     except pydantic.ValidationError as exc:  # a value given on the command line, e.g. --lr -1
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = explain_validation(exc, line=lambda problem: f"{problem.key}: {problem.message}", separator="; ")
         print(f"kdbench: error: {exc.title}: {problems}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
