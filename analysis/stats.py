@@ -1,7 +1,7 @@
 """Paired comparisons of two methods over seeds.
 
 Within a seed, every student of a suite sees the same batches in the same order (the data
-stream is seeded from the seed and the epoch, see ``kdbench.training``), so two methods'
+stream is seeded from the seed and the epoch, see ``kdbench.engine``), so two methods'
 accuracies on one (dataset, pair, seed) are a pair, and the question "does method A beat
 the reference B?" is answered on the per-seed differences d_i = a_i − b_i:
 

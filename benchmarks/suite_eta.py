@@ -28,7 +28,7 @@ from kdbench import runner
 from kdbench.progress import TimeLeft, duration
 from kdbench.runner import RunnerOptions, Scheduler, run_suite
 from kdbench.suite import load_suite
-from kdbench.training import EngineOptions
+from kdbench.engine import EngineOptions
 
 QUICK = Path(__file__).parents[1] / "suites" / "quick.yaml"
 

@@ -5,10 +5,13 @@
     teacher output computed once, as a ratio to KD's. Each round times KD and every
     method back to back (``torch.utils.benchmark.Timer.blocked_autorange``, blocks of
     calls filling ROUND_SECONDS, in an order rotated from round to round) and takes each
-    method's ratio to KD in that round, so that the machine's drift between rounds cancels;
-    rounds go on until every ratio's interquartile range is within RATIO_SPREAD of its
-    median (or ROUNDS_AT_MOST, or SECONDS_AT_MOST), and the ratios are printed with that
-    range.
+    method's ratio to KD in that round, so that the machine's drift between rounds cancels.
+    A ratio is the median of its rounds', given with that median's 95% confidence interval
+    (distribution-free: two order statistics of the rounds' ratios) and the rounds'
+    interquartile range. Rounds go on until every interval lies within RATIO_SPREAD / 2
+    of its median, so that two runs whose intervals hold the truth agree within
+    RATIO_SPREAD, or until ROUNDS_AT_MOST or SECONDS_AT_MOST: then the ratios that did not
+    settle are named (a busy machine's rounds scatter too widely).
 (b) Cohort: every method as one cohort (one teacher forward per batch) against the same
     runs one by one. With t the teacher forward and s_i each student's step, one by one
     costs Σ(t + s_i) and a cohort t + Σs_i: the bound on the speed-up is printed beside
@@ -37,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -49,9 +53,11 @@ from .data import DataSplits
 from .method import Batch, TrainContext, create_method, list_methods
 from .models import create_model
 from .spec import DataSpec, Recipe, RunSpec, TeacherRef
-from .training import (EngineOptions, EpochBatches, Indexed, ResidentTrainSet, RngStream, _autocast,
-                       _loader_batches, _step, _to_device, cohort_step, make_trainee, open_data, resolve_device,
-                       student_stacks)
+from .engine import (EngineOptions, EpochBatches, Indexed, ResidentTrainSet, RngStream, make_trainee, open_data,
+                     resolve_device)
+from .engine.batches import loader_batches, to_device
+from .engine.options import autocast_factory
+from .engine.step import cohort_step, student_stacks, trainee_step
 
 
 def _sync(device: torch.device) -> None:
@@ -86,7 +92,7 @@ def interleaved(contenders: dict[str, Callable[[], None]], device: torch.device,
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-RATIO_SPREAD = 0.05  # (a): relative interquartile range of every ratio to stop at
+RATIO_SPREAD = 0.05  # (a): two runs' ratios should agree within this (relative); see the module docstring
 ROUNDS_AT_MOST = 30
 SECONDS_AT_MOST = 180.0  # (a) stops adding rounds after this long (a busy machine never settles)
 
@@ -95,9 +101,11 @@ SECONDS_AT_MOST = 180.0  # (a) stops adding rounds after this long (a busy machi
 class StepRatio:
     seconds: float  # median seconds per step over the rounds
     ratio: float  # median over the rounds of the round's ratio to the reference
-    low: float  # first and third quartile of those ratios
+    low: float  # 95% confidence interval of that median (the ratio itself when too few rounds give one)
     high: float
+    quartiles: tuple[float, float]  # first and third quartile of the rounds' ratios
     rounds: int
+    settled: bool  # its interval lies within RATIO_SPREAD / 2 of it
 
 
 def step_ratios(contenders: dict[str, Callable[[], None]], reference: str, steps: int | None, rounds: int,
@@ -121,14 +129,16 @@ def step_ratios(contenders: dict[str, Callable[[], None]], reference: str, steps
         for name, value in this_round.items():
             seconds[name].append(value)
             ratios[name].append(value / this_round[reference])
-        settled = all(_spread(r) <= RATIO_SPREAD for r in ratios.values())
+        settled = all(_settled(r) for r in ratios.values())
         if not steps and round_ + 1 >= rounds and (settled or time.perf_counter() - start > SECONDS_AT_MOST):
             break
     result = {}
     for name in names:
-        low, _, high = _quartiles(ratios[name])
-        result[name] = StepRatio(statistics.median(seconds[name]), statistics.median(ratios[name]), low, high,
-                                 len(ratios[name]))
+        median = statistics.median(ratios[name])
+        low, high = _median_interval(ratios[name]) or (median, median)
+        first, _, third = _quartiles(ratios[name])
+        result[name] = StepRatio(statistics.median(seconds[name]), median, low, high, (first, third),
+                                 len(ratios[name]), _settled(ratios[name]))
     return result
 
 
@@ -136,10 +146,22 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return tuple(statistics.quantiles(values, n=4, method="inclusive")) if len(values) > 1 else (values[0],) * 3
 
 
-def _spread(values: list[float]) -> float:
-    """Interquartile range relative to the median."""
-    low, median, high = _quartiles(values)
-    return (high - low) / median
+def _median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A confidence interval of the median that assumes no distribution: the j-th smallest
+    and j-th largest value, j the largest with P(Binomial(n, 1/2) < j) ≤ (1 - confidence) / 2;
+    None below 6 values, too few for 95%."""
+    n, below, j = len(values), 0.0, 0
+    while j < n and below + math.comb(n, j) / 2**n <= (1 - confidence) / 2:
+        below += math.comb(n, j) / 2**n
+        j += 1
+    ordered = sorted(values)
+    return (ordered[j - 1], ordered[n - j]) if j else None
+
+
+def _settled(values: list[float]) -> bool:
+    """Whether the median's confidence interval lies within RATIO_SPREAD / 2 of it."""
+    interval, median = _median_interval(values), statistics.median(values)
+    return interval is not None and max(median - interval[0], interval[1] - median) <= median * RATIO_SPREAD / 2
 
 
 LARGE_TEACHER, LARGE_STUDENT = "timm:resnet34", "timm:resnet18"  # the fine-grained suite's pair
@@ -186,7 +208,7 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
         sampler = EpochBatches(len(folder.train), batch_size, 0)
 
         def loader_epoch(data: DataSplits) -> None:
-            for _ in _loader_batches(DataLoader(Indexed(data.train), batch_sampler=sampler), RngStream(0, device)):
+            for _ in loader_batches(DataLoader(Indexed(data.train), batch_sampler=sampler), RngStream(0, device)):
                 pass
 
         def store_epoch() -> None:
@@ -209,8 +231,8 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
         trainee = make_trainee(kd, Path("."), create_method("kd"), len(folder.classes), teacher, batch_images[:2].cpu(),
                                context, device, options)
         trainee.rng = RngStream(0, device)
-        batch = Batch(_to_device(batch_images, device), labels.to(device), index.to(device))
-        autocast, _ = _autocast(device, options.amp)
+        batch = Batch(to_device(batch_images, device), labels.to(device), index.to(device))
+        autocast, _ = autocast_factory(device, options.amp)
         step = interleaved({"kd": lambda: cohort_step(batch, teacher, [trainee], 1, 0.0, autocast)}, device,
                            steps or 1, rounds)["kd"]
     step_rate = len(batch.labels) / step
@@ -230,23 +252,26 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
 def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4", batch_size: int = 64,
               image_size: int = 32, num_classes: int = 100, methods: list[str] | None = None,
               steps: int | None = None, rounds: int = 5, device_name: str = "auto", dataset: str = "synthetic-fg",
-              printer: Callable[[str], None] = print, large_images: int = 300) -> dict[str, float]:
+              printer: Callable[[str], None] = print, large_images: int = 300, through: str = "d",
+              ) -> dict[str, Any]:
+    """The cases (a) to ``through`` (see the module docstring); (b)'s bound takes (a)'s step
+    times and (c) (b)'s KD step, so each case comes with those before it."""
     device = resolve_device(device_name)
     methods = methods or list_methods()
     options = EngineOptions(device=str(device), progress=False)
-    autocast, _ = _autocast(device, options.amp)
+    autocast, _ = autocast_factory(device, options.amp)
     torch.manual_seed(0)
     teacher = create_model(teacher_name, num_classes=num_classes).to(device).eval().requires_grad_(False)
     images = torch.randn(batch_size, 3, image_size, image_size)
     labels = torch.randint(num_classes, (batch_size,))
     num_samples = 50_000  # a CIFAR-sized training set for CRD's memory
-    batch = Batch(_to_device(images, device), labels.to(device), torch.randint(num_samples, (batch_size,), device=device))
+    batch = Batch(to_device(images, device), labels.to(device), torch.randint(num_samples, (batch_size,), device=device))
     train_labels = torch.randint(num_classes, (num_samples,))
     teacher_ref = TeacherRef(model=teacher_name, checkpoint="random")
 
     created = {name: create_method(name) for name in methods}
     if any(m.needs.weak_view for m in created.values()):  # MLKD: a second view of the batch
-        batch = replace(batch, weak_images=_to_device(torch.randn_like(images), device))
+        batch = replace(batch, weak_images=to_device(torch.randn_like(images), device))
     teacher.tap(sorted({stage for m in created.values() if m.needs.teacher for stage in m.needs.teacher_stages}))
     context = partial(TrainContext, num_classes, train_labels, 240, 0,
                       teacher_train_logits=torch.randn(num_samples, num_classes))
@@ -268,7 +293,7 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     def student_step(name: str) -> None:
         trainee = trainees[name]
         with trainee.rng.active():
-            _step(trainee, batch, teacher_out, 1, 0.0, autocast, teacher_weak=teacher_weak)
+            trainee_step(trainee, batch, teacher_out, 1, 0.0, autocast, teacher_weak=teacher_weak)
 
     def alone(name: str) -> None:
         cohort_step(batch, teacher, [trainees[name]], 1, 0.0, autocast)
@@ -282,10 +307,20 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     measured = step_ratios({name: partial(student_step, name) for name in trainees}, reference, steps, rounds)
     step_seconds = {name: m.seconds for name, m in measured.items()}
     printer(f"\n(a) student step per method (a run alone costs this plus the teacher forward, if it has one); "
-            f"ratio to {reference}: median of {measured[reference].rounds} rounds' ratios [interquartile range]")
-    printer(f"    {'method':<10} {'step ms':>9} {'vs ' + reference:>7}  spread")
+            f"ratio to {reference}: median of {measured[reference].rounds} rounds' ratios, its 95% confidence "
+            f"interval, the rounds' interquartile range")
+    printer(f"    {'method':<10} {'step ms':>9} {'vs ' + reference:>7}  {'95% CI':<11}  rounds' IQR")
     for name, m in measured.items():
-        printer(f"    {name:<10} {m.seconds * 1e3:9.1f} {m.ratio:6.2f}x  [{m.low:.2f}–{m.high:.2f}]")
+        printer(f"    {name:<10} {m.seconds * 1e3:9.1f} {m.ratio:6.2f}x  [{m.low:.2f}–{m.high:.2f}]  "
+                f"[{m.quartiles[0]:.2f}–{m.quartiles[1]:.2f}]")
+    unsettled = [name for name, m in measured.items() if not m.settled]
+    if unsettled and not steps:
+        printer(f"    not settled after {measured[reference].rounds} rounds: the intervals of {', '.join(unsettled)} "
+                f"reach past ±{RATIO_SPREAD * 50:.1f}%, so two runs may differ by more than {RATIO_SPREAD:.0%}")
+    result: dict[str, Any] = {f"step_ratio_{name}": m.ratio for name, m in measured.items()}
+    result.update({f"step_ratio_ci_{name}": (m.low, m.high) for name, m in measured.items()})
+    if through == "a":
+        return result
 
     # (b): the teacher forward, every run alone (its step after a teacher forward, if it
     # needs one), the cohort, the cohort stacked
@@ -307,6 +342,10 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     stacked_speedup = one_by_one / times["stacked cohort"]
     printer(f"    students stacked (one vmapped {student_name}): {times['stacked cohort'] * 1e3:.1f} ms, "
             f"speed-up {stacked_speedup:.2f}x (--stack-students pays where this beats the cohort)")
+    result.update({"teacher_ms": t * 1e3, "cohort_speedup": speedup, "cohort_bound": bound,
+                   "stacked_speedup": stacked_speedup})
+    if through == "b":
+        return result
 
     # (c) data pipeline against the training step
     data_spec = RunSpec(dataset=DataSpec(name=dataset, options={"image_size": image_size}), student=student_name)
@@ -314,7 +353,7 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     sampler = EpochBatches(len(data.train), batch_size, 0)
     start = time.perf_counter()
     loader = DataLoader(Indexed(data.train), batch_sampler=sampler)
-    seen = sum(len(labels) for _, labels, _ in _loader_batches(loader, RngStream(0, device)))
+    seen = sum(len(labels) for _, labels, _ in loader_batches(loader, RngStream(0, device)))
     data_rate = seen / (time.perf_counter() - start)
     step_rate = batch_size / times[f"alone {'kd' if 'kd' in trainees else next(iter(trainees))}"]
     printer(f"\n(c) data pipeline ({dataset}, {image_size} px, 0 workers): {data_rate:,.0f} images/s; "
@@ -329,10 +368,11 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
         resident_rate = seen / (time.perf_counter() - start)
         printer(f"    held on {device} and augmented in batch: {resident_rate:,.0f} images/s")
     large = large_image_data(batch_size, large_images, device, options, steps, rounds, printer) if large_images else {}
+    result.update({"data_images_per_s": data_rate, **large})
+    if through == "c":
+        return result
 
     # (d) harness overhead against a minimal hand-written KD loop on identical models
-    result = {"teacher_ms": t * 1e3, "cohort_speedup": speedup, "cohort_bound": bound,
-              "stacked_speedup": stacked_speedup, "data_images_per_s": data_rate, **large}
     if "kd" in trainees:
         plain_student = create_model(student_name, num_classes=num_classes).to(device)
         plain_student.load_state_dict(trainees["kd"].model.state_dict())
@@ -353,6 +393,4 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
         printer(f"\n(d) KD step: harness {overhead['harness'] * 1e3:.1f} ms, minimal PyTorch loop "
                 f"{overhead['minimal'] * 1e3:.1f} ms ({(ratio - 1) * 100:+.1f}%)")
         result["harness_overhead"] = ratio - 1
-    result.update({f"step_ratio_{name}": m.ratio for name, m in measured.items()})
-    result.update({f"step_ratio_iqr_{name}": m.high - m.low for name, m in measured.items()})
     return result

@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .method import load_method_files
     from .spec import DataSpec, Recipe, RunSpec, TeacherRef
     from .tracking import Tracking, require
-    from .training import EngineOptions
+    from .engine import EngineOptions
     from .runs import ensure_run
 
     out = output_folder(args.out)
@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import ONLY_KEYS, RunnerOptions, run_suite, suite_dir
     from .suite import load_suite
     from .tracking import Tracking, require
-    from .training import EngineOptions
+    from .engine import EngineOptions
 
     only = {}
     for key, value in parse_overrides(args.only).items():

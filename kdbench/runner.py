@@ -45,7 +45,7 @@ from .runs import (FAILED, CohortOutOfMemory, CorruptResultsFile, as_machine_err
                    read_run_file, set_aside_unsound_weights)
 from .spec import RunSpec
 from .suite import Job, Suite
-from .training import EngineOptions, cohort_key, resolve_device
+from .engine import EngineOptions, cohort_key, resolve_device
 
 POLL_SECONDS = 1.0
 REPORT_SECONDS = 10.0  # between progress reports
@@ -173,7 +173,7 @@ def _join_slurm_tasks() -> None:
 
 
 def form_cohorts(jobs: list[Job], size: int) -> list[tuple[Job, ...]]:
-    """Jobs that can train together (``training.cohort_key``, one teacher between them),
+    """Jobs that can train together (``engine.cohort_key``, one teacher between them),
     in chunks of at most ``size``. Runs without a teacher ride along with a teacher's
     group, unless other runs wait for them (teachers train before their students)."""
     depended = {d for job in jobs for d in job.depends_on}
@@ -187,7 +187,7 @@ def form_cohorts(jobs: list[Job], size: int) -> list[tuple[Job, ...]]:
     return [tuple(group[i:i + size]) for group in groups.values() for i in range(0, len(group), size)]
 
 
-MAX_LOADER_WORKERS = 8  # a GPU job's data-loader processes, at most (as training.train_cohort's default)
+MAX_LOADER_WORKERS = 8  # a GPU job's data-loader processes, at most (as engine.train_cohort's default)
 
 
 def core_plan(jobs: list[Job], slots: int, cores: int, cohort_size: int, processes_per_job: int = 1) -> dict[str, int]:

@@ -21,7 +21,7 @@ from . import distributed, records
 from .checkpoints import safe_load, set_aside
 from .errors import CheckpointError, ConfigError, KDBenchError, MachineError, RunStopped
 from .spec import RunSpec
-from .training import EngineOptions, train_cohort
+from .engine import EngineOptions, train_cohort
 
 FAILED = "failed.json"
 
@@ -154,7 +154,7 @@ def ensure_run(spec: RunSpec, out: Path, options: EngineOptions | None = None) -
 
 def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None = None
                 ) -> list[dict[str, Any] | BaseException]:
-    """``ensure_run`` for a cohort (see ``training.train_cohort``): the unfinished runs
+    """``ensure_run`` for a cohort (see ``engine.train_cohort``): the unfinished runs
     train together; each result is a record or the exception that ended that run. The
     device running out of memory in a cohort of several (at set-up, in the teacher's
     forward or a student's step) is ``CohortOutOfMemory`` for all, and no run's failure;

@@ -14,7 +14,7 @@ TINY_RECIPE = Recipe(epochs=2, batch_size=64, lr=0.05)
 def teacher_out(tmp_path_factory) -> tuple[Path, RunSpec]:
     """A results folder holding a finished resnet14 teacher on 16-px digits."""
     from kdbench.runs import ensure_run
-    from kdbench.training import EngineOptions
+    from kdbench.engine import EngineOptions
 
     out = tmp_path_factory.mktemp("teacher_results")
     spec = RunSpec(dataset=TINY_DIGITS, student="resnet14", method="none", recipe=TINY_RECIPE, seed=0)

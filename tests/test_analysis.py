@@ -30,7 +30,7 @@ from kdbench import list_methods, records
 from kdbench.errors import ConfigError
 from kdbench.method import METHODS as REGISTERED_METHODS
 from kdbench.spec import DataSpec, Recipe, RunSpec, TeacherRef
-from kdbench.training import summarise
+from kdbench.engine import summarise
 
 CLASSES = {"digits": 10, "synthetic-fg": 12}
 TEACHER, STUDENT = "resnet20", "resnet8"
@@ -715,7 +715,7 @@ def test_ablation_prunes_and_a_pruned_run_resumes(tmp_path):
     from kdbench.analysis.ablation import _objective, load_ablation
 
     from kdbench.runs import ensure_run
-    from kdbench.training import EngineOptions
+    from kdbench.engine import EngineOptions
 
     ablation = load_ablation(write_suite(tmp_path, TINY_ABLATION | {"ablation": {
         "method": "figkd", "space": {"wavelet": ["haar"], "level": [1]}}}))

@@ -14,8 +14,7 @@ from kdbench.data import create_dataset
 from kdbench.data.base import CUTOUT_FILL, STRONG_OPS, StrongAugment, cutout, padded_crop_transforms
 from kdbench.errors import ConfigError
 from kdbench.spec import Recipe, RunSpec
-from kdbench.training import (EngineOptions, ResidentTrainSet, RngStream, _mixed, _mixer, open_data, train_cohort,
-                              train_run)
+from kdbench.engine import EngineOptions, ResidentTrainSet, RngStream, batches, open_data, train_cohort, train_run
 
 from conftest import TINY_RECIPE, student_spec
 
@@ -157,8 +156,9 @@ def test_mixup_mixes_a_batch_with_its_reverse_and_softens_its_targets(size):
     images, labels = torch.randn(size, 3, 8, 8), torch.arange(size)
     original = images.clone()
     numpy_state = np.random.get_state()
-    (mixed, hard, _, targets), = _mixed(stream_batches(images, labels), _mixer(Recipe(mixup_alpha=0.4), 8),
-                                        RngStream(3, torch.device("cpu")))
+    (mixed, hard, _, targets), = batches.mixed(stream_batches(images, labels),
+                                               batches.make_mixer(Recipe(mixup_alpha=0.4), 8),
+                                               RngStream(3, torch.device("cpu")))
     assert np.array_equal(np.random.get_state()[1], numpy_state[1])  # numpy's generator is put back
     assert torch.equal(hard, labels) and targets.shape == (size, 8)
     even = size - size % 2
@@ -169,16 +169,17 @@ def test_mixup_mixes_a_batch_with_its_reverse_and_softens_its_targets(size):
     torch.testing.assert_close(targets[:even], lam * one_hot[:even] + (1 - lam) * one_hot[:even].flip(0))
     if size % 2:  # the odd last sample keeps its image and its label
         assert torch.equal(mixed[-1], original[-1]) and torch.equal(targets[-1], one_hot[-1])
-    again = _mixed(stream_batches(original.clone(), labels), _mixer(Recipe(mixup_alpha=0.4), 8),
-                   RngStream(3, torch.device("cpu")))
+    again = batches.mixed(stream_batches(original.clone(), labels), batches.make_mixer(Recipe(mixup_alpha=0.4), 8),
+                          RngStream(3, torch.device("cpu")))
     assert torch.equal(next(again)[0], mixed)  # drawn from the data stream: reproducible
 
 
 def test_cutmix_pastes_the_reversed_batch_and_weighs_targets_by_area():
     images, labels = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0])
     original = images.clone()
-    (mixed, _, _, targets), = _mixed(stream_batches(images, labels), _mixer(Recipe(cutmix_alpha=1.0), 5),
-                                     RngStream(0, torch.device("cpu")))
+    (mixed, _, _, targets), = batches.mixed(stream_batches(images, labels),
+                                            batches.make_mixer(Recipe(cutmix_alpha=1.0), 5),
+                                            RngStream(0, torch.device("cpu")))
     pasted = (mixed != original).any(1)  # pixels taken from the reversed batch
     assert torch.equal(mixed[pasted.unsqueeze(1).expand_as(mixed)], original.flip(0)[pasted.unsqueeze(1).expand_as(mixed)])
     kept_area = 1 - pasted[1].float().mean().item()
@@ -186,8 +187,8 @@ def test_cutmix_pastes_the_reversed_batch_and_weighs_targets_by_area():
 
 
 def test_no_mixing_keeps_hard_targets():
-    (_, _, _, targets), = _mixed(stream_batches(torch.randn(4, 3, 8, 8), torch.arange(4)), _mixer(Recipe(), 4),
-                                 RngStream(0, torch.device("cpu")))
+    (_, _, _, targets), = batches.mixed(stream_batches(torch.randn(4, 3, 8, 8), torch.arange(4)),
+                                        batches.make_mixer(Recipe(), 4), RngStream(0, torch.device("cpu")))
     assert targets is None
 
 

@@ -17,7 +17,7 @@ from kdbench.cli import main
 from kdbench.runner import RunnerOptions, run_suite
 from kdbench.spec import RunSpec
 from kdbench.suite import load_suite
-from kdbench.training import EngineOptions, EpochBatches, open_data
+from kdbench.engine import EngineOptions, EpochBatches, open_data
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")

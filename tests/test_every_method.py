@@ -9,7 +9,7 @@ import pytest
 
 import kdbench
 from kdbench import records
-from kdbench.training import EngineOptions, train_run
+from kdbench.engine import EngineOptions, train_run
 
 from conftest import TINY_RECIPE, student_spec
 

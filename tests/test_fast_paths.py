@@ -30,7 +30,7 @@ import torch
 
 from kdbench import records
 from kdbench.spec import Recipe
-from kdbench.training import EngineOptions, train_cohort
+from kdbench.engine import EngineOptions, train_cohort
 
 from conftest import TINY_RECIPE, student_spec
 
@@ -92,16 +92,16 @@ def test_bfloat16_autocast(teacher_out, plain, tmp_path, monkeypatch):
 
 
 def test_float16_autocast_with_a_gradient_scaler(teacher_out, plain, tmp_path, monkeypatch):
-    from kdbench.training import Trainee
+    from kdbench.engine import cohort as engine_cohort
 
     options = replace(TWO_STEPS, amp=True, amp_dtype="float16")
     fast = cohort(teacher_out, tmp_path, options)
     assert_close(plain, fast, loss_rel=1e-2, points=10 * SAMPLE)
     # a second epoch resumes each run's scaler from its checkpoint
     scales = []
-    resume = Trainee.resume
-    monkeypatch.setattr(Trainee, "resume", lambda self, device: resume(self, device) or scales.append(
-        self.scaler.get_scale()))
+    resume = engine_cohort.resume
+    monkeypatch.setattr(engine_cohort, "resume", lambda trainee, device: resume(trainee, device) or scales.append(
+        trainee.scaler.get_scale()))
     two_epochs = Recipe(**{**ONE_EPOCH.model_dump(), "epochs": 2})
     out, teacher = teacher_out
     spec = student_spec(teacher, recipe=two_epochs)
@@ -149,7 +149,7 @@ def test_device_held_data_without_augmentation_sees_the_loaders_pixels(teacher_o
 
 
 def test_device_held_data_with_batch_augmentation(teacher_out, tmp_path, monkeypatch):
-    from kdbench.training import ResidentTrainSet
+    from kdbench.engine import ResidentTrainSet
 
     augmented = []
     batches = ResidentTrainSet.batches

@@ -20,7 +20,7 @@ from kdbench.methods.fitnet import fitnet_loss, hint_regressor
 from kdbench.methods.reviewkd import ABF, hcl_loss, review
 from kdbench.models import ModelOutput, create_model
 from kdbench.suite import load_suite
-from kdbench.training import EngineOptions, train_run
+from kdbench.engine import EngineOptions, train_run
 
 from conftest import TINY_RECIPE, student_spec
 

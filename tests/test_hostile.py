@@ -34,7 +34,7 @@ from kdbench.runner import (CohortJob, RunnerOptions, Scheduler, execute_cohort,
 from kdbench.runs import CorruptResultsFile, ensure_run, ensure_runs, read_run_file
 from kdbench.spec import RunSpec
 from kdbench.suite import UniqueKeyLoader, load_suite
-from kdbench.training import EngineOptions
+from kdbench.engine import EngineOptions
 
 
 def write_image(path: Path, shade: int) -> None:

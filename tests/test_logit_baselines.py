@@ -258,7 +258,7 @@ def test_ctkd_temperature_trains_with_the_student(teacher_out, tmp_path):
     from conftest import TINY_RECIPE, student_spec
 
     from kdbench import records
-    from kdbench.training import EngineOptions, train_run
+    from kdbench.engine import EngineOptions, train_run
 
     torch.set_default_dtype(torch.float32)  # a real run; the fixture restores float64 after
     out, teacher = teacher_out

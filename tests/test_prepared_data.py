@@ -22,7 +22,7 @@ from kdbench.data.base import IMAGENET_MEAN, IMAGENET_STD, BatchResizedCrop, Rag
 from kdbench.data.prepared import INDEX, Listing, PreparedImageDataset, store_root, verify
 from kdbench.errors import DataError
 from kdbench.spec import DataSpec, Recipe, RunSpec
-from kdbench.training import EngineOptions, ResidentTrainSet, train_run
+from kdbench.engine import EngineOptions, ResidentTrainSet, train_run
 
 FILE_SETS = [name for name in LAYOUTS if name not in ("cifar100", "tiny-imagenet")]
 SHORT = round(SIZE * 256 / 224)  # the short side stores of 16-px sets keep: 18

@@ -17,7 +17,7 @@ from kdbench.errors import ConfigError, DataError
 from kdbench.results import load_results
 from kdbench.runner import RunnerOptions, run_suite
 from kdbench.suite import load_suite
-from kdbench.training import EngineOptions
+from kdbench.engine import EngineOptions
 
 REPO = Path(__file__).resolve().parents[1]
 

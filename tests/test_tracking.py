@@ -14,7 +14,7 @@ from kdbench import records, tracking
 from kdbench.errors import ConfigError
 from kdbench.spec import DataSpec, Recipe, RunSpec
 from kdbench.tracking import Tracking
-from kdbench.training import EngineOptions, train_run
+from kdbench.engine import EngineOptions, train_run
 
 SPEC = RunSpec(dataset=DataSpec(name="digits", options={"image_size": 8}), student="resnet8", method="none",
                recipe=Recipe(epochs=3, batch_size=128, lr=0.05), seed=4)

@@ -9,7 +9,7 @@ from kdbench import records
 from kdbench.errors import ConfigError
 from kdbench.runs import FAILED, ensure_run
 from kdbench.spec import Recipe
-from kdbench.training import EngineOptions, TrainingDiverged, learning_rate, train_run
+from kdbench.engine import EngineOptions, TrainingDiverged, learning_rate, train_run
 
 from conftest import TINY_RECIPE, student_spec
 
@@ -115,7 +115,7 @@ def test_learning_rate_schedule(recipe, epoch, fraction, expected):
 
 
 def test_cohort_records_equal_separate_runs(teacher_out, tmp_path):
-    from kdbench.training import train_cohort
+    from kdbench.engine import train_cohort
 
     out, teacher = teacher_out
     weights = out / teacher.run_id / records.WEIGHTS
@@ -130,7 +130,7 @@ def test_cohort_records_equal_separate_runs(teacher_out, tmp_path):
 
 
 def test_one_failing_run_does_not_stop_its_cohort(teacher_out, tmp_path):
-    from kdbench.training import train_cohort
+    from kdbench.engine import train_cohort
 
     out, teacher = teacher_out
     good = student_spec(teacher)
@@ -146,7 +146,8 @@ def test_device_resident_data_path_trains_reproducibly(teacher_out, tmp_path):
     to the loader path for sets that are not held in memory."""
     from dataclasses import replace
 
-    from kdbench.training import ResidentTrainSet, _device_data, open_data
+    from kdbench.engine import ResidentTrainSet, open_data
+    from kdbench.engine.options import uses_device_data
 
     out, teacher = teacher_out
     weights = out / teacher.run_id / records.WEIGHTS
@@ -155,7 +156,7 @@ def test_device_resident_data_path_trains_reproducibly(teacher_out, tmp_path):
     b = train_run(student_spec(teacher), tmp_path / "b", resident, weights)
     assert comparable(a) == comparable(b)
     assert a["summary"]["test_top1_last"] > 30
-    assert not _device_data(QUIET, torch.device("cpu"))
+    assert not uses_device_data(QUIET, torch.device("cpu"))
     smoke = open_data(student_spec(teacher), replace(QUIET, subset=64), augment=True)
     assert ResidentTrainSet.of(smoke, True, torch.device("cpu")) is None  # a subset view: loader path
 
@@ -178,7 +179,7 @@ def test_stacked_students_train_like_separate_ones(teacher_out, tmp_path, monkey
     amplifies rounding, as it amplifies a change in the number of threads."""
     from kdbench.models import create_model
     from kdbench.models.stacked import StackedForward
-    from kdbench.training import seed_everything, train_cohort
+    from kdbench.engine import seed_everything, train_cohort
 
     out, teacher = teacher_out
     weights = out / teacher.run_id / records.WEIGHTS
@@ -217,7 +218,7 @@ def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def test_students_that_cannot_be_stacked_step_one_by_one(teacher_out, tmp_path, monkeypatch):
     from kdbench.models.stacked import StackedForward
-    from kdbench.training import train_cohort
+    from kdbench.engine import train_cohort
 
     out, teacher = teacher_out
     weights = out / teacher.run_id / records.WEIGHTS

@@ -1,0 +1,76 @@
+"""The run's record: its spec, summary (both selection rules), parameter counts, timing,
+environment and per-epoch metrics; with the final test logits and weights, written by
+rank 0, after which the epoch checkpoint is no longer needed."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .. import distributed, records
+from ..checkpoints import atomic_torch_save
+from ..models import Backbone
+from .evaluation import evaluate
+from .trainee import Trainee
+
+
+def finish_run(trainee: Trainee, teacher: Backbone | None, teacher_test: float | None,
+               test_loader: DataLoader | None, device: torch.device, started: float) -> dict[str, Any]:
+    """The run's record; rank 0 (``test_loader`` the whole test set) also writes its files."""
+    run_dir = trainee.run_dir
+    if test_loader is not None:
+        final = evaluate(trainee.model, test_loader, device, keep_logits=True)
+        atomic_torch_save({"logits": final["logits"], "labels": final["labels"]}, run_dir / records.TEST_LOGITS)
+        atomic_torch_save({"model": trainee.model.state_dict()}, run_dir / records.WEIGHTS)
+    history = trainee.history
+    record = {
+        "run_id": trainee.spec.run_id,
+        "status": "finished",
+        "spec": trainee.spec.model_dump(mode="json"),
+        "summary": summarise(history, teacher_test),
+        "parameters": {
+            "student": count_parameters(trainee.model),
+            "method": count_parameters(trainee.method),
+            "teacher": sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
+        },
+        "timing": {
+            "train_seconds": sum(r["epoch_seconds"] for r in history),
+            "images_per_s": float(np.mean([r["images_per_s"] for r in history if r["images_per_s"]] or [0.0])),
+            "wall_seconds_this_session": time.time() - started,
+        },
+        "environment": records.environment(device),
+        "metrics": history,
+    }
+    if distributed.active():
+        record["environment"]["world_size"] = distributed.world()
+    if test_loader is not None:
+        records.write_json(run_dir / records.RECORD, record)
+        (run_dir / records.CHECKPOINT).unlink(missing_ok=True)  # the weights and record now hold everything
+    return record
+
+
+def summarise(history: list[dict[str, Any]], teacher_test: float | None) -> dict[str, Any]:
+    """Both selection rules: the last epoch, and the epoch with the best val top-1."""
+    last = history[-1]
+    best = max(history, key=lambda r: (r["val_top1"] if not math.isnan(r["val_top1"]) else -1, -r["epoch"]))
+    return {
+        "test_top1_last": last["test_top1"],
+        "test_top5_last": last["test_top5"],
+        "best_val_epoch": best["epoch"],
+        "val_top1_best": best["val_top1"],
+        "test_top1_best_val": best["test_top1"],
+        "test_top5_best_val": best["test_top5"],
+        # the max over epochs of test accuracy, what mdistiller reports; optimistic, for comparison only
+        "test_top1_max": max(r["test_top1"] for r in history),
+        "teacher_test_top1": teacher_test,
+    }
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,88 @@
+"""A trainee: one run of a cohort (its student, its method with the method's own modules,
+its optimizer) and what it carries from step to step; and the cohort's frozen teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import distributed
+from ..checkpoints import load_weights
+from ..errors import ConfigError
+from ..method import Method, TrainContext
+from ..models import Backbone, create_model
+from ..spec import RunSpec
+from .batches import to_device
+from .options import EngineOptions, autocast_factory, uses_channels_last
+from .schedule import make_optimizer
+from .streams import RngStream, seed_everything
+
+
+@dataclass
+class Trainee:
+    """One run of a cohort and everything it carries from step to step."""
+
+    spec: RunSpec
+    run_dir: Path
+    model: Backbone
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rng: RngStream | None = None
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    seen: int = 0
+    error: BaseException | None = None
+
+    @property
+    def next_epoch(self) -> int:
+        return len(self.history) + 1
+
+
+def make_trainee(spec: RunSpec, run_dir: Path, method: Method, num_classes: int, teacher: Backbone | None,
+                 probe: Tensor, context: Callable[..., TrainContext], device: torch.device,
+                 options: EngineOptions) -> Trainee:
+    """A run's student, its method set up from probe outputs, and its optimizer. ``context``
+    completes a TrainContext given the probe outputs of student and teacher."""
+    if method.needs.teacher and teacher is None:
+        raise ConfigError(f"method '{spec.method}' distils from a teacher, but run '{spec.describe()}' has none")
+    if method.needs.weak_view and spec.recipe.mixes:
+        raise ConfigError(f"method '{spec.method}' trains on two views of each image, which kdbench does not mix: "
+                          f"set the recipe's mixup_alpha and cutmix_alpha to 0 for run '{spec.describe()}'")
+    seed_everything(spec.seed)  # each run's initialisation as if it were trained alone
+    model = distributed.sync_batchnorm(create_model(spec.student, num_classes=num_classes), device).to(device)
+    if uses_channels_last(options, device):
+        model.to(memory_format=torch.channels_last)
+    model.tap(method.needs.stages)
+    probe = to_device(probe, device)
+    with torch.no_grad():
+        student_probe = model.eval()(probe).detach()
+        teacher_probe = teacher(probe).detach() if teacher is not None and method.needs.teacher else None
+    model.train()
+    full = context(student=student_probe, teacher=teacher_probe)
+    if not method.needs.teacher_train_logits:
+        full.teacher_train_logits = None
+    method.setup(full)
+    distributed.sync_batchnorm(method, device)
+    method.to(device)
+    if options.compile:
+        model.compile()
+    optimizer = make_optimizer(spec.recipe, list(model.parameters()) + list(method.parameters()))
+    scaler = torch.amp.GradScaler(device.type) if autocast_factory(device, options.amp, options.amp_dtype)[1] else None
+    return Trainee(spec, run_dir, model, method, optimizer, scaler)
+
+
+def build_teacher(spec: RunSpec, num_classes: int, weights: Path | None, device: torch.device) -> Backbone | None:
+    """The run's teacher with its trained weights, frozen, in eval mode; None without one."""
+    if spec.teacher is None:
+        return None
+    if weights is None:
+        raise ConfigError(f"run '{spec.describe()}' names teacher {spec.teacher.model} but no weights for it")
+    teacher = create_model(spec.teacher.model, num_classes=num_classes)
+    load_weights(teacher, weights, what=f"teacher {spec.teacher.model}")
+    return teacher.eval().requires_grad_(False).to(device)
