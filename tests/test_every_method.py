@@ -29,12 +29,23 @@ def test_method_trains_and_logs_its_terms(name, teacher_out, tmp_path):
     assert terms and all(math.isfinite(v) for v in terms.values()), terms
 
 
-@pytest.mark.parametrize("name", ["crd", "freekd"])
-def test_extra_modules_are_counted_in_the_record(name, teacher_out, tmp_path):
+@pytest.mark.parametrize("name", kdbench.list_methods())
+def test_extra_modules_are_counted_in_the_record(name, teacher_out, tmp_path, monkeypatch):
+    """The parameters a method makes in its setup (CRD's heads, FreeKD's prompts, CTKD's
+    temperature, ...) are the record's count of the method's parameters; none, for a method
+    that makes none. The method set up is caught as the engine sets it up."""
+    set_up = []
+    method_class = kdbench.method.METHODS.get(name)
+    setup = method_class.setup
+    monkeypatch.setattr(method_class, "setup", lambda self, context: set_up.append(self) or setup(self, context))
     out, teacher = teacher_out
     spec = student_spec(teacher, method=name, recipe=TINY_RECIPE.model_copy(update={"epochs": 1}))
+    if not kdbench.create_method(name).needs.teacher:
+        spec = spec.model_copy(update={"teacher": None})
     record = train_run(spec, tmp_path, FEW_STEPS, out / teacher.run_id / records.WEIGHTS)
-    assert record["parameters"]["method"] > 0
+    (method,) = set_up
+    own = sum(p.numel() for p in method.parameters())
+    assert record["parameters"]["method"] == own
 
 
 def test_readme_example_method_loads_from_a_folder_and_trains(teacher_out, tmp_path):
