@@ -145,7 +145,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     run_bench(args.teacher, args.student, args.batch_size, args.image_size, args.num_classes,
               args.methods or None, args.steps, args.rounds, args.device, args.dataset,
-              large_images=args.large_images)
+              large_images=args.large_images, through=args.through)
     return 0
 
 
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="synthetic-fg", help="data set whose loader (c) times")
     p.add_argument("--large-images", type=int, default=300,
                    help="synthetic JPEGs of (c)'s 224-px case: folder loader against prepared store (0: skip it)")
+    p.add_argument("--through", choices="abcd", default="d",
+                   help="stop after this case (a: the step ratios alone); each case needs the ones before it")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("data", help="prepare a 224-px set's store of decoded images, or verify it against its source",
