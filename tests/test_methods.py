@@ -532,21 +532,32 @@ def test_crd_is_reproducible_and_queue_mode_runs():
 # --- every method: gradients and validation ------------------------------------------------
 
 
+# The hyperparameters each registered method runs with on make_pair's tiny outputs ({}: its
+# defaults). A registered method missing here fails the gradient test until it is added.
 GRAD_CASES = {
+    "crd": {"feat_dim": 8, "num_negatives": 4},
+    "ctkd": {},
+    "dist": {},
     "dkd": {},
     "figkd": {"wavelet": "db2", "class_order": "random", "space": "coefficients"},
-    "sdd": {"base": "dkd"},
-    "pcd": {},
+    "fitnet": {},
     "freekd": {"stages": ["stage2"], "mask": "teacher_energy", "w_low": 0.1},
-    "crd": {"feat_dim": 8, "num_negatives": 4},
+    "kd": {},
+    "mlkd": {},
+    "nkd": {},
+    "none": {},
+    "pcd": {},
     "reviewkd": {"stages": ["stage2"]},  # make_pair's only stage
+    "sdd": {"base": "dkd"},
+    "wttm": {},
 }
 
 
 @pytest.mark.parametrize("name", list_methods())
 def test_gradients_reach_student_and_own_modules_never_teacher(name):
+    assert name in GRAD_CASES, f"add '{name}' to GRAD_CASES: its hyperparameters on make_pair's outputs ({{}}: defaults)"
     student, teacher = make_pair(c=10, hw_t=2)
-    method = create_method(name, **GRAD_CASES.get(name, {}))
+    method = create_method(name, **GRAD_CASES[name])
     train_labels = torch.arange(20) % 10
     method.setup(context_for(student, teacher, train_labels))
     batch = batch_for([1, 2, 3, 4], [1, 2, 3, 4])
