@@ -1,32 +1,52 @@
 """Data-parallel training of one run over several processes, launched by ``torchrun``.
 
 When ``torchrun`` starts the process (``WORLD_SIZE`` > 1, with ``RANK`` and ``LOCAL_RANK``),
-``training.train_cohort`` calls ``setup``: it joins the process group (nccl with device
+``engine.train_cohort`` calls ``setup``: it joins the process group (nccl with device
 ``cuda:LOCAL_RANK`` on CUDA, gloo on CPU) once per process and leaves it at exit. Every rank
-then takes its slice of each global batch, the gradients are summed across ranks (each
-rank's loss weighted by its share of the batch, so the result is the gradient of the global
-batch's mean loss), BatchNorm layers use the statistics of the global batch, loss sums and
-accuracy counts are summed across ranks, and only rank 0 writes files. Outside ``torchrun``
-nothing here does anything: no process group, every helper is the identity.
+then takes its slice of each global batch. Each run's student and method train as one
+``DistributedDataParallel`` module (``data_parallel``), whose backward pass averages the
+gradients over ranks bucket by bucket while it runs; the engine scales each rank's loss by
+its share of the global batch times the number of ranks, so the average is the gradient of
+the global batch's mean loss. BatchNorm layers use the statistics of the global batch, loss
+sums and accuracy counts are summed across ranks, and only rank 0 writes files. Outside
+``torchrun`` nothing here does anything: no process group, every helper is the identity.
+
+DistributedDataParallel is built with ``find_unused_parameters``: a method may have no
+parameters of its own, or parameters only some steps use, and may leave some of the
+student's unused (its classifier, if it reads only features). A parameter that no rank used
+in a step keeps no gradient (None), so SGD's weight decay leaves it alone, as in one
+process; one that some rank used gets the average. The price is one walk of the autograd
+graph per step, and torch's once-per-process warning that it found no unused parameter
+when a method uses them all (static_graph would be wrong for a method whose parameters
+are used on some steps only). Buffers are not broadcast at every forward
+(``forward_sync_buffers=False``; they are copied from rank 0 once, when the module is
+wrapped): the synchronised BatchNorm keeps them equal, and a method's state is its own to
+keep equal.
+
+Failures: between the loss and the backward the ranks agree whether any of them raised
+(``any_failed``); if one did, every rank skips the step and the run fails on all of them,
+none left waiting in the backward's all-reduce. A rank that fails between two collectives
+(inside a synchronised BatchNorm's forward, before a method's gather, or in the backward
+itself) still leaves the others waiting on a collective it never joins, as any collective
+code would.
 
 BatchNorm: ``torch.nn.SyncBatchNorm`` runs only on GPUs, so on CUDA the student's and the
 method's BatchNorm layers become ``nn.SyncBatchNorm``, and on CPU ``CPUSyncBatchNorm`` below
 (sums of x and x² all-reduced in float64, differentiable through the all-reduce). Both
 keep the BatchNorm state-dict keys, so weights load into an ordinary model.
 
-State a method keeps across samples is the method's to synchronise: ``all_gather_cat``
-gives every rank the global batch's rows in order (CRD updates its memory with it, so
-every rank's memory is the single process's). Random draws (dropout, augmentation, a
-method's sampling) come from per-rank streams and so differ from a single process.
-All ranks must see the same run folder (one machine, or a shared file system); the
-checkpoint is read by every rank when a run resumes.
+State a method keeps across samples is the method's to keep equal on every rank: its
+``TrainContext.gather`` (``all_gather_cat`` here) gives every rank the global batch's rows in
+order (CRD updates its memory with it, so every rank's memory is the single process's).
+Random draws (dropout, augmentation, a method's sampling) come from per-rank streams and so
+differ from a single process. All ranks must see the same run folder (one machine, or a
+shared file system); the checkpoint is read by every rank when a run resumes.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -121,35 +141,23 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return tensor
 
 
-def broadcast_state(module: nn.Module) -> None:
-    """Copy rank 0's parameters and buffers to every rank."""
-    if active():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=0)
-
-
-def sum_gradients(params: Iterable[nn.Parameter], failed: bool = False) -> bool:
-    """Sum the gradients of ``params`` over ranks, in place, in one all-reduce; a gradient
-    stays None only where it is None on every rank. Returns whether any rank ``failed``
-    (it then sends zeros), so that all ranks agree to skip the step and none hangs."""
-    params = [p for p in params if p.requires_grad]
-    if not active() or not params:
+def any_failed(failed: bool, device: torch.device) -> bool:
+    """Whether ``failed`` on any rank (one all-reduce of a flag; ``failed`` itself without
+    torchrun), so that all ranks agree to skip a step and none hangs."""
+    if not active():
         return failed
-    ref = params[0]
-    has = torch.tensor([p.grad is not None and not failed for p in params] + [failed],
-                       dtype=ref.dtype, device=ref.device)
-    flat = torch.cat([p.grad.reshape(-1).to(ref.dtype) if p.grad is not None and not failed
-                      else torch.zeros(p.numel(), dtype=ref.dtype, device=ref.device) for p in params] + [has])
-    dist.all_reduce(flat)
-    if flat[-1] > 0:
-        return True
-    counts = flat[-len(has):-1].tolist()
-    offset = 0
-    for p, count in zip(params, counts):
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype) if count > 0 else None
-        offset += n
-    return False
+    flag = torch.tensor([float(failed)], device=device)
+    dist.all_reduce(flag)
+    return bool(flag.item() > 0)
+
+
+def data_parallel(module: nn.Module) -> nn.Module:
+    """``module`` in DistributedDataParallel under torchrun (``module`` itself otherwise):
+    rank 0's parameters and buffers are copied to every rank, and the backward pass
+    averages the gradients over ranks. Inputs are not moved (they are on the device)."""
+    if not active():
+        return module
+    return nn.parallel.DistributedDataParallel(module, forward_sync_buffers=False, find_unused_parameters=True)
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -31,6 +31,7 @@ import pkgutil
 import sys
 import traceback
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import sha1
 from importlib.metadata import entry_points
@@ -103,6 +104,11 @@ class Batch:
         return self.labels if self.mixed_targets is None else self.mixed_targets
 
 
+def _own_rows(rows: Tensor) -> Tensor:
+    """A single process's global batch: its own rows."""
+    return rows
+
+
 @dataclass
 class TrainContext:
     """Facts a method may build its modules from, given once before training."""
@@ -114,6 +120,11 @@ class TrainContext:
     student: ModelOutput  # outputs on a probe batch: shapes of logits, stages, embedding
     teacher: ModelOutput | None
     teacher_train_logits: Tensor | None = None  # filled when ``Needs.teacher_train_logits``
+    # The global batch's rows of a tensor holding this process's rows (dim 0): under
+    # torchrun every rank's rows in rank order, which is the single-process batch's order;
+    # the tensor itself in one process. State kept across samples (CRD's memory) is updated
+    # from it, so that it is the same on every rank as in one process.
+    gather: Callable[[Tensor], Tensor] = _own_rows
 
 
 class Method(nn.Module, ABC):

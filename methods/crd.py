@@ -44,7 +44,6 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, confloat
 from torch import Tensor, nn
 
-from kdbench.distributed import all_gather_cat
 from kdbench.errors import ConfigError
 from kdbench.method import Batch, HParams, Method, TrainContext, register_method, warmup
 from kdbench.models import ModelOutput
@@ -130,6 +129,7 @@ class CRD(Method):
         )
         self.log_z = torch.full((2,), math.nan, device=device)  # [student anchor, teacher anchor]
         self.train_labels = labels
+        self.gather = context.gather
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams
@@ -152,7 +152,7 @@ class CRD(Method):
             scores_t, self.log_z[1], self.num_data, self.k, mask
         )
         with torch.no_grad():  # under torchrun, from every rank's samples: one memory, as in one process
-            self._update_memory(*(all_gather_cat(t) for t in (e_s, e_t, y, batch.index)))
+            self._update_memory(*(self.gather(t) for t in (e_s, e_t, y, batch.index)))
         return {
             "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),
             "crd": hp.w_crd * warmup(epoch, hp.warmup) * crd,

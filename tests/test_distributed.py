@@ -172,3 +172,95 @@ def test_all_gather_cat_concatenates_the_ranks_rows_in_rank_order():
     assert answers[0] == answers[1] == expected
     single = torch.ones(2, 3)
     assert distributed.all_gather_cat(single) is single  # no process group: the identity
+
+
+def _train_user_methods(out: str) -> dict:
+    """On each rank: a cohort of two user methods trained over two processes. One keeps
+    state across samples from what its context's ``gather`` gives it (it never imports
+    kdbench.distributed), and has a parameter it never uses and one it uses every other
+    step; the other raises in its second step on rank 1 only."""
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    from kdbench.engine import train_cohort
+    from torch import nn
+
+    from kdbench.method import Method, Needs, register_method
+    from kdbench.spec import DataSpec, Recipe
+
+    torch.set_num_threads(1)
+    seen: dict[str, list] = {"gathered": [], "own": []}
+
+    class CrossEntropyOnly(Method):
+        @property
+        def needs(self) -> Needs:
+            return Needs(teacher=False)
+
+        def loss(self, student, teacher, batch, epoch):
+            return {"ce": F.cross_entropy(student.logits, batch.targets)}
+
+    @register_method
+    class GatheredIndices(CrossEntropyOnly):
+        name = "gathered_indices"
+
+        def setup(self, context):
+            self.gather = context.gather
+            self.unused, self.every_other = nn.Parameter(torch.ones(3)), nn.Parameter(torch.zeros(()))
+            seen["method"] = self
+
+        def loss(self, student, teacher, batch, epoch):
+            seen["gathered"].append(self.gather(batch.index).tolist())
+            seen["own"].append(batch.index.tolist())
+            terms = super().loss(student, teacher, batch, epoch)
+            if len(seen["own"]) % 2:
+                terms["ce"] = terms["ce"] + (self.every_other - 1) ** 2
+            return terms
+
+    @register_method
+    class FailsOnRankOne(CrossEntropyOnly):
+        name = "fails_on_rank_one"
+        steps = 0
+
+        def loss(self, student, teacher, batch, epoch):
+            self.steps += 1
+            if self.steps == 2 and distributed.rank() == 1:
+                raise RuntimeError("rank 1's step failed")
+            return super().loss(student, teacher, batch, epoch)
+
+    recipe = Recipe(epochs=1, batch_size=32, lr=0.01, augment="none")
+    specs = [RunSpec(dataset=DataSpec(name="digits", options={"image_size": 8}), student="resnet8", method=name,
+                     recipe=recipe, seed=0) for name in ("gathered_indices", "fails_on_rank_one")]
+    results = train_cohort(specs, [Path(out) / spec.method for spec in specs],
+                           EngineOptions(device="cpu", progress=False, subset=100))
+    distributed.teardown()
+    method = seen.pop("method")
+    return {**seen, "finished": isinstance(results[0], dict), "failure": str(results[1]),
+            "unused": method.unused.tolist(), "every_other": method.every_other.item()}
+
+
+def test_a_user_method_gets_the_global_batch_from_its_context(tmp_path):
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from kdbench.engine import epoch_seed
+    from kdbench.method import TrainContext
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    answers = elastic_launch(config, _train_user_methods)(str(tmp_path))
+    single = list(EpochBatches(100, 32, seed=epoch_seed(0, 1, 0)))  # the single process's batches, 32, 32, 32, 4
+    for rank in (0, 1):
+        assert answers[rank]["finished"]
+        assert answers[rank]["gathered"] == single  # every rank's rows, in the single-process order
+        assert answers[rank]["own"] == [b[rank * len(b) // 2:(rank + 1) * len(b) // 2] for b in single]
+        # no rank's gradient: none, so SGD's weight decay leaves the parameter alone
+        assert answers[rank]["unused"] == [1.0, 1.0, 1.0]
+    assert answers[0]["every_other"] == answers[1]["every_other"] > 0  # stepped, the same on both ranks
+    # a step that raised on one rank is skipped by both, and the run fails on both; its cohort goes on
+    assert "rank 1's step failed" in answers[1]["failure"]
+    assert "failed on another process" in answers[0]["failure"]
+    rows = torch.ones(2, 3)
+    context = TrainContext(2, torch.zeros(2), 1, 0, student=None, teacher=None)
+    assert context.gather(rows) is rows  # one process: the identity

@@ -29,15 +29,17 @@ kernels are not bit-exact in general).
 Data-parallel: launched by ``torchrun`` (``WORLD_SIZE`` > 1), the same loop trains each run
 over all the ranks (see ``kdbench.distributed``): the epoch's permutation is cut into global
 batches of ``recipe.batch_size`` and rank r takes the r-th slice of each (``EpochBatches``),
-so the ranks together see exactly the single-process batches; each rank's loss is weighted
-by its share of the global batch and the gradients are summed, BatchNorm uses the global
+so the ranks together see exactly the single-process batches; each trainee's student and
+method are one DistributedDataParallel module, each rank's loss is scaled so that the
+averaged gradient is the global batch's mean loss gradient, BatchNorm uses the global
 batch's statistics, loss sums, sample counts and val/test accuracy counts are summed over
 ranks, and only rank 0 writes the run's files. The record equals a single-process run's up
 to floating-point rounding, except where random numbers are drawn (augmentation, CRD's
-negatives: each rank has its own streams). State kept across samples is synchronised by
-the method that keeps it (CRD's memory takes every rank's samples). A last partial
-global batch is split as evenly as possible; if it holds fewer samples than there are
-ranks it is dropped (only ever with several ranks).
+negatives: each rank has its own streams). State kept across samples is kept equal by
+the method through its ``TrainContext.gather`` (CRD's memory takes every rank's samples),
+never by importing the engine's internals. Stacked students step in a single process only.
+A last partial global batch is split as evenly as possible; if it holds fewer samples than
+there are ranks it is dropped (only ever with several ranks).
 """
 
 from .batches import EpochBatches, Indexed, ResidentTrainSet, TrainBatches, open_data

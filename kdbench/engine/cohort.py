@@ -157,14 +157,16 @@ def _context(lead: RunSpec, data: DataSplits, teacher: Backbone | None, methods:
         plain = eval_loader(open_data(lead, options, augment=False).train, eval_batch, workers, device)
         teacher_train_logits = predict(teacher, plain, device)
     return partial(TrainContext, data.num_classes, torch.as_tensor(data.train_labels, dtype=torch.long),
-                   recipe.epochs, lead.seed, teacher_train_logits=teacher_train_logits)
+                   recipe.epochs, lead.seed, teacher_train_logits=teacher_train_logits,
+                   gather=distributed.all_gather_cat)
 
 
 def _trainees(specs: Sequence[RunSpec], run_dirs: list[Path], methods: dict[int, Method], data: DataSplits,
               teacher: Backbone | None, context: Callable[..., TrainContext], device: torch.device,
               options: EngineOptions, failures: dict[int, Exception]) -> dict[int, Trainee]:
-    """Each run's trainee, resumed and the same on every rank; a run whose set-up or resume
-    fails is added to ``failures``."""
+    """Each run's trainee, resumed, and under torchrun in DistributedDataParallel, which
+    copies rank 0's state to every rank; a run whose set-up or resume fails is added to
+    ``failures``."""
     ready: dict[int, Trainee] = {}
     probe = torch.stack([data.train[i][0] for i in range(2)])  # shapes for the methods' setup
     for i, method in methods.items():
@@ -172,8 +174,7 @@ def _trainees(specs: Sequence[RunSpec], run_dirs: list[Path], methods: dict[int,
             trainee = make_trainee(specs[i], run_dirs[i], method, data.num_classes, teacher, probe, context,
                                    device, options)
             resume(trainee, device)
-            distributed.broadcast_state(trainee.model)
-            distributed.broadcast_state(trainee.method)
+            trainee.network = distributed.data_parallel(trainee.network)
         except torch.OutOfMemoryError:
             raise  # the cohort's, not the run's: it may fit in smaller ones (runs.ensure_runs)
         except Exception as exc:

@@ -2,28 +2,31 @@
 trainee), of one trainee, or of a stack of trainees whose students share an architecture
 (one vmapped forward). A run failing in a step fails alone; its cohort goes on.
 
-Data-parallel, each rank's loss is weighted by its share of the global batch (``share``)
-and the gradients are summed over ranks, so the step follows the global batch's mean
-loss; a rank whose step raised makes every rank skip that step."""
+Data-parallel (torchrun), a trainee's student and method are one DistributedDataParallel
+module (``Trainee.network``), whose backward averages the gradients over ranks while it
+runs. Each rank's loss is scaled by its share of the global batch (``share``) times the
+number of ranks, so the average is the gradient of the global batch's mean loss. Before
+the backward the ranks agree whether any of them raised (its method's loss, say): then
+every rank skips the step and the run fails on all of them, none waiting for the others."""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .. import distributed
 from ..errors import KDBenchError
-from ..method import Batch, ViewOutputs
+from ..method import Batch
 from ..models import Backbone, ModelOutput
 from ..models.stacked import StackedForward
 from .options import EngineOptions
 from .schedule import set_learning_rate
-from .trainee import Trainee
+from .trainee import Trainee, loss_terms
 
 Autocast = Callable[[], contextlib.AbstractContextManager]
 
@@ -62,28 +65,24 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
 def trainee_step(trainee: Trainee, batch: Batch, teacher_out: ModelOutput | None, epoch: int, fraction: float,
                  autocast: Autocast, share: float = 1.0, teacher_weak: ModelOutput | None = None) -> None:
     """One step of one trainee; ``teacher_weak``: the teacher's outputs on the batch's weak
-    view, for a method that ``needs.weak_view`` (its student sees that view first, as in
-    MLKD's code, which matters only to BatchNorm's running statistics)."""
+    view, for a method that ``needs.weak_view`` (see ``StudentWithMethod``)."""
     set_learning_rate(trainee.optimizer, trainee.spec.recipe, epoch, fraction)
-    params = [p for group in trainee.optimizer.param_groups for p in group["params"]]
+    device = batch.labels.device
     try:
+        if trainee.method.needs.weak_view and batch.weak_images is None:
+            raise KDBenchError(f"method '{trainee.spec.method}' needs a weak view but the batch has none")
         with autocast():
-            if trainee.method.needs.weak_view:
-                if batch.weak_images is None:
-                    raise KDBenchError(f"method '{trainee.spec.method}' needs a weak view but the batch has none")
-                batch = replace(batch, weak=ViewOutputs(trainee.model(batch.weak_images),
-                                                        teacher_weak if trainee.method.needs.teacher else None))
-            terms = loss_terms(trainee, trainee.model(batch.images), teacher_out, batch, epoch)
+            terms = trainee.network(batch, teacher_out, teacher_weak, epoch)
         loss = sum(terms.values())
         if distributed.active():
-            loss = loss * share  # summed over ranks, the gradient is the global batch's
-        trainee.optimizer.zero_grad(set_to_none=True)
-        scaled(trainee, loss).backward()
+            loss = loss * (share * distributed.world())  # averaged over ranks: the global batch's mean
     except Exception:
-        distributed.sum_gradients(params, failed=True)  # the other ranks learn of it and stop too
+        distributed.any_failed(True, device)  # the other ranks learn of it and skip the step too
         raise
-    if distributed.sum_gradients(params):
+    if distributed.any_failed(False, device):
         raise KDBenchError("the step failed on another process")
+    trainee.optimizer.zero_grad(set_to_none=True)
+    scaled(trainee, loss).backward()
     update(trainee, terms, len(batch.labels))
 
 
@@ -130,7 +129,7 @@ def stacked_step(stack: StudentStack, members: list[Trainee], batch: Batch, teac
         set_learning_rate(trainee.optimizer, trainee.spec.recipe, epoch, fraction)
         try:
             with trainee.rng.active(), autocast():
-                all_terms.append(loss_terms(trainee, output, teacher_out, batch, epoch))
+                all_terms.append(loss_terms(trainee.method, output, teacher_out, batch, epoch))
             live.append(trainee)
         except Exception as exc:
             trainee.error = exc
@@ -146,12 +145,6 @@ def stacked_step(stack: StudentStack, members: list[Trainee], batch: Batch, teac
     for trainee, terms in zip(live, all_terms):
         update(trainee, terms, len(batch.labels))
     return members
-
-
-def loss_terms(trainee: Trainee, student_out: ModelOutput, teacher_out: ModelOutput | None, batch: Batch,
-               epoch: int) -> dict[str, Tensor]:
-    """The trainee's method's named loss terms (the teacher's outputs only if it needs them)."""
-    return trainee.method.loss(student_out, teacher_out if trainee.method.needs.teacher else None, batch, epoch)
 
 
 def scaled(trainee: Trainee, loss: Tensor) -> Tensor:

@@ -4,23 +4,49 @@ its optimizer) and what it carries from step to step; and the cohort's frozen te
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import distributed
 from ..checkpoints import load_weights
 from ..errors import ConfigError
-from ..method import Method, TrainContext
-from ..models import Backbone, create_model
+from ..method import Batch, Method, TrainContext, ViewOutputs
+from ..models import Backbone, ModelOutput, create_model
 from ..spec import RunSpec
 from .batches import to_device
 from .options import EngineOptions, autocast_factory, uses_channels_last
 from .schedule import make_optimizer
 from .streams import RngStream, seed_everything
+
+
+class StudentWithMethod(nn.Module):
+    """A run's student and its method (with the method's own modules) as one module, whose
+    forward is a step's named loss terms; under torchrun it is what DistributedDataParallel
+    wraps, so that the method's parameters are averaged over ranks with the student's."""
+
+    def __init__(self, student: Backbone, method: Method) -> None:
+        super().__init__()
+        self.student, self.method = student, method
+
+    def forward(self, batch: Batch, teacher_out: ModelOutput | None, teacher_weak: ModelOutput | None,
+                epoch: int) -> dict[str, Tensor]:
+        """The loss terms on ``batch``; for a method that ``needs.weak_view``, the student
+        sees the weak view first (as in MLKD's code, which matters only to BatchNorm's
+        running statistics), and ``teacher_weak`` holds the teacher's outputs on it."""
+        if self.method.needs.weak_view:
+            batch = replace(batch, weak=ViewOutputs(self.student(batch.weak_images),
+                                                    teacher_weak if self.method.needs.teacher else None))
+        return loss_terms(self.method, self.student(batch.images), teacher_out, batch, epoch)
+
+
+def loss_terms(method: Method, student_out: ModelOutput, teacher_out: ModelOutput | None, batch: Batch,
+               epoch: int) -> dict[str, Tensor]:
+    """The method's named loss terms (the teacher's outputs only if it needs them)."""
+    return method.loss(student_out, teacher_out if method.needs.teacher else None, batch, epoch)
 
 
 @dataclass
@@ -38,6 +64,12 @@ class Trainee:
     sums: dict[str, Tensor] = field(default_factory=dict)
     seen: int = 0
     error: BaseException | None = None
+    # what a step calls: the student and method as one module (``StudentWithMethod``), in
+    # DistributedDataParallel under torchrun (``distributed.data_parallel``)
+    network: nn.Module = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.network = StudentWithMethod(self.model, self.method)
 
     @property
     def next_epoch(self) -> int:
