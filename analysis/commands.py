@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from kdbench.results import legacy_message, legacy_runs
+    from kdbench.store import legacy_message, legacy_runs
 
     from .report import write_report
 

@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 from unittest import mock
 
-from kdbench import runner
 from kdbench.progress import TimeLeft, duration
-from kdbench.runner import RunnerOptions, Scheduler, run_suite
+from kdbench.runner import RunnerOptions, Scheduler, run_suite, scheduler as scheduling
 from kdbench.suite import load_suite
 from kdbench.engine import EngineOptions
 
@@ -77,8 +76,8 @@ def main() -> None:
             mock.patch.object(Scheduler, "__init__", keep), mock.patch.object(TimeLeft, "estimate", noting), \
             mock.patch.object(Scheduler, "_job_options", noting_threads), \
             mock.patch.object(Scheduler, "_finish", noting_end), \
-            mock.patch.object(runner, "REPORT_SECONDS", args.report_seconds), \
-            mock.patch.object(runner, "core_plan", per_worker if args.rule == "per-worker" else runner.core_plan):
+            mock.patch.object(scheduling, "REPORT_SECONDS", args.report_seconds), \
+            mock.patch.object(scheduling, "core_plan", per_worker if args.rule == "per-worker" else scheduling.core_plan):
         options = RunnerOptions(out=Path(args.out or tmp), engine=EngineOptions(progress=False),
                                 printer=lambda line: lines.append((time.time() - start, line)))
         outcome = run_suite(load_suite(args.suite), options)
@@ -86,17 +85,17 @@ def main() -> None:
     cpu = _cpu_seconds() - cpu_before
     cores = os.cpu_count() or 1
     scheduler = schedulers[0]
-    total = wall - (scheduler.started - start)  # the scheduler's clock starts after the data checks
+    total = wall - (scheduler.progress.started - start)  # the scheduler's clock starts after the data checks
     print(f"{args.suite}: {len(outcome.finished)} runs finished, {len(outcome.failed)} failed, "
           f"{duration(total)} wall (rule {args.rule})")
     print(f"CPU {cpu:.0f} s over {wall:.0f} s × {cores} cores: idle fraction {1 - cpu / (wall * cores):.2f}, "
           f"load {os.getloadavg()[0]:.2f} now (others' work shares the cores)")
-    asked = sum(n * (finished[unit] - scheduler.begun[unit][0]) for unit, n in threads if unit in finished)
+    asked = sum(n * (finished[unit] - scheduler.progress.begun[unit][0]) for unit, n in threads if unit in finished)
     print(f"threads × seconds given to jobs {asked:.0f} over {total:.0f} s × {cores} cores: "
           f"unasked-for fraction {1 - asked / (total * cores):.2f}")
     print(f"{'at':>7} {'estimate':>11} {'truth':>7} {'ratio':>6}  every running job past its first epoch")
     ratios = []
-    for (at, left), past_first in zip(scheduler.estimates, measured):
+    for (at, left), past_first in zip(scheduler.progress.estimates, measured):
         truth = total - at
         ratio = left / truth if left is not None and truth > 0 else None
         if ratio is not None and past_first:

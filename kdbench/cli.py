@@ -66,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .spec import DataSpec, Recipe, RunSpec, TeacherRef
     from .tracking import Tracking, require
     from .engine import EngineOptions
-    from .runs import ensure_run
+    from .runner.workers import ensure_run
 
     out = output_folder(args.out)
     if args.method_file:
@@ -105,7 +105,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import ONLY_KEYS, RunnerOptions, run_suite, suite_dir
+    from .runner import RunnerOptions, run_suite
+    from .runner.planning import ONLY_KEYS, suite_dir
     from .suite import load_suite
     from .tracking import Tracking, require
     from .engine import EngineOptions
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # outside a run (the manifest, a report): a full disk is the machine's failure too
-        from .runs import as_machine_error
+        from .runner.workers import as_machine_error
 
         if not isinstance(as_machine_error(exc), MachineError):
             raise

@@ -34,10 +34,16 @@ an epoch there is no basis, and ``estimate`` answers None (say "estimating…").
 
 from __future__ import annotations
 
+import functools
 import heapq
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import store
+from .suite import Job
 
 
 @dataclass(frozen=True)
@@ -204,3 +210,101 @@ def duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class SuiteProgress:
+    """What the scheduler's cohorts have done, read from their runs' metrics files: it
+    feeds ``TimeLeft`` and writes the progress report. The scheduler calls ``start`` when it
+    submits a cohort, ``poll`` on every turn of its loop, ``finish`` when a cohort ends and
+    ``report`` every so often."""
+
+    def __init__(self, name: str, runs: Path, total: int, slots: int) -> None:
+        self.name, self.runs, self.total = name, runs, total
+        self.started = time.time()
+        self.time_left = TimeLeft(slots=slots)
+        self.begun: dict[int, tuple[float, int]] = {}  # per running cohort: when it started, epochs done before
+        self.first_epoch: dict[int, float | None] = {}  # per running cohort: when its first epoch ended
+        self.estimates: list[tuple[float, float | None]] = []  # (seconds since the start, estimated seconds left)
+
+    def start(self, unit: tuple[Job, ...]) -> None:
+        self.begun[id(unit)] = (time.time(), min(len(store.read_metrics(self.runs / job.run_id)) for job in unit))
+        self.first_epoch.pop(id(unit), None)
+
+    def poll(self, running: list[tuple[Job, ...]]) -> None:
+        """When each running cohort's first epoch ended: its metrics files' time while they
+        hold that one epoch (polled every second; None if a second one came first)."""
+        for unit in running:
+            if id(unit) in self.first_epoch:
+                continue
+            started, before = self.begun[id(unit)]
+            rows = [len(store.read_metrics(self.runs / job.run_id)) for job in unit]
+            if min(rows) > before:
+                self.first_epoch[id(unit)] = (max(self._metrics(job).stat().st_mtime for job in unit) - started
+                                              if max(rows) == before + 1 else None)
+
+    def finish(self, unit: tuple[Job, ...]) -> None:
+        self.time_left.observe(self.running(unit, finished=True))
+
+    def report(self, done: int, failed: int, queued: list[tuple[Job, ...]], running: list[tuple[Job, ...]]) -> str:
+        """The suite's counts, the time it has left and each running run's last epoch."""
+        left = sum(len(u) for u in queued)
+        active = [job for unit in running for job in unit]
+        eta = ""
+        if left or active:
+            progress = [self.running(unit) for unit in running]
+            for job in progress:
+                self.time_left.observe(job)
+            seconds = self.time_left.estimate(progress, [self.work(unit) for unit in queued])
+            self.estimates.append((time.time() - self.started, seconds))
+            eta = f", about {duration(seconds)} left" if seconds is not None else ", estimating…"
+        lines = [f"[{self.name}] {done}/{self.total} done, {len(active)} running, {failed} failed, {left} waiting{eta}"]
+        for job in active:
+            rows = store.read_metrics(self.runs / job.run_id)
+            state = (f"epoch {rows[-1]['epoch']}/{job.spec.recipe.epochs} val {rows[-1]['val_top1']:.1f}"
+                     if rows else "starting")
+            lines.append(f"    {job.describe()} {state}")
+        return "\n".join(lines)
+
+    def work(self, unit: tuple[Job, ...]) -> Work:
+        """The cohort as the time estimate sees it; its family: role, data, batch and models;
+        its kind: those and its labels (the same cohort in every seed)."""
+        spec = unit[0].spec
+        dataset = spec.dataset.model_dump_json()
+        models = sorted({(j.spec.student, j.spec.teacher.model if j.spec.teacher else "") for j in unit})
+        family = f"{'teacher' if unit[0].is_teacher else 'students'} {dataset} batch {spec.recipe.batch_size} {models}"
+        kind = f"{family} {sorted(j.label for j in unit)}"
+        teacher = next((j.spec.teacher.model for j in unit if j.spec.teacher), None)
+        cost = (_parameters(teacher) if teacher else 0) + 3 * sum(_parameters(j.spec.student) for j in unit)
+        return Work(key=unit[0].run_id, kind=kind, family=family, dataset=dataset, cost=cost, epochs=spec.recipe.epochs,
+                    depends_on=frozenset(d for j in unit for d in j.depends_on),
+                    produces=frozenset(j.run_id for j in unit))
+
+    def running(self, unit: tuple[Job, ...], finished: bool = False) -> Running:
+        """How far a started cohort got, from its runs' metrics.jsonl (its epochs end when
+        the slowest run's row is written)."""
+        started, before = self.begun[id(unit)]
+        now = time.time()
+        rows = [store.read_metrics(self.runs / job.run_id) for job in unit]
+        epochs = min(len(r) for r in rows)
+        # its last epoch ended with its slowest run's row: a run already a row ahead wrote its file later
+        last = max((self._metrics(job).stat().st_mtime for job, r in zip(unit, rows) if r and len(r) == epochs),
+                   default=started)
+        latest = next((r[-1] for r in rows if r and r[-1].get("images_per_s")), None)
+        return Running(self.work(unit), elapsed=now - started, epochs_done=max(0, epochs - before),
+                       epochs_before=before, last_epoch_at=last - started, finished=finished,
+                       first_epoch_at=self.first_epoch.get(id(unit)),
+                       train_seconds=(sum(r[epochs - 1].get("epoch_seconds") or 0.0 for r in rows)
+                                      if epochs > before else None),
+                       samples_per_epoch=latest["images_per_s"] * latest["epoch_seconds"] if latest else None)
+
+    def _metrics(self, job: Job) -> Path:
+        return store.RunFolder.of(self.runs, job.run_id).metrics
+
+
+@functools.cache
+def _parameters(model: str) -> int:
+    """A model's parameter count (at 10 classes: the head barely matters), the time
+    estimate's proxy for what a sample costs it."""
+    from .models import create_model
+
+    return sum(p.numel() for p in create_model(model, num_classes=10).parameters())

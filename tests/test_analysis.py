@@ -26,7 +26,7 @@ from kdbench.analysis.report import write_report
 from kdbench.analysis.style import display_name
 from kdbench.analysis.spectra import write_spectra
 
-from kdbench import list_methods, records
+from kdbench import list_methods, store
 from kdbench.errors import ConfigError
 from kdbench.method import METHODS as REGISTERED_METHODS
 from kdbench.spec import DataSpec, Recipe, RunSpec, TeacherRef
@@ -57,11 +57,11 @@ def _history(level: float, terms: list[str], generator: torch.Generator) -> list
 def _write_run(runs: Path, spec: RunSpec, history: list[dict], teacher_test: float | None, logits: torch.Tensor) -> None:
     run_dir = runs / spec.run_id
     run_dir.mkdir(parents=True)
-    records.write_json(run_dir / records.RECORD, {
+    store.write_json(run_dir / store.RECORD, {
         "run_id": spec.run_id, "status": "finished", "spec": spec.model_dump(mode="json"),
         "summary": summarise(history, teacher_test), "timing": {"train_seconds": 3.0},
         "parameters": {"student": 1000}, "metrics": history})
-    torch.save({"logits": logits.half(), "labels": torch.arange(SAMPLES) % logits.shape[1]}, run_dir / records.TEST_LOGITS)
+    torch.save({"logits": logits.half(), "labels": torch.arange(SAMPLES) % logits.shape[1]}, run_dir / store.TEST_LOGITS)
 
 
 def make_results(root: Path, selection: str = "best_val") -> Path:
@@ -86,7 +86,7 @@ def make_results(root: Path, selection: str = "best_val") -> Path:
                 jobs.append({"run_id": spec.run_id, "label": method, "pair": PAIR, "role": "student",
                              "dataset": dataset, "seed": seed, "depends_on": [] if method == "none" else [teacher.run_id]})
                 if (dataset, method, seed) == FAILED:
-                    records.write_json(runs / spec.run_id / "failed.json", {
+                    store.write_json(runs / spec.run_id / "failed.json", {
                         "run_id": spec.run_id, "status": "failed", "spec": spec.model_dump(mode="json"),
                         "error": "TrainingDiverged: loss is not finite in epoch 2\nTraceback: …"})
                 elif (dataset, method, seed) != NEVER_RAN:
@@ -98,7 +98,7 @@ def make_results(root: Path, selection: str = "best_val") -> Path:
     stray = RunSpec(dataset=DataSpec(name="digits"), student=STUDENT, method="kd", hparams={"temperature": 2},
                     recipe=recipe, teacher=TeacherRef(model=TEACHER, run_id=jobs[0]["run_id"]))
     _write_run(runs, stray, _history(99.0, ["ce", "kd"], generator), 90.0, torch.randn(SAMPLES, 10))
-    records.write_json(suite_dir / "manifest.json", {"suite": "fixture", "source": "fixture.yaml", "selection": selection,
+    store.write_json(suite_dir / "manifest.json", {"suite": "fixture", "source": "fixture.yaml", "selection": selection,
                                                      "paper": PAPER, "jobs": jobs})
     return suite_dir
 
@@ -715,7 +715,7 @@ def test_ablation_prunes_and_a_pruned_run_resumes(tmp_path):
     """A pruned trial keeps its run's checkpoint; the same configuration sampled again resumes it."""
     from kdbench.analysis.ablation import _objective, load_ablation
 
-    from kdbench.runs import ensure_run
+    from kdbench.runner.workers import ensure_run
     from kdbench.engine import EngineOptions
 
     ablation = load_ablation(write_suite(tmp_path, TINY_ABLATION | {"ablation": {

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from kdbench import records
+from kdbench import store
 from kdbench.data import create_dataset
 from kdbench.data.base import CUTOUT_FILL, STRONG_OPS, StrongAugment, cutout, padded_crop_transforms
 from kdbench.errors import ConfigError
@@ -208,7 +208,7 @@ def test_a_run_sees_the_same_data_beside_a_two_view_method(teacher_out, tmp_path
     """KD's record alone equals its record in a cohort with MLKD, whose second view comes
     from the same data stream (loader path with strong views; device-resident path)."""
     out, teacher = teacher_out
-    weights = out / teacher.run_id / records.WEIGHTS
+    weights = out / teacher.run_id / store.WEIGHTS
     recipe = TINY_RECIPE.model_copy(update={"epochs": 1, "augment": augment})
     options = EngineOptions(progress=False, subset=128, device_data=device_data)
     kd, mlkd = (student_spec(teacher, method=m, recipe=recipe) for m in ("kd", "mlkd"))
@@ -223,7 +223,7 @@ def test_two_view_methods_refuse_mixing(teacher_out, tmp_path):
     out, teacher = teacher_out
     spec = student_spec(teacher, method="mlkd", recipe=TINY_RECIPE.model_copy(update={"epochs": 1, "mixup_alpha": 0.2}))
     with pytest.raises(ConfigError, match="mixup_alpha and cutmix_alpha"):
-        train_run(spec, tmp_path, FEW_STEPS, out / teacher.run_id / records.WEIGHTS)
+        train_run(spec, tmp_path, FEW_STEPS, out / teacher.run_id / store.WEIGHTS)
 
 
 def test_the_engine_gives_methods_soft_targets_under_mixup(teacher_out, tmp_path, monkeypatch):
@@ -239,6 +239,6 @@ def test_the_engine_gives_methods_soft_targets_under_mixup(teacher_out, tmp_path
 
     monkeypatch.setattr(KD, "loss", recording)
     spec = student_spec(teacher, recipe=TINY_RECIPE.model_copy(update={"epochs": 1, "mixup_alpha": 0.2}))
-    record = train_run(spec, tmp_path, FEW_STEPS, out / teacher.run_id / records.WEIGHTS)
+    record = train_run(spec, tmp_path, FEW_STEPS, out / teacher.run_id / store.WEIGHTS)
     assert record["spec"]["recipe"]["mixup_alpha"] == 0.2
     assert seen and all(t == (64, 10) and y == (64,) and total == pytest.approx(64) for t, y, total in seen)

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from kdbench import distributed, records
+from kdbench import distributed, store
 from kdbench.cli import main
 from kdbench.runner import RunnerOptions, run_suite
 from kdbench.spec import RunSpec
@@ -32,7 +32,8 @@ TEACHER = ["train", "--student", "resnet14", "--method", "none", *COMMON]
 LAUNCHED = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from kdbench import checkpoints, records
+    from kdbench import checkpoints
+    from kdbench.store import run_folder
     from kdbench.cli import main
 
     log = Path(sys.argv[1]) / f"writes-{os.environ['RANK']}.txt"
@@ -43,7 +44,7 @@ LAUNCHED = textwrap.dedent("""
             f.write(f"{path}\\n")
         real(path, data)
 
-    checkpoints.atomic_write_bytes = records.atomic_write_bytes = logged
+    checkpoints.atomic_write_bytes = run_folder.atomic_write_bytes = logged
     for argv in sys.argv[2:]:
         assert main(argv.split("\\x1f")) == 0
 """)
@@ -83,7 +84,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert main([*TEACHER, "--out", str(single)]) == 0
     (teacher_id,) = [p.name for p in single.iterdir()]
     student = ["train", "--student", "resnet8", "--teacher", "resnet14", "--method", "kd",
-               "--teacher-checkpoint", str(single / teacher_id / records.WEIGHTS), *COMMON]
+               "--teacher-checkpoint", str(single / teacher_id / store.WEIGHTS), *COMMON]
     assert main([*student, "--out", str(single)]) == 0
 
     script = tmp_path / "launched.py"
@@ -98,8 +99,8 @@ def test_two_processes_train_like_one(tmp_path):
     run_ids = sorted(p.name for p in single.iterdir())
     assert sorted(p.name for p in parallel.iterdir()) == run_ids and len(run_ids) == 2
     for run_id in run_ids:
-        one = records.read_json(single / run_id / records.RECORD)
-        two = records.read_json(parallel / run_id / records.RECORD)
+        one = store.read_json(single / run_id / store.RECORD)
+        two = store.read_json(parallel / run_id / store.RECORD)
         assert two["environment"]["world_size"] == 2 and "world_size" not in one["environment"]
         data = open_data(RunSpec(**one["spec"]), EngineOptions(), augment=False)
         assert_same_metrics(one, two, test_size=len(data.test), val_size=len(data.val))
@@ -107,9 +108,9 @@ def test_two_processes_train_like_one(tmp_path):
         assert files[0] == files[1]
     assert not (tmp_path / "writes-1.txt").exists()  # rank 1 wrote nothing
     written = {os.path.basename(line) for line in (tmp_path / "writes-0.txt").read_text().split()}
-    assert {records.SPEC, records.METRICS, records.CHECKPOINT, records.WEIGHTS, records.TEST_LOGITS,
-            records.RECORD} <= written
-    assert json.loads((parallel / run_ids[0] / records.METRICS).read_text().splitlines()[0])["epoch"] == 1
+    assert {store.SPEC, store.METRICS, store.CHECKPOINT, store.WEIGHTS, store.TEST_LOGITS,
+            store.RECORD} <= written
+    assert json.loads((parallel / run_ids[0] / store.METRICS).read_text().splitlines()[0])["epoch"] == 1
 
 
 SUITE = textwrap.dedent("""
@@ -127,7 +128,7 @@ def run_tiny_suite(directory, executor, only=None):
     options = RunnerOptions(out=directory, workers=1, only=only or {}, printer=lambda line: None,
                             engine=EngineOptions(progress=False))
     assert run_suite(load_suite(path), options).ok
-    return {p.parent.name: records.read_json(p) for p in directory.glob("tiny/runs/*/record.json")}
+    return {p.parent.name: store.read_json(p) for p in directory.glob("tiny/runs/*/record.json")}
 
 
 @pytest.fixture(scope="module")

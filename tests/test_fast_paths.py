@@ -28,7 +28,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kdbench import records
+from kdbench import store
 from kdbench.spec import Recipe
 from kdbench.engine import EngineOptions, train_cohort
 
@@ -49,7 +49,7 @@ def cohort(teacher_out, folder, options, recipe=ONE_EPOCH):
     out, teacher = teacher_out
     specs = [student_spec(teacher, method=m, recipe=recipe) for m in METHODS]
     results = train_cohort(specs, [folder / s.run_id for s in specs], options,
-                           out / teacher.run_id / records.WEIGHTS)
+                           out / teacher.run_id / store.WEIGHTS)
     for spec, result in zip(specs, results):
         assert not isinstance(result, BaseException), (spec.method, result)
     return results
@@ -106,11 +106,11 @@ def test_float16_autocast_with_a_gradient_scaler(teacher_out, plain, tmp_path, m
     out, teacher = teacher_out
     spec = student_spec(teacher, recipe=two_epochs)
     first = train_cohort([spec], [tmp_path / "resumed" / spec.run_id],
-                         replace(options, on_epoch=lambda epoch, row: _stop()), out / teacher.run_id / records.WEIGHTS)
+                         replace(options, on_epoch=lambda epoch, row: _stop()), out / teacher.run_id / store.WEIGHTS)
     assert isinstance(first[0], Interrupted)
-    saved = torch.load(tmp_path / "resumed" / spec.run_id / records.CHECKPOINT, weights_only=False)["scaler"]
+    saved = torch.load(tmp_path / "resumed" / spec.run_id / store.CHECKPOINT, weights_only=False)["scaler"]
     assert saved["scale"] > 0
-    second = train_cohort([spec], [tmp_path / "resumed" / spec.run_id], options, out / teacher.run_id / records.WEIGHTS)
+    second = train_cohort([spec], [tmp_path / "resumed" / spec.run_id], options, out / teacher.run_id / store.WEIGHTS)
     assert scales[-1] == saved["scale"] and [r["epoch"] for r in second[0]["metrics"]] == [1, 2]
 
 

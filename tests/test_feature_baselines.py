@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench import records
+from kdbench import store
 from kdbench.errors import ConfigError
 from kdbench.method import Batch, TrainContext, create_method
 from kdbench.methods.fitnet import fitnet_loss, hint_regressor
@@ -326,7 +326,7 @@ def test_the_engine_taps_the_teacher_at_its_own_stages(teacher_out, tmp_path):
     out, teacher = teacher_out
     spec = student_spec(teacher, method="fitnet", hparams={"teacher_hint_stage": "stage3"},
                         recipe=TINY_RECIPE.model_copy(update={"epochs": 1}))
-    weights = out / teacher.run_id / records.WEIGHTS
+    weights = out / teacher.run_id / store.WEIGHTS
     record = train_run(spec, tmp_path, EngineOptions(progress=False, subset=128), weights)
     assert np.isfinite(record["metrics"][0]["loss_fitnet"])
     assert record["parameters"]["method"] > 0

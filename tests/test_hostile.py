@@ -22,17 +22,16 @@ from torch import nn
 
 from conftest import student_spec
 from kdbench.analysis.runs import read_test_logits
-from kdbench import records
 from kdbench.checkpoints import atomic_write_bytes, load_weights, read_state_dict
 from kdbench.cli import main
 from kdbench.data import create_dataset
 from kdbench.errors import CheckpointError, ConfigError, MachineError
 from kdbench.method import load_method_files
-from kdbench.results import load_manifest, load_results
-from kdbench.runner import (CohortJob, RunnerOptions, Scheduler, execute_cohort, run_suite, select_jobs,
-                            status_of, write_manifest)
-from kdbench.runs import CorruptResultsFile, ensure_run, ensure_runs, read_run_file
+from kdbench.runner import RunnerOptions, Scheduler, execute_cohort, run_suite, select_jobs
+from kdbench.runner.planning import write_manifest
+from kdbench.runner.workers import CohortJob, ensure_run, ensure_runs
 from kdbench.spec import RunSpec
+from kdbench.store import CorruptResultsFile, load_manifest, load_results, read_run_file, run_folder, status_of
 from kdbench.suite import UniqueKeyLoader, load_suite
 from kdbench.engine import EngineOptions
 
@@ -259,7 +258,7 @@ def test_a_full_disk_is_no_failure_of_the_run(teacher_out, tmp_path: Path, monke
     def disk_full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(records, "atomic_write_bytes", disk_full)
+    monkeypatch.setattr(run_folder, "atomic_write_bytes", disk_full)
     with pytest.raises(MachineError, match=r"the machine failed, not the run: \[Errno 28\] No space left"):
         ensure_run(spec, tmp_path, EngineOptions(progress=False))
     monkeypatch.undo()
@@ -278,7 +277,7 @@ def test_a_full_disk_is_no_failure_of_the_run(teacher_out, tmp_path: Path, monke
         scheduler._finish((job,), Answered())
     assert not scheduler.outcome.failed
 
-    monkeypatch.setattr(records, "atomic_write_bytes", disk_full)  # the runner's own files: the manifest
+    monkeypatch.setattr(run_folder, "atomic_write_bytes", disk_full)  # the runner's own files: the manifest
     assert main(["run", str(write_suite(tmp_path)), "--out", str(tmp_path / "out")]) == 2
     assert "the machine failed, not the run: [Errno 28] No space left on device" in capsys.readouterr().err
 

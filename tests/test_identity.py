@@ -12,7 +12,7 @@ from pydantic import PositiveFloat
 
 from kdbench.errors import ConfigError
 from kdbench.method import METHODS
-from kdbench.results import legacy_runs, load_results
+from kdbench.store import legacy_runs, load_results
 from kdbench.runner import RunnerOptions, run_suite
 from kdbench.spec import DataSpec, RunSpec, SpecError, TeacherRef
 from kdbench.suite import load_suite
@@ -110,7 +110,7 @@ def test_controls_and_reference_reach_the_manifest(tmp_path):
     spec = next(j.spec for j in suite.jobs if j.label == "kd_weights")
     assert "control" not in spec.hparams
     run_suite(suite, RunnerOptions(out=tmp_path / "out", dry_run=True, printer=lambda *a: None))
-    from kdbench.runner import write_manifest
+    from kdbench.runner.planning import write_manifest
 
     write_manifest(suite, suite.jobs, tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())

@@ -257,13 +257,13 @@ def test_ctkd_reverses_and_scales_the_temperature_gradient(epoch):
 def test_ctkd_temperature_trains_with_the_student(teacher_out, tmp_path):
     from conftest import TINY_RECIPE, student_spec
 
-    from kdbench import records
+    from kdbench import store
     from kdbench.engine import EngineOptions, train_run
 
     torch.set_default_dtype(torch.float32)  # a real run; the fixture restores float64 after
     out, teacher = teacher_out
     spec = student_spec(teacher, method="ctkd", recipe=TINY_RECIPE.model_copy(update={"epochs": 1}))
-    record = train_run(spec, tmp_path, EngineOptions(progress=False, subset=128), out / teacher.run_id / records.WEIGHTS)
+    record = train_run(spec, tmp_path, EngineOptions(progress=False, subset=128), out / teacher.run_id / store.WEIGHTS)
     assert record["parameters"]["method"] == 1  # θ, in the student's optimizer
     assert {"loss_ce", "loss_kd"} <= set(record["metrics"][0])
 

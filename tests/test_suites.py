@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kdbench.errors import ConfigError, DataError
-from kdbench.results import load_results
+from kdbench.store import load_results
 from kdbench.runner import RunnerOptions, run_suite
 from kdbench.suite import load_suite
 from kdbench.engine import EngineOptions
@@ -279,19 +279,20 @@ def test_cohorts_group_runs_sharing_data_seed_recipe_and_teacher(tmp_path):
 def test_a_job_of_several_processes_gets_disjoint_gpus(monkeypatch):
     import torch
 
-    from kdbench.runner import _slots, job_gpus
+    from kdbench.runner.executors import make_slots
+    from kdbench.runner.workers import job_gpus
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 5)
-    assert _slots("auto", None, 2) == [("cuda:0", "cuda:1"), ("cuda:2", "cuda:3")]
-    assert _slots("cuda", 1, 1) == [("cuda:0",)]
+    assert make_slots("auto", None, 2) == [("cuda:0", "cuda:1"), ("cuda:2", "cuda:3")]
+    assert make_slots("cuda", 1, 1) == [("cuda:0",)]
     with pytest.raises(ConfigError, match=r"processes_per_job is 8, but this machine has 5 GPU\(s\)"):
-        _slots("auto", None, 8)
+        make_slots("auto", None, 8)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    assert _slots("auto", None, 2) == [("cpu", "cpu")] * 4
+    assert make_slots("auto", None, 2) == [("cpu", "cpu")] * 4
     with pytest.raises(ConfigError, match="--device cuda:1 names one device"):
-        _slots("cuda:1", None, 2)
+        make_slots("cuda:1", None, 2)
     assert job_gpus(("cuda:2", "cuda:3"), None) == "2,3"
     assert job_gpus(("cuda:2", "cuda:3"), "4,5,6,7") == "6,7"  # the runner sees part of the machine
     assert job_gpus(("cpu", "cpu"), "0") == ""

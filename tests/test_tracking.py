@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import records, tracking
+from kdbench import store, tracking
 from kdbench.errors import ConfigError
 from kdbench.spec import DataSpec, Recipe, RunSpec
 from kdbench.tracking import Tracking
@@ -24,7 +24,7 @@ NAME = "digits/resnet14-resnet8/plain/seed4"  # dataset/pair/label/seed: the sui
 def suite_folder(root: Path) -> Path:
     """A run folder inside a suite folder whose manifest lists the run (no teacher) as
     ``plain`` in the pair resnet14→resnet8."""
-    records.write_json(root / "manifest.json", {"suite": "s", "jobs": [
+    store.write_json(root / "manifest.json", {"suite": "s", "jobs": [
         {"run_id": SPEC.run_id, "label": "plain", "pair": "resnet14→resnet8", "role": "student", "dataset": "digits", "seed": 4}]})
     return root / "runs" / SPEC.run_id
 
@@ -57,7 +57,7 @@ def test_tensorboard_events_hold_every_epoch_and_a_resumed_run_continues(tmp_pat
     assert json.loads((whole_dir / tracking.LOGGED).read_text()) == {"epoch": 3}
 
     # killed right after epoch 2's metrics reached the records, before its sinks saw them
-    real_write = records.write_metrics
+    real_write = store.write_metrics
 
     def die_after_second_epoch(run_dir, rows):
         real_write(run_dir, rows)
@@ -65,10 +65,10 @@ def test_tensorboard_events_hold_every_epoch_and_a_resumed_run_continues(tmp_pat
             raise KeyboardInterrupt
 
     cut_dir = suite_folder(tmp_path / "cut")
-    monkeypatch.setattr(records, "write_metrics", die_after_second_epoch)
+    monkeypatch.setattr(store, "write_metrics", die_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_run(SPEC, cut_dir, options)
-    monkeypatch.setattr(records, "write_metrics", real_write)
+    monkeypatch.setattr(store, "write_metrics", real_write)
     tracking.close_all()  # the killed process's writers are gone
     assert [step for step, _ in scalars(cut_dir)["val/top1"]] == [1]
     resumed = train_run(SPEC, cut_dir, options)

@@ -5,9 +5,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kdbench import records
+from kdbench import store
 from kdbench.errors import ConfigError
-from kdbench.runs import FAILED, ensure_run
+from kdbench.runner.workers import ensure_run
+from kdbench.store import FAILED
 from kdbench.spec import Recipe
 from kdbench.engine import EngineOptions, TrainingDiverged, learning_rate, train_run
 
@@ -24,18 +25,18 @@ def comparable(record):
 def test_teacher_run_writes_record_weights_and_logits(teacher_out):
     out, spec = teacher_out
     run_dir = out / spec.run_id
-    record = json.loads((run_dir / records.RECORD).read_text())
+    record = json.loads((run_dir / store.RECORD).read_text())
     assert record["status"] == "finished" and record["run_id"] == spec.run_id
     assert [row["epoch"] for row in record["metrics"]] == [1, 2]
-    assert [row["epoch"] for row in records.read_metrics(run_dir)] == [1, 2]
+    assert [row["epoch"] for row in store.read_metrics(run_dir)] == [1, 2]
     assert record["summary"]["test_top1_last"] == record["metrics"][-1]["test_top1"]
     assert record["summary"]["test_top1_last"] > 40  # 10 classes: chance is 10%
     assert {"torch", "device", "git_commit"} <= set(record["environment"])
     assert record["timing"]["images_per_s"] > 0
-    assert set(torch.load(run_dir / records.WEIGHTS, weights_only=True)) == {"model"}
-    logits = torch.load(run_dir / records.TEST_LOGITS, weights_only=True)
+    assert set(torch.load(run_dir / store.WEIGHTS, weights_only=True)) == {"model"}
+    logits = torch.load(run_dir / store.TEST_LOGITS, weights_only=True)
     assert logits["logits"].dtype == torch.float16 and logits["logits"].shape[1] == 10
-    assert not (run_dir / records.CHECKPOINT).exists()
+    assert not (run_dir / store.CHECKPOINT).exists()
 
 
 def test_kd_student_trains_and_finished_runs_are_not_redone(teacher_out, monkeypatch):
@@ -44,38 +45,38 @@ def test_kd_student_trains_and_finished_runs_are_not_redone(teacher_out, monkeyp
     record = ensure_run(spec, out, QUIET)
     assert set(record["metrics"][0]) >= {"loss_ce", "loss_kd", "val_top1", "test_top5"}
     assert record["summary"]["teacher_test_top1"] > 40
-    monkeypatch.setattr("kdbench.runs.train_cohort", lambda *a, **k: pytest.fail("finished run trained again"))
+    monkeypatch.setattr("kdbench.runner.workers.train_cohort", lambda *a, **k: pytest.fail("finished run trained again"))
     assert ensure_run(spec, out, QUIET) == record
 
 
 def test_same_seed_same_metrics_and_other_seed_differs(teacher_out, tmp_path):
     out, teacher = teacher_out
-    a = train_run(student_spec(teacher), tmp_path / "a", QUIET, out / teacher.run_id / records.WEIGHTS)
-    b = train_run(student_spec(teacher), tmp_path / "b", QUIET, out / teacher.run_id / records.WEIGHTS)
-    c = train_run(student_spec(teacher, seed=1), tmp_path / "c", QUIET, out / teacher.run_id / records.WEIGHTS)
+    a = train_run(student_spec(teacher), tmp_path / "a", QUIET, out / teacher.run_id / store.WEIGHTS)
+    b = train_run(student_spec(teacher), tmp_path / "b", QUIET, out / teacher.run_id / store.WEIGHTS)
+    c = train_run(student_spec(teacher, seed=1), tmp_path / "c", QUIET, out / teacher.run_id / store.WEIGHTS)
     assert comparable(a) == comparable(b)
     assert comparable(a) != comparable(c)
 
 
 def test_resume_after_interruption_equals_uninterrupted(teacher_out, tmp_path, monkeypatch):
     out, teacher = teacher_out
-    weights = out / teacher.run_id / records.WEIGHTS
+    weights = out / teacher.run_id / store.WEIGHTS
     spec = student_spec(teacher, recipe=TINY_RECIPE.model_copy(update={"epochs": 3}))
     whole = train_run(spec, tmp_path / "whole", QUIET, weights)
 
-    real_write = records.write_metrics
+    real_write = store.write_metrics
 
     def die_after_second_epoch(run_dir, rows):
         real_write(run_dir, rows)
         if len(rows) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(records, "write_metrics", die_after_second_epoch)
+    monkeypatch.setattr(store, "write_metrics", die_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_run(spec, tmp_path / "cut", QUIET, weights)
-    monkeypatch.setattr(records, "write_metrics", real_write)
-    assert (tmp_path / "cut" / records.CHECKPOINT).exists()
-    assert not (tmp_path / "cut" / records.RECORD).exists()
+    monkeypatch.setattr(store, "write_metrics", real_write)
+    assert (tmp_path / "cut" / store.CHECKPOINT).exists()
+    assert not (tmp_path / "cut" / store.RECORD).exists()
     resumed = train_run(spec, tmp_path / "cut", QUIET, weights)
     assert comparable(resumed) == comparable(whole)
     assert resumed["summary"] == whole["summary"]
@@ -118,7 +119,7 @@ def test_cohort_records_equal_separate_runs(teacher_out, tmp_path):
     from kdbench.engine import train_cohort
 
     out, teacher = teacher_out
-    weights = out / teacher.run_id / records.WEIGHTS
+    weights = out / teacher.run_id / store.WEIGHTS
     specs = [student_spec(teacher, method=m) for m in ("kd", "dkd", "crd", "figkd")]
     specs.append(student_spec(teacher, method="none").model_copy(update={"teacher": None}))
     specs.append(student_spec(teacher, method="kd", student="resnet14"))
@@ -135,10 +136,10 @@ def test_one_failing_run_does_not_stop_its_cohort(teacher_out, tmp_path):
     out, teacher = teacher_out
     good = student_spec(teacher)
     bad = student_spec(teacher, hparams={"w_kd": float("inf")})
-    results = train_cohort([bad, good], [tmp_path / "bad", tmp_path / "good"], QUIET, out / teacher.run_id / records.WEIGHTS)
+    results = train_cohort([bad, good], [tmp_path / "bad", tmp_path / "good"], QUIET, out / teacher.run_id / store.WEIGHTS)
     assert isinstance(results[0], TrainingDiverged)
     assert results[1]["status"] == "finished"
-    assert comparable(results[1]) == comparable(train_run(good, tmp_path / "alone", QUIET, out / teacher.run_id / records.WEIGHTS))
+    assert comparable(results[1]) == comparable(train_run(good, tmp_path / "alone", QUIET, out / teacher.run_id / store.WEIGHTS))
 
 
 def test_device_resident_data_path_trains_reproducibly(teacher_out, tmp_path):
@@ -150,7 +151,7 @@ def test_device_resident_data_path_trains_reproducibly(teacher_out, tmp_path):
     from kdbench.engine.options import uses_device_data
 
     out, teacher = teacher_out
-    weights = out / teacher.run_id / records.WEIGHTS
+    weights = out / teacher.run_id / store.WEIGHTS
     resident = replace(QUIET, device_data=True)
     a = train_run(student_spec(teacher), tmp_path / "a", resident, weights)
     b = train_run(student_spec(teacher), tmp_path / "b", resident, weights)
@@ -165,7 +166,7 @@ def test_loader_processes_persist_and_stay_reproducible(teacher_out, tmp_path):
     from dataclasses import replace
 
     out, teacher = teacher_out
-    weights = out / teacher.run_id / records.WEIGHTS
+    weights = out / teacher.run_id / store.WEIGHTS
     with_workers = replace(QUIET, workers=1)
     a = train_run(student_spec(teacher), tmp_path / "a", with_workers, weights)
     b = train_run(student_spec(teacher), tmp_path / "b", with_workers, weights)
@@ -182,7 +183,7 @@ def test_stacked_students_train_like_separate_ones(teacher_out, tmp_path, monkey
     from kdbench.engine import seed_everything, train_cohort
 
     out, teacher = teacher_out
-    weights = out / teacher.run_id / records.WEIGHTS
+    weights = out / teacher.run_id / store.WEIGHTS
     methods = ("kd", "sdd", "crd", "freekd")  # logits, the head on local features, taps, a method's own modules
     specs = [student_spec(teacher, method=m) for m in methods]
     specs.append(student_spec(teacher, hparams={"w_kd": float("inf")}))
@@ -207,7 +208,7 @@ def test_stacked_students_train_like_separate_ones(teacher_out, tmp_path, monkey
         # as far as one thread against two moves them
         seed_everything(spec.seed)  # the student's initialisation, drawn as make_trainee draws it
         initial = _flat(create_model(spec.student, num_classes=10).state_dict())
-        trained = [_flat(torch.load(d / spec.run_id / records.WEIGHTS, weights_only=True)["model"])
+        trained = [_flat(torch.load(d / spec.run_id / store.WEIGHTS, weights_only=True)["model"])
                    for d in (tmp_path / "separate", tmp_path / "stacked")]
         assert (trained[0] - trained[1]).norm() <= 1e-3 * (trained[0] - initial).norm(), spec.method
 
@@ -221,7 +222,7 @@ def test_students_that_cannot_be_stacked_step_one_by_one(teacher_out, tmp_path, 
     from kdbench.engine import train_cohort
 
     out, teacher = teacher_out
-    weights = out / teacher.run_id / records.WEIGHTS
+    weights = out / teacher.run_id / store.WEIGHTS
     specs = [student_spec(teacher, method=m) for m in ("kd", "dkd")]
     few_steps = EngineOptions(progress=False, subset=128)
     separate = train_cohort(specs, [tmp_path / "separate" / s.run_id for s in specs], few_steps, weights)
@@ -238,7 +239,7 @@ def test_students_that_cannot_be_stacked_step_one_by_one(teacher_out, tmp_path, 
 
 def test_out_of_memory_ends_a_lone_run_but_only_splits_a_cohort(teacher_out, tmp_path, monkeypatch):
     from kdbench.method import create_method
-    from kdbench.runs import CohortOutOfMemory, ensure_runs
+    from kdbench.runner.workers import CohortOutOfMemory, ensure_runs
 
     def out_of_memory(self, student, teacher, batch, epoch):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
@@ -252,7 +253,7 @@ def test_out_of_memory_ends_a_lone_run_but_only_splits_a_cohort(teacher_out, tmp
     lone = student_spec(teacher)
     (result,) = ensure_runs([lone], out, few_steps)
     assert isinstance(result, torch.OutOfMemoryError)
-    assert "out of memory" in records.read_json(out / lone.run_id / FAILED)["error"]
+    assert "out of memory" in store.read_json(out / lone.run_id / FAILED)["error"]
     cohort = [student_spec(teacher, seed=1), student_spec(teacher, seed=1, method="dkd")]
     results = ensure_runs(cohort, out, few_steps)
     assert all(isinstance(r, CohortOutOfMemory) for r in results)

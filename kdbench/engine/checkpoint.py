@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed, records
+from .. import distributed, store
 from ..checkpoints import atomic_torch_save, safe_load, set_aside
 from ..errors import CheckpointError
 from .trainee import Trainee
@@ -19,13 +19,13 @@ def save_checkpoint(trainee: Trainee, epoch: int) -> None:
         "optimizer": trainee.optimizer.state_dict(),
         "scaler": trainee.scaler.state_dict() if trainee.scaler is not None else None,
         "history": trainee.history,
-    }, trainee.run_dir / records.CHECKPOINT)
+    }, store.RunFolder(trainee.run_dir).checkpoint)
 
 
 def resume(trainee: Trainee, device: torch.device) -> None:
     """Go on from the last epoch's checkpoint; a checkpoint that cannot be read is set
     aside (kept, renamed) and the run starts from its first epoch."""
-    path = trainee.run_dir / records.CHECKPOINT
+    path = store.RunFolder(trainee.run_dir).checkpoint
     if not path.exists():
         return
     try:
@@ -44,4 +44,4 @@ def resume(trainee: Trainee, device: torch.device) -> None:
         trainee.scaler.load_state_dict(state["scaler"])
     trainee.history = state["history"]
     if distributed.is_main():
-        records.write_metrics(trainee.run_dir, trainee.history)  # drop lines logged after the checkpoint
+        store.write_metrics(trainee.run_dir, trainee.history)  # drop lines logged after the checkpoint

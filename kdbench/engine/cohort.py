@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .. import distributed, records
+from .. import distributed, store
 from ..data import DataSplits
 from ..errors import ConfigError
 from ..method import Method, TrainContext, create_method
@@ -105,7 +105,7 @@ def _set_up(specs: Sequence[RunSpec], run_dirs: list[Path], lead: RunSpec, devic
         raise ConfigError(f"batch size {recipe.batch_size} does not divide among {distributed.world()} processes")
     workers = loader_workers(options, device)
     for spec, run_dir in zip(specs, run_dirs) if distributed.is_main() else ():
-        records.write_json(run_dir / records.SPEC, {"run_id": spec.run_id, "spec": spec.model_dump(mode="json")})
+        store.write_spec(run_dir, spec)
 
     seed_everything(lead.seed)
     data = open_data(lead, options, augment=recipe.augment)

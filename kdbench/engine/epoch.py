@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .. import distributed, records
+from .. import distributed, store
 from ..errors import KDBenchError
 from ..method import Batch
 from ..models import Backbone
@@ -83,7 +83,7 @@ def end_epoch(trainee: Trainee, epoch: int, seconds: float, val_loader: DataLoad
     })
     if distributed.is_main():
         save_checkpoint(trainee, epoch)
-        records.write_metrics(trainee.run_dir, trainee.history)
+        store.write_metrics(trainee.run_dir, trainee.history)
         log_epoch(options.tracking, trainee.spec, trainee.run_dir, trainee.history)
     try:
         if options.on_epoch is not None:

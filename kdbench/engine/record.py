@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .. import distributed, records
+from .. import distributed, store
 from ..checkpoints import atomic_torch_save
 from ..models import Backbone
 from .evaluation import evaluate
@@ -22,37 +22,38 @@ from .trainee import Trainee
 
 def finish_run(trainee: Trainee, teacher: Backbone | None, teacher_test: float | None,
                test_loader: DataLoader | None, device: torch.device, started: float) -> dict[str, Any]:
-    """The run's record; rank 0 (``test_loader`` the whole test set) also writes its files."""
-    run_dir = trainee.run_dir
+    """The run's record (``store.RunRecord`` as JSON); rank 0 (``test_loader`` the whole
+    test set) also writes its files."""
+    folder = store.RunFolder(trainee.run_dir)
     if test_loader is not None:
         final = evaluate(trainee.model, test_loader, device, keep_logits=True)
-        atomic_torch_save({"logits": final["logits"], "labels": final["labels"]}, run_dir / records.TEST_LOGITS)
-        atomic_torch_save({"model": trainee.model.state_dict()}, run_dir / records.WEIGHTS)
+        atomic_torch_save({"logits": final["logits"], "labels": final["labels"]}, folder.test_logits)
+        atomic_torch_save({"model": trainee.model.state_dict()}, folder.weights)
     history = trainee.history
-    record = {
-        "run_id": trainee.spec.run_id,
-        "status": "finished",
-        "spec": trainee.spec.model_dump(mode="json"),
-        "summary": summarise(history, teacher_test),
-        "parameters": {
-            "student": count_parameters(trainee.model),
-            "method": count_parameters(trainee.method),
-            "teacher": sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
-        },
-        "timing": {
-            "train_seconds": sum(r["epoch_seconds"] for r in history),
-            "images_per_s": float(np.mean([r["images_per_s"] for r in history if r["images_per_s"]] or [0.0])),
-            "wall_seconds_this_session": time.time() - started,
-        },
-        "environment": records.environment(device),
-        "metrics": history,
-    }
+    environment = store.environment(device)
     if distributed.active():
-        record["environment"]["world_size"] = distributed.world()
+        environment.world_size = distributed.world()
+    record = store.RunRecord(
+        run_id=trainee.spec.run_id,
+        status=store.RunStatus.FINISHED,
+        spec=trainee.spec.model_dump(mode="json"),
+        summary=store.Summary(**summarise(history, teacher_test)),
+        parameters=store.Parameters(
+            student=count_parameters(trainee.model),
+            method=count_parameters(trainee.method),
+            teacher=sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
+        ),
+        timing=store.Timing(
+            train_seconds=sum(r["epoch_seconds"] for r in history),
+            images_per_s=float(np.mean([r["images_per_s"] for r in history if r["images_per_s"]] or [0.0])),
+            wall_seconds_this_session=time.time() - started,
+        ),
+        environment=environment,
+        metrics=history,
+    )
     if test_loader is not None:
-        records.write_json(run_dir / records.RECORD, record)
-        (run_dir / records.CHECKPOINT).unlink(missing_ok=True)  # the weights and record now hold everything
-    return record
+        store.write_record(folder.path, record)  # and the epoch checkpoint goes: weights and record hold everything
+    return record.dump()
 
 
 def summarise(history: list[dict[str, Any]], teacher_test: float | None) -> dict[str, Any]:

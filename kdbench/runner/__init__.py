@@ -1,0 +1,77 @@
+"""Executes a suite's job graph: teachers before the students that need them, on every GPU
+of the machine (one job each), a bounded pool of CPU processes, or Slurm via submitit.
+
+- ``planning``: the jobs (``--only``, ``--smoke``), their cohorts and core shares, the
+  input checks, the manifest;
+- ``scheduler``: the cohorts onto an executor's slots, and the book of what came of them;
+- ``executors``: the slots, a local process pool and Slurm (submitit);
+- ``workers``: what a worker process does with a cohort (locks, training, failures).
+
+Safe to kill at any moment and to run twice at once on the same results folder:
+- a finished run has ``record.json`` and is never redone;
+- a run in progress holds an exclusive ``flock`` on ``runs/<id>.lock`` (released by the
+  kernel when its process dies, even by SIGKILL), so a second runner skips it and waits;
+- an interrupted run resumes from its last epoch checkpoint;
+- a failed run writes ``failed.json`` with its reason and is not retried unless asked
+  (``--retry-failed``); its students fail with "teacher failed"; the rest go on;
+- a ``record.json`` or ``failed.json`` that is corrupt is set aside (renamed, kept) and
+  its run done again; a failure of the machine (full disk, I/O error, a device it lacks)
+  is not booked as the run's: it stops the suite, and a plain rerun retries;
+- SIGINT and SIGTERM stop the worker processes at once (their runs resume from their
+  last epochs); workers ignore SIGINT themselves, so a Ctrl-C reaches only the runner.
+  Slurm jobs are ``submitit.helpers.Checkpointable``: preempted or timed out, submitit
+  requeues them and their runs resume from their last epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .. import store
+from ..engine import resolve_device
+from ..errors import ConfigError, DataError
+from ..suite import Suite
+from .planning import (SMOKE_SAMPLES, RunnerOptions, check_data, check_methods, check_teachers, core_plan,
+                       form_cohorts, select_jobs, suite_dir, write_manifest)
+from .scheduler import Outcome, Scheduler
+from .workers import execute_cohort
+
+__all__ = ["Outcome", "RunnerOptions", "Scheduler", "core_plan", "execute_cohort", "form_cohorts", "run_suite",
+           "select_jobs"]
+
+
+def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
+    """Run the suite's selected jobs (or, with ``dry_run``, list where each stands);
+    nothing is trained when an input is missing or a method cannot use its data set."""
+    say = options.printer
+    directory = suite_dir(suite, options)
+    runs = directory / store.RUNS
+    legacy = store.legacy_runs(directory)
+    if legacy:
+        raise ConfigError(f"nothing was trained: {store.legacy_message(directory, legacy)}")
+    jobs = select_jobs(suite, options)
+    engine = replace(options.engine, data_root=options.engine.data_root or suite.file.data_root,
+                     subset=SMOKE_SAMPLES if options.smoke else options.engine.subset)
+    classes, problems = check_data(jobs, engine.data_root)
+    problems += check_teachers(jobs, suite)
+    invalid = check_methods(jobs, classes, suite)
+    if invalid:
+        raise ConfigError("nothing was trained:\n  " + "\n  ".join(invalid))
+    if options.dry_run:
+        counts: dict[store.RunStatus, int] = {}
+        for job in jobs:
+            status = store.status_of(runs, job.run_id)
+            counts[status] = counts.get(status, 0) + 1
+            say(f"{status:<8} {job.run_id}  {job.describe()}")
+        say(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" (results in {directory})")
+        for problem in problems:
+            say(f"missing: {problem}")
+        return Outcome(missing=problems)
+    if problems:
+        raise DataError("cannot run, inputs are missing:\n  " + "\n  ".join(problems))
+    if suite.file.executor.kind != "slurm":  # the nodes' devices are not the login node's
+        resolve_device(engine.device)
+    runs.mkdir(parents=True, exist_ok=True)
+    # the whole suite's jobs, merged with those listed before: --only never hides runs from a report
+    write_manifest(suite, select_jobs(suite, replace(options, only={})), directory)
+    return Scheduler(suite, jobs, runs, engine, options).run()

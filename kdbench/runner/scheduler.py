@@ -1,0 +1,216 @@
+"""The scheduler: a suite's cohorts onto an executor's slots, teachers before the students
+that need them, and the book of what came of each run.
+
+It polls the running cohorts every second, starts each waiting cohort once its teachers
+have finished and a slot is free, fails the runs whose teacher failed, halves a cohort
+that ran out of device memory, hands cohorts that another runner is training back to the
+queue, and stops the suite on a failure of the machine. What it reports and its estimate
+of the time left come from ``progress.SuiteProgress``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .. import store
+from ..checkpoints import set_aside
+from ..engine import EngineOptions
+from ..errors import MachineError
+from ..progress import SuiteProgress
+from ..store import RunFolder, RunStatus, status_of
+from ..suite import Job, Suite
+from .executors import Executor, Handle, LocalExecutor, Slot, SlurmExecutor, make_slots
+from .planning import MAX_LOADER_WORKERS, RunnerOptions, core_plan, form_cohorts, select_jobs
+from .workers import CohortTask, WorkerOutcome, as_machine_error
+
+POLL_SECONDS = 1.0
+REPORT_SECONDS = 10.0  # between progress reports
+
+
+@dataclass
+class Outcome:
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # finished before this call, or by another runner
+    missing: list[str] = field(default_factory=list)  # inputs a dry run found missing (a run raises DataError)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.missing
+
+
+class Scheduler:
+    def __init__(self, suite: Suite, jobs: list[Job], runs: Path, engine: EngineOptions, options: RunnerOptions) -> None:
+        self.suite, self.jobs, self.runs, self.engine, self.options = suite, jobs, runs, engine, options
+        self.say = options.printer
+        self.outcome = Outcome()
+        executor = suite.file.executor
+        workers = options.workers or executor.workers
+        self.cores: dict[str, int] = {}  # per run id: the cores its job may use (``core_plan``)
+        if executor.kind == "slurm":  # devices are the nodes' business; Slurm queues the jobs
+            self.slots = [(engine.device,)] * (workers or len(jobs))
+        else:
+            self.slots = make_slots(engine.device, workers, executor.processes_per_job)
+            # planned on the whole suite, so that a rerun, a resume or --only gives a run the same share
+            everything = select_jobs(suite, replace(options, only={}))
+            self.cores = core_plan(everything, len(self.slots), os.cpu_count() or 1, executor.cohort_size,
+                                   executor.processes_per_job)
+        self.progress = SuiteProgress(suite.name, runs, total=len(jobs), slots=len(self.slots))
+
+    def run(self) -> Outcome:
+        pending = self._pending()
+        if not pending:
+            self.say(f"[{self.suite.name}] nothing to do: {len(self.outcome.skipped)} runs already finished"
+                     + (f", {len(self.outcome.failed)} failed (--retry-failed reruns them)" if self.outcome.failed else ""))
+            return self.outcome
+        units = form_cohorts(pending, self.suite.file.executor.cohort_size)
+        self.say(f"[{self.suite.name}] {len(pending)} runs to do ({len(self.outcome.skipped)} already finished) "
+                 f"in {len(units)} cohort(s) on {len(self.slots)} worker(s): {', '.join('+'.join(s) for s in self.slots)}")
+        executor = self._executor()
+        running: list[tuple[Handle, Slot, tuple[Job, ...]]] = []
+        free = list(self.slots)
+        last_report = 0.0
+        stopped = True  # until the loop ends by itself: an interrupt or a machine failure stops the workers
+        try:
+            while units or running:
+                for unit in list(units):
+                    ready = self._ready(unit)
+                    if ready is None:
+                        continue
+                    units.remove(unit)
+                    if ready and free:
+                        slot = free.pop(0)
+                        cohort = CohortTask([j.spec.model_dump(mode="json") for j in ready], str(self.runs),
+                                            self._job_options(slot, ready), [str(p) for p in self.suite.method_files()])
+                        running.append((executor.submit(slot, cohort), slot, ready))
+                        self.progress.start(ready)
+                    elif ready:
+                        units.append(ready)
+                self.progress.poll([unit for _, _, unit in running])
+                for entry in [e for e in running if e[0].done()]:
+                    running.remove(entry)
+                    handle, slot, unit = entry
+                    free.append(slot)
+                    self.progress.finish(unit)
+                    units.extend(self._finish(unit, handle))
+                if time.time() - last_report > REPORT_SECONDS or not (units or running):
+                    self.say(self.progress.report(len(self.outcome.finished) + len(self.outcome.skipped),
+                                                  len(self.outcome.failed), units, [unit for _, _, unit in running]))
+                    last_report = time.time()
+                if running or units:
+                    time.sleep(POLL_SECONDS)
+            stopped = False
+        finally:
+            executor.close(stopped)
+        return self.outcome
+
+    def _pending(self) -> list[Job]:
+        """The jobs to run: not finished (a corrupt record or failure set aside, a teacher
+        whose weights are unsound trained again) and not failed unless --retry-failed."""
+        pending: list[Job] = []
+        teachers = {d for job in self.jobs for d in job.depends_on}
+        for job in self.jobs:
+            status = status_of(self.runs, job.run_id)
+            folder = RunFolder.of(self.runs, job.run_id)
+            if status == RunStatus.CORRUPT:
+                for corrupt in store.corrupt_run_files(folder.path):
+                    set_aside(corrupt.path, str(corrupt))
+                status = status_of(self.runs, job.run_id)
+            if status == RunStatus.FINISHED and job.run_id in teachers and store.set_aside_unsound_weights(folder.path):
+                status = status_of(self.runs, job.run_id)  # its students need its weights: it trains again
+            if status == RunStatus.FINISHED:
+                self.outcome.skipped.append(job.run_id)
+            elif status == RunStatus.FAILED and not self.options.retry_failed:
+                self.outcome.failed[job.run_id] = store.read_run_file(folder.failure)["error"]
+            else:
+                if status == RunStatus.FAILED:
+                    folder.failure.unlink()
+                pending.append(job)
+        return pending
+
+    def _job_options(self, slot: Slot, unit: tuple[Job, ...]) -> EngineOptions:
+        """The engine options of a job: on CPUs its intra-op threads, on GPUs its data-loader
+        processes (unless --workers names them), from the job's share of the cores."""
+        options = replace(self.engine, progress=False)
+        share = min((self.cores[j.run_id] for j in unit if j.run_id in self.cores), default=None)
+        if share is None:  # Slurm: the nodes' cores are the nodes' business
+            return options
+        if slot[0] == "cpu":
+            return replace(options, threads=share)
+        if slot[0].startswith("cuda") and options.workers is None:
+            return replace(options, workers=min(MAX_LOADER_WORKERS, share))
+        return options
+
+    def _ready(self, unit: tuple[Job, ...]) -> tuple[Job, ...] | None:
+        """The unit's jobs that can start now (after failing those whose teacher failed),
+        or None while some of them still wait for a teacher."""
+        ready = []
+        for job in unit:
+            blocked = self._blocked(job)
+            if blocked == "":
+                return None
+            if blocked:
+                self._record_failure(job, blocked)
+            else:
+                ready.append(job)
+        return tuple(ready)
+
+    def _blocked(self, job: Job) -> str | None:
+        """None when the job can start, '' while it waits, else why it can never run."""
+        for dependency in job.depends_on:
+            status = status_of(self.runs, dependency)
+            if status == RunStatus.FINISHED:
+                continue
+            if status == RunStatus.FAILED or dependency in self.outcome.failed:
+                return f"teacher run {dependency} failed"
+            return ""
+        return None
+
+    def _finish(self, unit: tuple[Job, ...], handle: Handle) -> list[tuple[Job, ...]]:
+        """Book a finished cohort's results; returns the units still to run: jobs that wait
+        for another runner, and the halves of a cohort that did not fit in memory."""
+        try:
+            results = handle.result()
+        except Exception as exc:  # the worker process itself died
+            if isinstance(as_machine_error(exc), MachineError):
+                raise as_machine_error(exc) from exc
+            reason = f"worker died: {type(exc).__name__}: {exc}"
+            results = {j.run_id: {"status": WorkerOutcome.FAILED, "reason": reason} for j in unit}
+        elsewhere, split = [], []
+        for job in unit:
+            result = results[job.run_id]
+            if result["status"] == WorkerOutcome.MACHINE:
+                raise MachineError(f"[{self.suite.name}] stopped at {job.describe()}: {result['reason']}; the runs "
+                                   "finished so far are kept, the others resume from their last epochs")
+            if result["status"] == WorkerOutcome.BUSY:
+                elsewhere.append(job)
+            elif result["status"] == WorkerOutcome.SPLIT:
+                split.append(job)
+            elif result["status"] == WorkerOutcome.SKIPPED:
+                self.outcome.skipped.append(job.run_id)
+            elif result["status"] == WorkerOutcome.FINISHED:
+                self.outcome.finished.append(job.run_id)
+            else:
+                self.outcome.failed[job.run_id] = result["reason"]
+                if not RunFolder.of(self.runs, job.run_id).failure.exists():
+                    self._record_failure(job, result["reason"])
+                self.say(f"FAILED {job.describe()}: {result['reason']}")
+        if split:
+            half = (len(split) + 1) // 2
+            self.say(f"[{self.suite.name}] a cohort of {len(split)} runs ran out of device memory; "
+                     f"it goes on as cohorts of {half} and {len(split) - half}, from the runs' last epochs")
+            return [u for u in (tuple(elsewhere), tuple(split[:half]), tuple(split[half:])) if u]
+        return [tuple(elsewhere)] if elsewhere else []
+
+    def _record_failure(self, job: Job, reason: str) -> None:
+        self.outcome.failed[job.run_id] = reason
+        store.write_failure(self.runs / job.run_id, job.spec, reason)
+
+    def _executor(self) -> Executor:
+        config = self.suite.file.executor
+        if config.kind == "slurm":
+            return SlurmExecutor(config, self.runs.parent / "slurm")
+        return LocalExecutor(len(self.slots))

@@ -1,0 +1,250 @@
+"""The worker side: what a process started by an executor does with a cohort.
+
+``execute_cohort`` trains a cohort's runs in this process, each under its run lock, and
+answers per run with a ``WorkerOutcome``; ``launch_cohort`` starts it in one process per
+device (torchrun's launcher) for a data-parallel job; ``CohortJob`` is it as a Slurm job
+that submitit requeues. ``ensure_runs`` is the run-level step they share with ``kdbench
+train`` and the ablations: read a finished run's record, else train (resuming any
+checkpoint), and book a failure in the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import os
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from unittest.mock import patch
+
+import torch
+
+from .. import distributed, store
+from ..errors import ConfigError, KDBenchError, MachineError, RunStopped
+from ..spec import RunSpec
+from ..engine import EngineOptions, resolve_device, train_cohort
+
+
+class WorkerOutcome(StrEnum):
+    """What a worker did with a run this time (not where the run stands: ``store.RunStatus``)."""
+
+    FINISHED = "finished"  # trained to its end
+    FAILED = "failed"  # ended by its exception, booked in failed.json
+    BUSY = "busy"  # another process holds its lock: it is training it
+    SKIPPED = "skipped"  # finished meanwhile by another process
+    SPLIT = "split"  # its cohort ran out of device memory: train it in smaller ones
+    MACHINE = "machine"  # the machine failed, not the run
+    STOPPED = "stopped"  # its options.on_epoch stopped it (RunStopped): kept to resume
+
+
+@dataclass(frozen=True)
+class CohortTask:
+    """A cohort as a worker receives it: its specs as JSON, the runs folder, the engine
+    options and the suite's method files (a spawned process registers them again)."""
+
+    specs: list[dict[str, Any]]
+    runs_dir: str
+    options: EngineOptions
+    method_files: list[str]
+
+
+class CohortOutOfMemory(KDBenchError):
+    """The device ran out of memory while several runs trained together: they may fit in
+    smaller cohorts (the runner halves it). Their last epoch checkpoints are kept."""
+
+    def __init__(self, runs: int) -> None:
+        super().__init__(f"out of device memory with {runs} runs training together")
+
+
+# errors of the machine rather than the run: no space or quota, a disk or network file
+# system failing, a file system gone read-only, no memory left
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ESTALE, errno.ENOMEM})
+
+
+def as_machine_error(error: BaseException) -> BaseException:
+    """``error`` as a MachineError when the machine failed rather than the run."""
+    if isinstance(error, OSError) and error.errno in MACHINE_ERRNOS:
+        machine = MachineError(f"the machine failed, not the run: {error}; fix it (free disk space, check the disk) "
+                               "and run the same command again")
+        machine.__cause__ = error
+        return machine
+    return error
+
+
+def teacher_weights(spec: RunSpec, out: Path) -> Path | None:
+    """The weights file the run's teacher loads: its checkpoint, or its run's weights."""
+    if spec.teacher is None:
+        return None
+    if spec.teacher.checkpoint is not None:
+        return Path(spec.teacher.checkpoint).expanduser()
+    weights = store.RunFolder.of(out, str(spec.teacher.run_id)).weights
+    if not weights.exists():
+        raise ConfigError(
+            f"run '{spec.describe()}' needs teacher run {spec.teacher.run_id}, which has not finished "
+            f"(no {weights}); train the teacher first"
+        )
+    return weights
+
+
+def ensure_run(spec: RunSpec, out: Path, options: EngineOptions | None = None) -> dict[str, Any]:
+    """The run's record: read if finished, else trained (resuming any checkpoint).
+
+    A failure is written to ``failed.json`` with its reason before the error propagates;
+    a later successful attempt removes it.
+    """
+    result = ensure_runs([spec], out, options)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None = None
+                ) -> list[dict[str, Any] | BaseException]:
+    """``ensure_run`` for a cohort (see ``engine.train_cohort``): the unfinished runs
+    train together; each result is a record or the exception that ended that run. The
+    device running out of memory in a cohort of several (at set-up, in the teacher's
+    forward or a student's step) is ``CohortOutOfMemory`` for all, and no run's failure;
+    nor is a ``MachineError`` (e.g. the disk filling up)."""
+    out = Path(out)
+    results: dict[str, dict[str, Any] | BaseException] = {}
+    todo = []
+    for spec in specs:
+        record = store.finished_record(out, spec.run_id)
+        if record is not None:
+            results[spec.run_id] = record
+        else:
+            todo.append(spec)
+    if todo:
+        lead = next((s for s in todo if s.teacher is not None), todo[0])
+        try:
+            trained = train_cohort(todo, [out / s.run_id for s in todo], options, teacher_weights(lead, out))
+        except Exception as exc:  # every run of the cohort ends with it
+            if isinstance(exc, torch.OutOfMemoryError) and len(todo) > 1:
+                exc = CohortOutOfMemory(len(todo))
+            trained = [exc] * len(todo)
+        for spec, result in zip(todo, trained):
+            result = as_machine_error(result)
+            results[spec.run_id] = result
+            # under torchrun, rank 0 keeps the books; a cohort too large, a machine failing,
+            # or a run its on_epoch stopped (a pruned trial, to resume) is no run's failure
+            if not distributed.is_main() or isinstance(result, (CohortOutOfMemory, MachineError, RunStopped)):
+                continue
+            if isinstance(result, BaseException):
+                store.write_failure(out / spec.run_id, spec, result)
+            else:
+                store.RunFolder.of(out, spec.run_id).failure.unlink(missing_ok=True)
+    return [results[s.run_id] for s in specs]
+
+
+def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: EngineOptions,
+                   method_files: list[str]) -> dict[str, dict[str, str]]:
+    """Train runs together in this process, each under its own lock. Returns, per run id,
+    {"status": a WorkerOutcome, "reason": why, unless it finished}.
+
+    As one of several processes of a data-parallel job (``launch_cohort``, or a Slurm job
+    with several tasks) it joins the others; the first takes the locks and decides."""
+    from ..method import load_method_files
+
+    _join_slurm_tasks()
+    if method_files:
+        load_method_files(*method_files)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    if distributed.launched():
+        distributed.setup(resolve_device(options.device))
+    runs = Path(runs_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    outcome: dict[str, dict[str, str]] = {}
+    with contextlib.ExitStack() as locks:
+        todo = []
+        for spec in (RunSpec(**s) for s in spec_jsons) if distributed.is_main() else ():
+            if not locks.enter_context(store.run_lock(runs, spec.run_id)):
+                outcome[spec.run_id] = _answer(WorkerOutcome.BUSY, "running in another kdbench process")
+                continue
+            failure = store.RunFolder.of(runs, spec.run_id).failure
+            if store.finished_record(runs, spec.run_id) is not None:  # a corrupt one is set aside
+                outcome[spec.run_id] = _answer(WorkerOutcome.SKIPPED, "finished by another kdbench process")
+            elif failure.exists():  # the scheduler cleared it before starting
+                error = store.read_run_file(failure)["error"]
+                outcome[spec.run_id] = _answer(WorkerOutcome.FAILED, f"in another kdbench process: {error}")
+            else:
+                todo.append(spec)
+        outcome, todo = distributed.broadcast_object((outcome, todo))
+        for spec, result in zip(todo, ensure_runs(todo, runs, options)):
+            status = (WorkerOutcome.SPLIT if isinstance(result, CohortOutOfMemory) else
+                      WorkerOutcome.MACHINE if isinstance(result, MachineError) else
+                      WorkerOutcome.STOPPED if isinstance(result, RunStopped) else
+                      WorkerOutcome.FAILED if isinstance(result, BaseException) else WorkerOutcome.FINISHED)
+            outcome[spec.run_id] = _answer(status, f"{type(result).__name__}: {result}"
+                                           if status != WorkerOutcome.FINISHED else "")
+    if torch.cuda.is_initialized():
+        gc.collect()  # a failed run's error holds its frames, and through them its tensors
+        torch.cuda.empty_cache()  # the next job on this GPU may run in another worker process
+    return outcome
+
+
+def _answer(status: WorkerOutcome, reason: str) -> dict[str, str]:
+    return {"status": status, "reason": reason}
+
+
+def launch_cohort(devices: tuple[str, ...], spec_jsons: list[dict[str, Any]], runs_dir: str, options: EngineOptions,
+                  method_files: list[str]) -> dict[str, dict[str, str]]:
+    """``execute_cohort`` in one process per device, data-parallel (torchrun's launcher,
+    with a rendezvous on a free local port); rank 0's answer."""
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if len(devices) == 1:
+        return execute_cohort(spec_jsons, runs_dir, replace(options, device=devices[0]), method_files)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=len(devices), run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
+    gpus = job_gpus(devices, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    env = {"CUDA_VISIBLE_DEVICES": gpus} if gpus else {}
+    with patch.dict(os.environ, OMP_NUM_THREADS=str(options.threads or 1), **env):  # else the launcher sets 1
+        device = "cuda" if gpus else devices[0]
+        answers = elastic_launch(config, execute_cohort)(spec_jsons, runs_dir, replace(options, device=device),
+                                                         method_files)
+    return answers[0]
+
+
+def job_gpus(devices: tuple[str, ...], visible: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for a job's processes, rank r training on cuda:r of what it
+    sees (``distributed.setup``): the job's GPUs as the machine names them, given what the
+    runner itself sees (``visible``, e.g. a Slurm allocation); '' for CPU devices."""
+    indices = [int(d.split(":")[1]) for d in devices if d.startswith("cuda:")]
+    return ",".join(visible.split(",")[i] if visible else str(i) for i in indices)
+
+
+def _join_slurm_tasks() -> None:
+    """In a submitit job of several tasks, export what torch.distributed reads (rank, world
+    size, address of the first task), so that the tasks train as one data-parallel job."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    import submitit
+
+    try:
+        tasks = submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # not in a submitit job
+        return
+    if tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+class CohortJob:
+    """``execute_cohort`` as a Slurm job that submitit requeues when Slurm preempts it or
+    its time runs out: submitit calls ``checkpoint`` on its signal, which resubmits the
+    same cohort; its runs then resume from their last epoch checkpoints (nothing else
+    needs saving). This is ``submitit.helpers.Checkpointable``'s behaviour, without
+    importing submitit where it is not used."""
+
+    def __call__(self, *args: Any) -> dict[str, dict[str, str]]:
+        return execute_cohort(*args)
+
+    def checkpoint(self, *args: Any) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args)

@@ -1,0 +1,81 @@
+"""The scheduler over the executor interface: any object with ``submit(slot, cohort)`` and
+``close(stop)`` runs a suite. Here an executor that trains each cohort in this process
+(no worker to spawn) runs a tiny suite whose one teacher fails: the other runs finish,
+the failed teacher's students are failed by the scheduler, and both kinds of failure are
+written by the store's one failure writer."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import yaml
+
+from kdbench import store
+from kdbench.engine import EngineOptions
+from kdbench.runner import RunnerOptions, run_suite
+from kdbench.runner.executors import Slot
+from kdbench.runner.scheduler import Scheduler
+from kdbench.runner.workers import CohortTask, WorkerOutcome, execute_cohort
+from kdbench.suite import load_suite
+
+SUITE = {"name": "tiny", "seeds": [0], "recipe": {"epochs": 1, "batch_size": 128},
+         "datasets": {"digits": {"options": {"image_size": 8}}},
+         "pairs": [{"dataset": "digits", "teacher": "resnet8", "student": "resnet8"},
+                   {"dataset": "digits", "teacher": "resnet14", "student": "resnet8"}],
+         "methods": {"kd": {}}}
+
+
+class Answered:
+    def __init__(self, answer: dict) -> None:
+        self.answer = answer
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> dict:
+        return self.answer
+
+
+class InProcess:
+    """Trains each cohort as it is submitted, in this process."""
+
+    def __init__(self) -> None:
+        self.slots: list[Slot] = []
+        self.closed: bool | None = None
+
+    def submit(self, slot: Slot, cohort: CohortTask) -> Answered:
+        self.slots.append(slot)
+        return Answered(execute_cohort(cohort.specs, cohort.runs_dir, cohort.options, cohort.method_files))
+
+    def close(self, stop: bool) -> None:
+        self.closed = stop
+
+
+def test_the_scheduler_runs_a_suite_on_any_executor(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    suite = load_suite(tmp_path / "suite.yaml")
+    failing = next(j for j in suite.jobs if j.is_teacher and j.spec.student == "resnet14")
+    runs = tmp_path / "out" / "tiny" / "runs"
+    store.write_failure(runs / failing.run_id, failing.spec, RuntimeError("a teacher that failed before"))
+    executor = InProcess()
+    monkeypatch.setattr(Scheduler, "_executor", lambda self: executor)
+    lines: list[str] = []
+    outcome = run_suite(suite, RunnerOptions(out=tmp_path / "out", workers=1, printer=lines.append,
+                                             engine=EngineOptions(progress=False)))
+    students = {j.run_id for j in suite.jobs if failing.run_id in j.depends_on}
+    assert set(outcome.failed) == {failing.run_id} | students
+    assert sorted(outcome.finished) == sorted(j.run_id for j in suite.jobs if j.run_id not in outcome.failed)
+    assert executor.slots == [("cpu",)] * 2 and executor.closed is False  # teacher, then its student
+    for run_id in students:
+        failure = store.read_run_file(store.RunFolder.of(runs, run_id).failure)
+        assert failure["error"] == f"teacher run {failing.run_id} failed" and failure["traceback"] is None
+        assert store.status_of(runs, run_id) == store.RunStatus.FAILED
+    assert "RuntimeError: a teacher that failed before" in store.read_run_file(
+        store.RunFolder.of(runs, failing.run_id).failure)["traceback"]
+    assert any(line.startswith("[tiny] 2/4 done, 0 running, 2 failed, 0 waiting") for line in lines), lines
+
+
+def test_a_worker_outcome_crosses_processes_as_its_string() -> None:
+    answer = {"abc": {"status": WorkerOutcome.SPLIT, "reason": "out of memory"}}
+    assert pickle.loads(pickle.dumps(answer)) == {"abc": {"status": "split", "reason": "out of memory"}}
