@@ -176,7 +176,7 @@ def _trainees(specs: Sequence[RunSpec], run_dirs: list[Path], methods: dict[int,
             resume(trainee, device)
             trainee.network = distributed.data_parallel(trainee.network)
         except torch.OutOfMemoryError:
-            raise  # the cohort's, not the run's: it may fit in smaller ones (runs.ensure_runs)
+            raise  # the cohort's, not the run's: it may fit in smaller ones (runner.workers)
         except Exception as exc:
             failures[i] = exc
         else:

@@ -58,7 +58,7 @@ def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Train
         except Exception as exc:  # one run failing must not stop its cohort
             trainee.error = exc
     out_of_memory = [t.error for t in trainees if id(t) in live and isinstance(t.error, torch.OutOfMemoryError)]
-    if out_of_memory and len(live) > 1:  # not the run's failure: the cohort may fit in smaller ones (runs.ensure_runs)
+    if out_of_memory and len(live) > 1:  # not the run's failure: the cohort may fit in smaller ones (runner.workers)
         raise out_of_memory[0]
 
 
