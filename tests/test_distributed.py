@@ -1,7 +1,10 @@
 """One run trained data-parallel by two CPU processes (torchrun, gloo) equals the run in
 one process with the same global batch, and only rank 0 writes files; the runner gives a
-job two processes, locally and as a Slurm job of two tasks."""
+job two processes, locally and as a Slurm job of two tasks. A method gets the global batch
+from its context, never by importing the engine."""
 
+import ast
+import inspect
 import json
 import math
 import os
@@ -12,8 +15,9 @@ import textwrap
 import pytest
 import torch
 
-from kdbench import distributed, store
+from kdbench import distributed, list_methods, store
 from kdbench.cli import main
+from kdbench.method import METHODS
 from kdbench.runner import RunnerOptions, run_suite
 from kdbench.spec import RunSpec
 from kdbench.suite import load_suite
@@ -265,3 +269,15 @@ def test_a_user_method_gets_the_global_batch_from_its_context(tmp_path):
     rows = torch.ones(2, 3)
     context = TrainContext(2, torch.zeros(2), 1, 0, student=None, teacher=None)
     assert context.gather(rows) is rows  # one process: the identity
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_no_method_reaches_into_the_engine(name):
+    """A method's cross-rank needs come through its TrainContext: its module imports neither
+    kdbench.distributed nor the engine (the contract is kdbench.method)."""
+    tree = ast.parse(inspect.getsource(inspect.getmodule(METHODS.get(name))))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                 and node.module for alias in node.names}
+    assert not {m for m in imported if m.startswith(("kdbench.distributed", "kdbench.engine"))}, imported
