@@ -142,9 +142,9 @@ def write_manifest(suite: Suite, jobs: list[Job], directory: Path) -> None:
         paper=suite.file.paper,
         reference=suite.reference,
         controls=suite.controls,
-        jobs=[store.ManifestJob(run_id=j.run_id, label=j.label, pair=j.pair, role="teacher" if j.is_teacher else "student",
-                                dataset=j.spec.dataset.name, seed=j.spec.seed, depends_on=list(j.depends_on))
-              for j in jobs],
+        jobs=[store.ManifestJob(run_id=j.run_id, label=j.label, pair=j.pair,
+                                role="teacher" if j.is_teacher else "student", dataset=j.spec.dataset.name,
+                                seed=j.spec.seed, depends_on=list(j.depends_on)) for j in jobs],
     ))
 
 
