@@ -1,4 +1,5 @@
-"""The analysis subcommands of ``kdbench``: ``report``, ``spectra`` and ``ablate``.
+"""The analysis subcommands of ``kdbench``: ``report`` and ``spectra`` (``ablate``, which trains,
+is ``kdbench.cli``'s; it writes its outputs with ``kdbench.analysis.ablation``).
 
 ``kdbench.cli.build_parser`` calls ``register_commands(sub)`` with its subparsers; each
 subcommand sets ``fn``, which takes the parsed arguments and returns the exit code.
@@ -21,33 +22,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     if legacy:
         print(f"warning: left out of the report: {legacy_message(args.results_dir, legacy)}", file=sys.stderr)
 
-    _print_written(write_report(args.results_dir, args.out, transpose=args.transpose))
+    print_written(write_report(args.results_dir, args.out, transpose=args.transpose))
     return 0
 
 
 def cmd_spectra(args: argparse.Namespace) -> int:
     from .spectra import write_spectra
 
-    _print_written(write_spectra(args.results_dir, args.out, wavelet=args.wavelet, level=args.level,
-                                 mode=args.mode, temperature=args.temperature, order_seed=args.order_seed))
+    print_written(write_spectra(args.results_dir, args.out, wavelet=args.wavelet, level=args.level,
+                                mode=args.mode, temperature=args.temperature, order_seed=args.order_seed))
     return 0
 
 
-def cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablation import run_ablation
-
-    _print_written(run_ablation(args.suite, out=args.out, trials=args.trials, workers=args.workers,
-                                storage=args.storage, device=args.device))
-    return 0
-
-
-def _print_written(paths: list[Path]) -> None:
+def print_written(paths: list[Path]) -> None:
     folders = sorted({str(p.parent) for p in paths})
     print(f"wrote {len(paths)} files in {', '.join(folders)}")
 
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``report``, ``spectra`` and ``ablate`` to the ``kdbench`` subcommands."""
+    """Add ``report`` and ``spectra`` to the ``kdbench`` subcommands."""
     p = subparsers.add_parser(
         "report", help="tables (LaTeX, Markdown, CSV) and figures of a suite's results",
         description="Mean ± std over seeds of each method's test top-1 under the suite's selection rule, as "
@@ -74,19 +67,3 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=4.0, help="softmax temperature of the teacher class order")
     p.add_argument("--order-seed", type=int, default=0, help="seed of the random class order")
     p.set_defaults(fn=cmd_spectra)
-
-    p = subparsers.add_parser(
-        "ablate", help="Optuna study of a method's hyperparameters from a suite's 'ablation:' block",
-        description="Runs more trials of the study defined by the suite's 'ablation:' block (scored on the "
-                    "validation split, TPE sampler, median pruning per epoch, resumable storage), retrains the "
-                    "best configuration over the suite's seeds and writes trials.{csv,md,tex}, best.json and "
-                    "figures to <out>/<suite>/ablation/. See kdbench.analysis.ablation for the block's keys.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("suite", metavar="SUITE", help="suite YAML file with an 'ablation:' block")
-    p.add_argument("--trials", type=int, help="trials to add in this call (default: the block's 'trials'; 0: only rewrite the outputs)")
-    p.add_argument("--workers", type=int, help="processes sharing the study (default: the block's 'workers')")
-    p.add_argument("--out", default="results", help="results root; the suite's folder is <out>/<suite name>/")
-    p.add_argument("--storage", metavar="URL",
-                   help="Optuna storage URL (default: the block's, else sqlite in <out>/<suite>/ablation/)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
-    p.set_defaults(fn=cmd_ablate)

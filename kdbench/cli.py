@@ -141,6 +141,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """More trials of the suite's ablation, trained by the runner's worker (kdbench.tuning);
+    then its tables and figures, read from the study and the records (kdbench.analysis)."""
+    from .analysis.ablation import write_ablation
+    from .analysis.commands import print_written
+    from .tuning import run_ablation
+
+    ablation = run_ablation(args.suite, out=args.out, trials=args.trials, workers=args.workers, storage=args.storage,
+                            device=args.device)
+    print_written(write_ablation(ablation, out=args.out, storage=args.storage))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
@@ -266,6 +279,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset option that names the images, e.g. image_size=448 or path=… for imagefolder")
     p.add_argument("--sample", type=int, default=64, help="verify: images decoded again and compared")
     p.set_defaults(fn=cmd_data)
+
+    p = sub.add_parser(
+        "ablate", help="Optuna study of a method's hyperparameters from a suite's 'ablation:' block",
+        description="Runs more trials of the study defined by the suite's 'ablation:' block (scored on the "
+                    "validation split, TPE sampler, median pruning per epoch, resumable storage), retrains the "
+                    "best configuration over the suite's seeds and writes trials.{csv,md,tex}, best.json and "
+                    "figures to <out>/<suite>/ablation/. See kdbench.ablation for the block's keys.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("suite", metavar="SUITE", help="suite YAML file with an 'ablation:' block")
+    p.add_argument("--trials", type=int, help="trials to add in this call (default: the block's 'trials'; 0: only rewrite the outputs)")
+    p.add_argument("--workers", type=int, help="processes sharing the study (default: the block's 'workers')")
+    p.add_argument("--out", default="results", help="results root; the suite's folder is <out>/<suite name>/")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage URL (default: the block's, else sqlite in <out>/<suite>/ablation/)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    p.set_defaults(fn=cmd_ablate)
 
     from .analysis.commands import register_commands
 

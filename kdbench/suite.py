@@ -97,7 +97,7 @@ class SuiteFile(Strict):
     executor: ExecutorEntry = Field(default_factory=ExecutorEntry)
     method_files: list[str] = Field(default_factory=list)
     track: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)  # kdbench.tracking sinks
-    ablation: dict[str, Any] | None = None  # read by analysis.ablation
+    ablation: dict[str, Any] | None = None  # read by kdbench.ablation
 
     @pydantic.field_validator("seeds")
     @classmethod

@@ -1,9 +1,9 @@
-"""Reports, spectra and ablations (kdbench.analysis).
+"""Reports and spectra (kdbench.analysis); the ablation's outputs are in test_ablation.py.
 
 The report and spectra tests read a results folder written here by hand (records,
 failed.json, manifest, test logits; no training): 2 datasets × 3 methods × 3 seeds plus a
 teacher per dataset, with one failed run, one job that never ran, one run the manifest
-does not list, and published numbers for one dataset. The ablation tests train tiny runs.
+does not list, and published numbers for one dataset.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import subprocess
 import zlib
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
-import yaml
 from kdbench.analysis.report import write_report
 from kdbench.analysis.style import display_name
 from kdbench.analysis.spectra import write_spectra
@@ -633,164 +631,11 @@ def analysis_parser():
 
 def test_commands_parse(tmp_path):
     parser = analysis_parser()
-    args = parser.parse_args(["ablate", "suites/ablation_figkd.yaml", "--trials", "3", "--workers", "2"])
-    assert (args.trials, args.workers, args.out, args.storage, args.device) == (3, 2, "results", None, "auto")
     args = parser.parse_args(["spectra", "results/quick", "--wavelet", "db2", "--level", "1"])
     assert (args.wavelet, args.level, args.mode, args.temperature, args.order_seed) == ("db2", 1, "zero", 4.0, 0)
     args = parser.parse_args(["spectra", str(tmp_path / "nowhere")])
     with pytest.raises(ConfigError, match="does not exist"):
         args.fn(args)
-
-
-# --- ablation -----------------------------------------------------------------------------
-
-TINY_ABLATION = {
-    "name": "tiny_ablation",
-    "seeds": [0, 1],
-    "recipe": {"epochs": 2, "batch_size": 128},
-    "datasets": {"digits": {"options": {"image_size": 8}}},
-    "pairs": [{"dataset": "digits", "teacher": "resnet8", "student": "resnet8"}],
-    "methods": {"kd": {}, "figkd": {"band": "all"}},
-    "ablation": {
-        "method": "figkd",
-        "trials": 2,
-        "startup_trials": 10,  # no pruning here: every trial completes (pruning has its own test)
-        "space": {"wavelet": ["haar", "db1"], "level": [1, 2], "temperature": {"low": 1, "high": 8, "log": True}},
-    },
-}
-
-
-def write_suite(directory: Path, suite: dict) -> Path:
-    path = directory / f"{suite['name']}.yaml"
-    path.write_text(yaml.safe_dump(suite, sort_keys=False))
-    return path
-
-
-def test_ablation_runs_resumes_and_reports(tmp_path):
-    from kdbench.analysis.ablation import run_ablation
-
-    path, out = write_suite(tmp_path, TINY_ABLATION), tmp_path / "results"
-    run_ablation(path, out=out, printer=lambda _: None)
-    storage = f"sqlite:///{out / 'tiny_ablation' / 'ablation' / 'study.db'}"
-    assert (out / "tiny_ablation" / "ablation" / "study.db").is_file()
-    assert len(optuna.load_study(study_name="tiny_ablation-figkd", storage=storage).trials) == 2
-    written = run_ablation(path, out=out, trials=2, workers=2, printer=lambda _: None)  # two processes, same study
-    study = optuna.load_study(study_name="tiny_ablation-figkd", storage=storage)
-    assert len(study.trials) == 4 and [t.number for t in study.trials] == [0, 1, 2, 3]
-
-    runs = out / "tiny_ablation" / "runs"
-    for trial in study.trials:
-        assert trial.state == optuna.trial.TrialState.COMPLETE
-        record = json.loads((runs / trial.user_attrs["run_id"] / "record.json").read_text())
-        # the suite's hparams and the sampled ones, over every default
-        assert {"band": "all", **trial.params}.items() <= record["spec"]["hparams"].items()
-        assert trial.value == record["summary"]["val_top1_best"]  # scored on validation, never test
-        assert list(trial.intermediate_values) == [1, 2]  # val top-1 reported every epoch
-
-    folder = out / "tiny_ablation" / "ablation"
-    best = json.loads((folder / "best.json").read_text())
-    assert best["trial"] == study.best_trial.number and best["params"] == study.best_trial.params
-    tests = [json.loads((runs / run_id / "record.json").read_text())["summary"]["test_top1_best_val"]
-             for run_id in best["run_ids"].values()]
-    assert len(tests) == 2 and best["test_top1"]["n"] == 2
-    assert best["test_top1"]["mean"] == pytest.approx(statistics.mean(tests))
-    assert best["test_top1"]["std"] == pytest.approx(statistics.stdev(tests))
-
-    rows = list(csv.DictReader((folder / "trials.csv").open()))
-    assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
-    assert set(rows[0]) >= {"state", "val_top1", "epochs", "wavelet", "level", "temperature", "run_id"}
-    markdown = (folder / "trials.md").read_text()
-    assert f"Best: trial {best['trial']}" in markdown and "test top-1" in markdown
-    assert markdown.count("| COMPLETE |") == 4 and markdown.count("**") == 2
-    tex = (folder / "trials.tex").read_text()
-    assert "\\toprule" in tex and "\\textbf{" in tex
-    stems = {p.stem for p in written if p.suffix in (".pdf", ".png")}
-    assert stems == {"history", "importances", "slices", "wavelet_level"}
-    for file in written:
-        assert file.exists() and file.stat().st_size > 0
-    _compile(folder / "trials.tex")
-
-
-def test_ablation_prunes_and_a_pruned_run_resumes(tmp_path):
-    """A pruned trial keeps its run's checkpoint; the same configuration sampled again resumes it."""
-    from kdbench.analysis.ablation import _objective, load_ablation
-
-    from kdbench.runner.workers import ensure_run
-    from kdbench.engine import EngineOptions
-
-    ablation = load_ablation(write_suite(tmp_path, TINY_ABLATION | {"ablation": {
-        "method": "figkd", "space": {"wavelet": ["haar"], "level": [1]}}}))
-    runs, engine = tmp_path / "runs", EngineOptions(progress=False)
-    ensure_run(next(j for j in ablation.suite.jobs if j.is_teacher).spec, runs, engine)
-
-    def optimize(pruner: optuna.pruners.BasePruner) -> optuna.trial.FrozenTrial:
-        study = optuna.create_study(direction="maximize", pruner=pruner)
-        study.optimize(lambda trial: _objective(trial, ablation, runs, engine), n_trials=1)
-        return study.trials[0]
-
-    pruned = optimize(optuna.pruners.ThresholdPruner(lower=101.0))  # val top-1 never reaches it
-    assert pruned.state == optuna.trial.TrialState.PRUNED and list(pruned.intermediate_values) == [1]
-    run_dir = runs / pruned.user_attrs["run_id"]
-    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "record.json").exists()
-    resumed = optimize(optuna.pruners.NopPruner())
-    assert resumed.state == optuna.trial.TrialState.COMPLETE and resumed.user_attrs["run_id"] == run_dir.name
-    metrics = json.loads((run_dir / "record.json").read_text())["metrics"]
-    assert list(resumed.intermediate_values.values()) == [m["val_top1"] for m in metrics]
-
-
-BAD_ABLATIONS = [
-    ({"ablation": None}, r"no 'ablation:' block"),
-    ({"method": "figkdd"}, r"'ablation.method': no method labelled 'figkdd' in 'methods'; did you mean 'figkd'"),
-    ({"trails": 3}, r"'ablation.trails': unknown key; did you mean 'trials'"),
-    ({"trials": 0}, r"'ablation.trials': Input should be greater than 0"),
-    ({"space": {}}, r"'ablation.space': .*at least 1 item"),
-    ({"pair": 2}, r"'ablation.pair': the suite has 1 pair\(s\); use 0 to 0"),
-    ({"dataset": "cifar100"}, r"'ablation.dataset': pair 0 runs on digits, not 'cifar100'"),
-    ({"space": {"wavelett": ["haar"]}}, r"'ablation.space.wavelett': method 'figkd' has no hyperparameter 'wavelett'; did you mean 'wavelet'"),
-    ({"space": {"wavelet": []}}, r"'ablation.space.wavelet': the list of choices is empty"),
-    ({"space": {"wavelet": ["haar", "db99"]}}, r"'ablation.space.wavelet': 'db99' is not a valid value: .*unknown wavelet 'db99'"),
-    ({"space": {"band": ["high", "middle"]}}, r"'ablation.space.band': 'middle' is not a valid value"),
-    ({"space": {"level": {"low": 3, "high": 1}}}, r"'ablation.space.level': low \(3\) must be below high \(1\)"),
-    ({"space": {"level": {"low": 1.5, "high": 3}}}, r"'level' is an integer: low, high and step must be whole numbers"),
-    ({"space": {"temperature": {"low": 0, "high": 4, "log": True}}}, r"a log range needs low > 0 and no step"),
-    ({"space": {"temperature": {"low": -1, "high": 4}}}, r"-1.0 is not a valid value: .*temperature"),
-    ({"space": {"band": {"low": 0, "high": 1}}}, r"'ablation.space.band': a range needs a numeric hyperparameter"),
-    ({"space": {"temperature": {"low": 1, "hi": 4}}}, r"'ablation.space.temperature.hi': unknown key; did you mean 'high'"),
-    ({"space": {"temperature": "4"}}, r"'ablation.space.temperature': give a list of choices or a range"),
-    ({"space": {"wavelet": [["haar"]]}}, r"a choice must be a single value"),
-]
-
-
-@pytest.mark.parametrize("change, message", BAD_ABLATIONS)
-def test_ablation_schema_errors(tmp_path, change, message):
-    from kdbench.analysis.ablation import load_ablation
-
-    suite = json.loads(json.dumps(TINY_ABLATION))
-    if "ablation" in change:
-        suite["ablation"] = change["ablation"]
-    else:
-        suite["ablation"].update(change)
-    path = write_suite(tmp_path, suite)
-    with pytest.raises(ConfigError, match=message) as error:
-        load_ablation(path)
-    assert str(error.value).startswith(str(path))
-
-
-def test_ablation_error_names_the_line(tmp_path):
-    from kdbench.analysis.ablation import load_ablation
-
-    path = write_suite(tmp_path, TINY_ABLATION | {"ablation": {"method": "figkd", "space": {"level": {"low": 0, "high": 2}}}})
-    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith("level:"))
-    with pytest.raises(ConfigError, match=rf"\(line {line}\): 'ablation.space.level': 0 is not a valid value"):
-        load_ablation(path)
-
-
-def test_shipped_ablation_suite_is_valid():
-    from kdbench.analysis.ablation import load_ablation
-
-    ablation = load_ablation(Path(__file__).resolve().parents[1] / "suites" / "ablation_figkd.yaml")
-    assert ablation.template.spec.method == "figkd" and ablation.template.spec.dataset.name == "synthetic-fg"
-    assert {p.name for p in ablation.space} >= {"wavelet", "level", "temperature", "w_kd"}
 
 
 def test_a_cell_trained_with_other_augmentation_is_marked(tmp_path):
