@@ -192,7 +192,7 @@ def objective(trial: optuna.Trial, ablation: Ablation, runs: Path, engine: Engin
     score; prunes per epoch."""
     spec = ablation.spec({p.name: p.suggest(trial) for p in ablation.space})
     trial.set_user_attr("run_id", spec.run_id)
-    reporter = _EpochReporter(trial, runs / spec.run_id)
+    reporter = _EpochReporter(trial, RunFolder.of(runs, spec.run_id).path)
     result = train(ablation, spec, runs, replace(engine, on_epoch=reporter))
     if result["status"] == WorkerOutcome.STOPPED:
         raise optuna.TrialPruned(reporter.pruned)
