@@ -159,8 +159,7 @@ def _optimize(suite_path: str, out: str, url: str, trials: int, worker: int, eng
     study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.startup_trials)
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=config.warmup_epochs)
     runs = ablation.directory(out) / RUNS
-    with _threads_kept():
-        study.optimize(lambda trial: objective(trial, ablation, runs, engine), n_trials=trials, catch=(TrialFailed,))
+    study.optimize(lambda trial: objective(trial, ablation, runs, engine), n_trials=trials, catch=(TrialFailed,))
 
 
 class _EpochReporter:
