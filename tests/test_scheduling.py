@@ -1,11 +1,13 @@
 """The runner's share of the cores per job, and its estimate of the time left."""
 
+import json
 import math
+import os
 from pathlib import Path
 
 import pytest
 
-from kdbench.progress import Running, TimeLeft, Work
+from kdbench.progress import Running, SuiteProgress, TimeLeft, Work
 from kdbench.runner import core_plan, form_cohorts
 from kdbench.suite import load_suite
 
@@ -185,3 +187,23 @@ def test_a_kind_not_seen_yet_takes_its_family_figures_before_every_job_s():
     other_seed = Work(key="h1", kind="three", family="students", dataset="digits", cost=2, epochs=4)
     time_left.observe(Running(other_seed, elapsed=10.0, epochs_done=2, first_epoch_at=5.0, last_epoch_at=8.0))
     assert time_left.estimate([running], [three]) == pytest.approx(29)
+
+
+def test_a_cohort_s_epoch_ends_with_its_slowest_run_s_row(tmp_path):
+    """A cohort of two runs started at t = 100 s: one has written its second epoch's row (at
+    130 s), the other only its first (at 112 s). The cohort has done one epoch, which ended
+    at 112 s, 12 s after its start, not at 130 s; it trained 3 + 3 s in it (the runs' shares)."""
+    path = tmp_path / "one_teacher.yaml"
+    path.write_text(ONE_TEACHER.replace("cohort_size: 1", "cohort_size: 8"))
+    unit = tuple(j for j in load_suite(path).jobs if not j.is_teacher and j.spec.seed == 0)  # kd and dkd
+    assert len(unit) == 2
+    row = {"epoch": 1, "val_top1": 50.0, "images_per_s": 100.0, "epoch_seconds": 3.0}
+    for job, rows, written in zip(unit, (2, 1), (130.0, 112.0)):
+        metrics = tmp_path / "runs" / job.run_id / "metrics.jsonl"
+        metrics.parent.mkdir(parents=True)
+        metrics.write_text("".join(json.dumps(row) + "\n" for _ in range(rows)))
+        os.utime(metrics, (written, written))
+    progress = SuiteProgress("one_teacher", tmp_path / "runs", total=2, slots=1)
+    progress.begun[id(unit)] = (100.0, 0)
+    job = progress.running(unit)
+    assert job.epochs_done == 1 and job.last_epoch_at == pytest.approx(12) and job.train_seconds == pytest.approx(6)
