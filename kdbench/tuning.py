@@ -38,10 +38,9 @@ from the study's storage and the runs' records.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from multiprocessing import get_context
@@ -83,27 +82,26 @@ def run_ablation(suite_path: str | Path, out: str | Path = "results", trials: in
     workers = max(1, min(workers or config.workers, trials))
     engine = EngineOptions(device=device, data_root=ablation.suite.file.data_root, progress=False)
     shares = thread_shares(ablation, workers, engine)
-    with _threads_kept():
-        for teacher in ablation.teachers:
-            printer(f"teacher: {teacher.describe()} [{teacher.run_id}]")
-            result = train(ablation, teacher.spec, runs, replace(engine, threads=shares[teacher.run_id]))
-            if result["status"] not in DONE:
-                raise KDBenchError(f"teacher run {teacher.run_id} ({teacher.describe()}) did not finish: "
-                                   f"{result['reason']}")
-        optuna.create_study(study_name=ablation.study_name, storage=_storage(url), direction="maximize",
-                            load_if_exists=True)
-        printer(f"study '{ablation.study_name}' in {url}: {trials} more trial(s) on {workers} worker(s)")
-        trial_engine = replace(engine, threads=shares[ablation.template.run_id])
-        counts = [trials // workers + (i < trials % workers) for i in range(workers)]
-        arguments = [(str(ablation.suite.path), str(out), url, count, i, trial_engine) for i, count in enumerate(counts)]
-        with ProcessPoolExecutor(max(1, workers - 1), mp_context=get_context("spawn")) as pool:
-            others = [pool.submit(_optimize, *a) for a in arguments[1:]]  # worker 0 is this process
-            _optimize(*arguments[0])
-            for other in others:
-                other.result()
-        study = optuna.load_study(study_name=ablation.study_name, storage=_storage(url))
-        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-            retrain_best(ablation, study, runs, trial_engine, printer)
+    for teacher in ablation.teachers:
+        printer(f"teacher: {teacher.describe()} [{teacher.run_id}]")
+        result = train(ablation, teacher.spec, runs, replace(engine, threads=shares[teacher.run_id]))
+        if result["status"] not in DONE:
+            raise KDBenchError(f"teacher run {teacher.run_id} ({teacher.describe()}) did not finish: "
+                               f"{result['reason']}")
+    optuna.create_study(study_name=ablation.study_name, storage=_storage(url), direction="maximize",
+                        load_if_exists=True)
+    printer(f"study '{ablation.study_name}' in {url}: {trials} more trial(s) on {workers} worker(s)")
+    trial_engine = replace(engine, threads=shares[ablation.template.run_id])
+    counts = [trials // workers + (i < trials % workers) for i in range(workers)]
+    arguments = [(str(ablation.suite.path), str(out), url, count, i, trial_engine) for i, count in enumerate(counts)]
+    with ProcessPoolExecutor(max(1, workers - 1), mp_context=get_context("spawn")) as pool:
+        others = [pool.submit(_optimize, *a) for a in arguments[1:]]  # worker 0 is this process
+        _optimize(*arguments[0])
+        for other in others:
+            other.result()
+    study = optuna.load_study(study_name=ablation.study_name, storage=_storage(url))
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        retrain_best(ablation, study, runs, trial_engine, printer)
     return ablation
 
 
@@ -115,18 +113,6 @@ def thread_shares(ablation: Ablation, workers: int, engine: EngineOptions) -> di
                      cores=os.cpu_count() or 1, cohort_size=1)
     on_cpu = resolve_device(engine.device).type == "cpu"
     return {run_id: threads if on_cpu else None for run_id, threads in plan.items()}
-
-
-@contextlib.contextmanager
-def _threads_kept() -> Iterator[None]:
-    """execute_cohort sets this process's torch threads for its runs; the caller gets its own back."""
-    import torch
-
-    before = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def train(ablation: Ablation, spec: RunSpec, runs: Path, engine: EngineOptions) -> dict[str, str]:

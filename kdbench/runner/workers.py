@@ -151,14 +151,15 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
     _join_slurm_tasks()
     if method_files:
         load_method_files(*method_files)
-    if options.threads:
-        torch.set_num_threads(options.threads)
     if distributed.launched():
         distributed.setup(resolve_device(options.device))
     runs = Path(runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
     outcome: dict[str, dict[str, str]] = {}
     with contextlib.ExitStack() as locks:
+        if options.threads:  # the caller's own count comes back after (tuning calls this in its process)
+            locks.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(options.threads)
         todo = []
         for spec in (RunSpec(**s) for s in spec_jsons) if distributed.is_main() else ():
             if not locks.enter_context(store.run_lock(runs, spec.run_id)):
