@@ -6,15 +6,18 @@ written by the store's one failure writer."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from kdbench import store
 from kdbench.engine import EngineOptions
 from kdbench.runner import RunnerOptions, run_suite
-from kdbench.runner.executors import Slot
+from kdbench.runner.executors import Slot, WorkerPool
 from kdbench.runner.scheduler import Scheduler
 from kdbench.runner.workers import CohortTask, WorkerOutcome, execute_cohort
 from kdbench.suite import load_suite
@@ -69,13 +72,61 @@ def test_the_scheduler_runs_a_suite_on_any_executor(tmp_path: Path, monkeypatch)
     assert executor.slots == [("cpu",)] * 2 and executor.closed is False  # teacher, then its student
     for run_id in students:
         failure = store.read_run_file(store.RunFolder.of(runs, run_id).failure)
-        assert failure["error"] == f"teacher run {failing.run_id} failed" and failure["traceback"] is None
+        assert failure.error == f"teacher run {failing.run_id} failed" and failure.traceback is None
         assert store.status_of(runs, run_id) == store.RunStatus.FAILED
     assert "RuntimeError: a teacher that failed before" in store.read_run_file(
-        store.RunFolder.of(runs, failing.run_id).failure)["traceback"]
+        store.RunFolder.of(runs, failing.run_id).failure).traceback
     assert any(line.startswith("[tiny] 2/4 done, 0 running, 2 failed, 0 waiting") for line in lines), lines
 
 
 def test_a_worker_outcome_crosses_processes_as_its_string() -> None:
     answer = {"abc": {"status": WorkerOutcome.SPLIT, "reason": "out of memory"}}
     assert pickle.loads(pickle.dumps(answer)) == {"abc": {"status": "split", "reason": "out of memory"}}
+
+
+def _worker_state() -> tuple[str | None, str | None, bool]:
+    import os
+    import signal
+
+    return (os.environ.get("GOMP_SPINCOUNT"), os.environ.get("OMP_WAIT_POLICY"),
+            signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+def _sleep_long(pid_file: Path) -> None:
+    import os
+    import time
+
+    pid_file.write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({}, ("10000", None)),  # a short spin unless the user says how threads wait
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, (None, "PASSIVE")),
+    ({"GOMP_SPINCOUNT": "5"}, ("5", None)),
+])
+def test_a_worker_pool_sets_how_openmp_threads_wait_and_leaves_ctrl_c_to_its_parent(monkeypatch, environment,
+                                                                                   expected) -> None:
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    pool = WorkerPool(1)
+    try:
+        assert pool.submit(_worker_state).result(timeout=60) == (*expected, True)
+    finally:
+        pool.close(stop=False)
+    assert {k: v for k, v in os.environ.items() if k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")} == environment
+
+
+def test_a_stopped_worker_pool_ends_its_processes_at_once(tmp_path: Path) -> None:
+    pool = WorkerPool(1)
+    pid_file = tmp_path / "pid"
+    pool.submit(_sleep_long, pid_file)
+    while not pid_file.exists() or not pid_file.read_text():
+        time.sleep(0.05)
+    start = time.time()
+    pool.close(stop=True)
+    assert time.time() - start < 20
+    with pytest.raises(ProcessLookupError):  # ended and reaped
+        os.kill(int(pid_file.read_text()), 0)
