@@ -92,9 +92,9 @@ def best_configuration(ablation: Ablation, study: optuna.Study, runs: Path) -> d
         run_id = run_ids[seed] = ablation.spec(trial.params, seed).run_id
         run = RunFolder.of(runs, run_id)
         if run.record.exists():
-            tests[seed] = read_run_file(run.record)["summary"][column]
+            tests[seed] = getattr(read_run_file(run.record).summary, column)
         else:
-            failed[seed] = read_run_file(run.failure)["error"] if run.failure.exists() else "no record: not trained yet"
+            failed[seed] = read_run_file(run.failure).error if run.failure.exists() else "no record: not trained yet"
     values = list(tests.values())
     return {
         "study": ablation.study_name, "trial": trial.number, "params": trial.params, "val_top1": trial.value,

@@ -28,7 +28,7 @@ import jinja2
 import pandas as pd
 
 from kdbench import store
-from kdbench.store import FAILED, runs_dir
+from kdbench.store import FAILED, Manifest, runs_dir
 
 from .stats import NOT_COMPUTABLE
 from . import style
@@ -41,15 +41,15 @@ SCREEN_DPI = 144
 
 
 def write_html(path: Path, suite_dir: Path, runs: pd.DataFrame, summary: pd.DataFrame, missing: pd.DataFrame,
-               manifest: dict[str, Any], n_seeds: int, caption: str, paired_caption: str, figures: list[Path]) -> Path:
+               manifest: Manifest, n_seeds: int, caption: str, paired_caption: str, figures: list[Path]) -> Path:
     """Render ``report.html`` at ``path``; ``figures`` are the PNG files to embed."""
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     columns = list(dict.fromkeys(zip(summary["dataset"], summary["pair"])))
     page = environment.get_template("report.html.j2").render(
-        suite=manifest.get("suite", Path(suite_dir).name),
-        description=manifest.get("description", ""),
-        reference=display_name(manifest.get("reference") or "kd"),
+        suite=manifest.suite or Path(suite_dir).name,
+        description=manifest.description or "",
+        reference=display_name(manifest.reference or "kd"),
         n_seeds=n_seeds,
         caption=caption,
         paired_caption=paired_caption,

@@ -58,7 +58,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdbench.store import load_manifest
+from kdbench.store import Manifest, load_manifest
 
 from . import curves
 from .runs import (
@@ -83,17 +83,17 @@ SUMMARY_COLUMNS = ["dataset", "pair", "label", "role", "control", "mean", "std",
                    "paired_n", "diff_mean", "diff_ci_low", "diff_ci_high", "t", "p_value", "significant"]
 
 
-def reference_label(manifest: dict[str, Any]) -> str:
+def reference_label(manifest: Manifest) -> str:
     """The label paired statistics compare against (the suite's ``reference``, default kd)."""
-    return manifest.get("reference") or DEFAULT_REFERENCE
+    return manifest.reference or DEFAULT_REFERENCE
 
 
-def controls(manifest: dict[str, Any]) -> dict[str, str]:
+def controls(manifest: Manifest) -> dict[str, str]:
     """Control labels of the suite and what each controls."""
-    return dict(manifest.get("controls") or {})
+    return dict(manifest.controls)
 
 
-def run_table(suite_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+def run_table(suite_dir: str | Path) -> tuple[pd.DataFrame, Manifest]:
     """Every run of the suite with its reported accuracy as ``value``, and the manifest.
 
     Columns: run_id, dataset, pair, label, role, seed, status, value, value_best_val,
@@ -109,7 +109,7 @@ def run_table(suite_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     teacher = frame["role"] == "teacher"
     for rule, column in SELECTION_COLUMN.items():
         frame[f"value_{rule}"] = frame[TEACHER_VALUE].where(teacher, frame[column]).where(finished)
-    frame["value"] = frame[f"value_{manifest.get('selection', 'best_val')}"]
+    frame["value"] = frame[f"value_{manifest.selection}"]
     frame["augment"] = augmentation(frame)
     frame = pd.concat([frame, _checkpoint_teachers(frame)], ignore_index=True)
     return frame[["run_id", "dataset", "pair", "label", "role", "seed", "status", "value", "value_best_val",
@@ -144,13 +144,13 @@ def _checkpoint_teachers(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarise(runs: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFrame:
+def summarise(runs: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
     """One row per (dataset, pair, label) cell; the columns of ``summary.csv``."""
     reference, controlled = reference_label(manifest), controls(manifest)
     usual = usual_augmentation(runs)
     rows = []
     for dataset, pair in columns(runs):
-        paper = manifest.get("paper", {}).get(paper_key(dataset, pair), {})
+        paper = manifest.paper.get(paper_key(dataset, pair), {})
         here = runs[(runs["dataset"] == dataset) & (runs["pair"] == pair)]
         baseline = _by_seed(here[here["label"] == reference])
         for label in _ordered(labels(runs), controlled):
@@ -179,7 +179,7 @@ def summarise(runs: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFrame:
     ranked = summary[(summary["role"] != "teacher") & (summary["control"] == "")]
     ranked = ranked.assign(rounded=lambda s: s["mean"].round(2))
     summary["rank"] = ranked.groupby(["dataset", "pair"])["rounded"].rank(method="dense", ascending=False).astype("Int64")
-    summary["selection"] = manifest.get("selection", "best_val")
+    summary["selection"] = manifest.selection
     return summary
 
 
@@ -229,7 +229,7 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
     out = Path(out_dir) if out_dir is not None else suite_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(runs, manifest)
-    name = manifest.get("suite", suite_dir.name)
+    name = manifest.suite or suite_dir.name
     n_seeds = seed_count(runs)
     missing = left_out(runs)
 
@@ -254,9 +254,9 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
     return written
 
 
-def caption(name: str, manifest: dict[str, Any], n_seeds: int, summary: pd.DataFrame, left: int) -> str:
+def caption(name: str, manifest: Manifest, n_seeds: int, summary: pd.DataFrame, left: int) -> str:
     """The main table's caption, as plain text."""
-    rule = manifest.get("selection", "best_val")
+    rule = manifest.selection
     text = (f"Test top-1 accuracy (%) on suite {name}: mean ± std over {n_seeds} seeds, each run taken at "
             f"{SELECTION_TEXT[rule]} (selection rule: {rule}). The teacher row is the teacher the students learned "
             f"from. For each dataset and pair the best method is bold and the second underlined. "
@@ -279,7 +279,7 @@ def caption(name: str, manifest: dict[str, Any], n_seeds: int, summary: pd.DataF
     return text
 
 
-def _significance_text(manifest: dict[str, Any], summary: pd.DataFrame) -> str:
+def _significance_text(manifest: Manifest, summary: pd.DataFrame) -> str:
     reference = display_name(reference_label(manifest))
     if not summary["paired_n"].notna().any():
         return f"No paired comparison: the reference {reference} has no finished run in this suite."
@@ -289,10 +289,10 @@ def _significance_text(manifest: dict[str, Any], summary: pd.DataFrame) -> str:
     return text
 
 
-def paired_caption(manifest: dict[str, Any]) -> str:
+def paired_caption(manifest: Manifest) -> str:
     """The caption of the paired differences, as plain text."""
     reference = display_name(reference_label(manifest))
-    rule = manifest.get("selection", "best_val")
+    rule = manifest.selection
     return (f"Paired difference to {reference} in test top-1 (percentage points, selection rule: {rule}): mean "
             f"over the seeds where both finished (runs of one seed saw the same batches), its 95% confidence "
             f"interval and p from the {TEST_NAME} (t distribution, n − 1 degrees of freedom); "
@@ -384,7 +384,7 @@ def _grid(summary: pd.DataFrame, n_seeds: int, transpose: bool, tex: bool,
     return header, body, rules, first_control
 
 
-def _markdown(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest: dict[str, Any], n_seeds: int,
+def _markdown(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest: Manifest, n_seeds: int,
               transpose: bool) -> str:
     header, body, _, first_control = _grid(summary, n_seeds, transpose, tex=False)
     merged = [" ".join(part for part in parts if part) for parts in zip(*header)]
@@ -407,7 +407,7 @@ def _markdown(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest:
     return text
 
 
-def _latex(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest: dict[str, Any], n_seeds: int,
+def _latex(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest: Manifest, n_seeds: int,
            transpose: bool) -> str:
     header, body, rules, first_control = _grid(summary, n_seeds, transpose, tex=True)
     leading = 2 if transpose else 1
@@ -421,7 +421,7 @@ def _latex(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest: di
                        f"tab:{name}", "l" * leading + "c" * (len(header[0]) - leading), rules, notes)
 
 
-def _latex_paired(summary: pd.DataFrame, name: str, manifest: dict[str, Any]) -> str:
+def _latex_paired(summary: pd.DataFrame, name: str, manifest: Manifest) -> str:
     compared = summary[summary["paired_n"].notna()]
     if compared.empty:
         return f"% No paired comparison in suite {name}: the reference {reference_label(manifest)} has no finished run.\n"

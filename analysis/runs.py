@@ -20,7 +20,7 @@ import torch
 from kdbench import store
 from kdbench.checkpoints import safe_load
 from kdbench.errors import CheckpointError, ConfigError, KDBenchError
-from kdbench.store import load_manifest, load_results, runs_dir
+from kdbench.store import ManifestJob, load_manifest, load_results, runs_dir
 
 SELECTION_COLUMN = {"best_val": "test_top1_best_val", "last": "test_top1_last"}
 SELECTION_TEXT = {
@@ -35,29 +35,24 @@ def suite_runs(suite_dir: str | Path) -> pd.DataFrame:
     if not suite_dir.is_dir():
         raise ConfigError(f"results folder '{suite_dir}' does not exist (kdbench run writes <out>/<suite name>/)")
     frame = load_results(suite_dir)
-    jobs = load_manifest(suite_dir)["jobs"]
+    jobs = load_manifest(suite_dir).jobs
     if frame.empty and not jobs:
         raise KDBenchError(f"no runs in '{suite_dir}': give a suite's results folder, e.g. results/quick")
     if not jobs:  # load_results calls every run "student" without a manifest; teachers are labelled
         return frame.assign(role=frame["role"].where(frame["label"] != "teacher", "teacher"))
     found = set(frame["run_id"]) if len(frame) else set()
-    missing = [_missing_row(job) for job in jobs if job["run_id"] not in found]
+    missing = [_missing_row(job) for job in jobs if job.run_id not in found]
     frame = pd.concat([frame, pd.DataFrame(missing)], ignore_index=True) if missing else frame
-    order = {job["run_id"]: i for i, job in enumerate(jobs)}
+    order = {job.run_id: i for i, job in enumerate(jobs)}
     frame = frame[frame["run_id"].isin(order)]
     return frame.sort_values("run_id", key=lambda ids: ids.map(order)).reset_index(drop=True)
 
 
-def _missing_row(job: dict[str, Any]) -> dict[str, Any]:
+def _missing_row(job: ManifestJob) -> dict[str, Any]:
     """A job with no result, as the manifest describes it."""
-    return {"run_id": job["run_id"], "status": "missing", "label": job["label"], "role": job["role"],
-            "pair": job["pair"], "dataset": job["dataset"], "seed": job["seed"],
+    return {"run_id": job.run_id, "status": "missing", "label": job.label, "role": job.role,
+            "pair": job.pair, "dataset": job.dataset, "seed": job.seed,
             "error": "no record: not started, or still running"}
-
-
-def selection_column(manifest: dict[str, Any]) -> str:
-    """The summary column that holds a run's reported test accuracy under the suite's rule."""
-    return SELECTION_COLUMN[manifest.get("selection", "best_val")]
 
 
 def paper_key(dataset: str, pair: str) -> str:
@@ -79,8 +74,8 @@ def labels(frame: pd.DataFrame) -> list[str]:
 
 
 def read_run_metrics(suite_dir: Path, run_id: str) -> list[dict[str, Any]]:
-    """The per-epoch metrics of a finished run (from its record)."""
-    return store.read_json(runs_dir(suite_dir) / run_id / store.RECORD)["metrics"]
+    """The per-epoch metrics of a finished run (from its record), as its rows are written."""
+    return [row.dump() for row in store.read_run_file(runs_dir(suite_dir) / run_id / store.RECORD).metrics]
 
 
 def read_test_logits(suite_dir: Path, run_id: str) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -92,14 +92,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             teacher_spec = RunSpec(dataset=dataset, student=args.teacher, method="none", recipe=recipe, seed=args.seed)
             say(f"teacher: {teacher_spec.describe()} [{teacher_spec.run_id}]")
             teacher_record = ensure_run(teacher_spec, out, options)
-            say(f"teacher test top-1: {teacher_record['summary']['test_top1_last']:.2f}")
+            say(f"teacher test top-1: {teacher_record.summary.test_top1_last:.2f}")
             teacher = TeacherRef(model=args.teacher, run_id=teacher_spec.run_id)
     spec = spec.replace(teacher=teacher)
     say(f"student: {spec.describe()} [{spec.run_id}]")
     record = ensure_run(spec, out, options)
-    summary = record["summary"]
-    say(f"student test top-1: {summary['test_top1_last']:.2f} (last epoch), "
-          f"{summary['test_top1_best_val']:.2f} (best val epoch {summary['best_val_epoch']})")
+    summary = record.summary
+    say(f"student test top-1: {summary.test_top1_last:.2f} (last epoch), "
+          f"{summary.test_top1_best_val:.2f} (best val epoch {summary.best_val_epoch})")
     say(f"record: {out / spec.run_id / 'record.json'}")
     return 0
 

@@ -24,9 +24,10 @@
 - The study lives in its storage: calling ``kdbench ablate`` again runs ``trials`` more
   trials in the same study (a trial left running by a killed process is marked failed by
   Optuna's heartbeat). ``workers`` > 1 starts that many processes on the same storage,
-  sharing the trials; each seeds its sampler from (seed, worker, trials so far). A changed
-  ``space`` needs a new ``study_name`` (Optuna refuses other choices for a parameter of a
-  study). ``--trials 0`` trains nothing new.
+  sharing the trials (the runner's ``WorkerPool``: a Ctrl-C ends them all, their runs
+  resume from their last epochs); each seeds its sampler from (seed, worker, trials so
+  far). A changed ``space`` needs a new ``study_name`` (Optuna refuses other choices for a
+  parameter of a study). ``--trials 0`` trains nothing new.
 - On the CPU each process trains with its share of the cores by the runner's rule
   (``kdbench.runner.core_plan``): the teacher alone gets them all, the trials are a wave of
   ``workers`` jobs side by side. The best configuration is retrained, after the trials, on
@@ -41,9 +42,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +54,10 @@ from .engine import EngineOptions, resolve_device
 from .errors import KDBenchError, MachineError, RunStopped
 from .locking import exclusive_lock
 from .runner import core_plan, execute_cohort
+from .runner.executors import WorkerPool
 from .runner.workers import WorkerOutcome
 from .spec import RunSpec
-from .store import RUNS, RunFolder, finished_record, read_metrics
+from .store import RUNS, RunFolder, RunRecord, finished_record, read_metrics
 
 HEARTBEAT_SECONDS = 60
 DONE = (WorkerOutcome.FINISHED, WorkerOutcome.SKIPPED)  # the run has its record
@@ -94,11 +94,16 @@ def run_ablation(suite_path: str | Path, out: str | Path = "results", trials: in
     trial_engine = replace(engine, threads=shares[ablation.template.run_id])
     counts = [trials // workers + (i < trials % workers) for i in range(workers)]
     arguments = [(str(ablation.suite.path), str(out), url, count, i, trial_engine) for i, count in enumerate(counts)]
-    with ProcessPoolExecutor(max(1, workers - 1), mp_context=get_context("spawn")) as pool:
+    pool = WorkerPool(max(1, workers - 1))
+    stopped = True  # until every worker is done: a Ctrl-C here ends the others (their trials resume)
+    try:
         others = [pool.submit(_optimize, *a) for a in arguments[1:]]  # worker 0 is this process
         _optimize(*arguments[0])
         for other in others:
             other.result()
+        stopped = False
+    finally:
+        pool.close(stopped)
     study = optuna.load_study(study_name=ablation.study_name, storage=_storage(url))
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         retrain_best(ablation, study, runs, trial_engine, printer)
@@ -186,15 +191,15 @@ def objective(trial: optuna.Trial, ablation: Ablation, runs: Path, engine: Engin
         raise TrialFailed(result["reason"])
     record = finished_record(runs, spec.run_id)
     try:
-        reporter.report(record["metrics"])  # a run found finished: its epochs, as if trained now
+        reporter.report([row.dump() for row in record.metrics])  # a run found finished: its epochs, as if trained now
     except RunStopped:
         raise optuna.TrialPruned(reporter.pruned) from None
     return validation_score(record, ablation.suite.file.selection)
 
 
-def validation_score(record: dict[str, Any], selection: str) -> float:
+def validation_score(record: RunRecord, selection: str) -> float:
     """A run's val top-1 under the selection rule: the best epoch's, or the last epoch's."""
-    return record["summary"]["val_top1_best"] if selection == "best_val" else record["metrics"][-1]["val_top1"]
+    return record.summary.val_top1_best if selection == "best_val" else record.metrics[-1].val_top1
 
 
 def retrain_best(ablation: Ablation, study: optuna.Study, runs: Path, engine: EngineOptions,

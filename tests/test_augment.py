@@ -200,7 +200,8 @@ def test_strong_augmentation_takes_the_loader_path(teacher_out):
 
 
 def comparable(record):
-    return [{k: v for k, v in row.items() if k not in ("images_per_s", "epoch_seconds")} for row in record["metrics"]]
+    return [{k: v for k, v in row.items() if k not in ("images_per_s", "epoch_seconds")}
+            for row in record.dump()["metrics"]]
 
 
 @pytest.mark.parametrize("augment,device_data", [("strong", False), ("standard", True)])
@@ -215,8 +216,8 @@ def test_a_run_sees_the_same_data_beside_a_two_view_method(teacher_out, tmp_path
     alone = train_run(kd, tmp_path / "alone", options, weights)
     cohort = train_cohort([kd, mlkd], [tmp_path / "kd", tmp_path / "mlkd"], options, weights)
     assert comparable(alone) == comparable(cohort[0])
-    assert cohort[1]["spec"]["recipe"]["augment"] == augment
-    assert {"loss_ce", "loss_instance", "loss_batch", "loss_class"} <= set(cohort[1]["metrics"][0])
+    assert cohort[1].spec["recipe"]["augment"] == augment
+    assert {"ce", "instance", "batch", "class"} <= set(cohort[1].metrics[0].losses)
 
 
 def test_two_view_methods_refuse_mixing(teacher_out, tmp_path):
@@ -240,5 +241,5 @@ def test_the_engine_gives_methods_soft_targets_under_mixup(teacher_out, tmp_path
     monkeypatch.setattr(KD, "loss", recording)
     spec = student_spec(teacher, recipe=TINY_RECIPE.model_copy(update={"epochs": 1, "mixup_alpha": 0.2}))
     record = train_run(spec, tmp_path, FEW_STEPS, out / teacher.run_id / store.WEIGHTS)
-    assert record["spec"]["recipe"]["mixup_alpha"] == 0.2
+    assert record.spec["recipe"]["mixup_alpha"] == 0.2
     assert seen and all(t == (64, 10) and y == (64,) and total == pytest.approx(64) for t, y, total in seen)

@@ -240,7 +240,7 @@ def _train_user_methods(out: str) -> dict:
                            EngineOptions(device="cpu", progress=False, subset=100))
     distributed.teardown()
     method = seen.pop("method")
-    return {**seen, "finished": isinstance(results[0], dict), "failure": str(results[1]),
+    return {**seen, "finished": isinstance(results[0], store.RunRecord), "failure": str(results[1]),
             "unused": method.unused.tolist(), "every_other": method.every_other.item()}
 
 

@@ -25,7 +25,7 @@ def test_method_trains_and_logs_its_terms(name, teacher_out, tmp_path):
     if not method.needs.teacher:
         spec = spec.model_copy(update={"teacher": None})
     record = train_run(spec, tmp_path, FEW_STEPS, out / teacher.run_id / store.WEIGHTS)
-    terms = {k: v for k, v in record["metrics"][0].items() if k.startswith("loss_")}
+    terms = {f"loss_{term}": v for term, v in record.metrics[0].losses.items()}
     assert terms and all(math.isfinite(v) for v in terms.values()), terms
 
 
@@ -45,7 +45,7 @@ def test_extra_modules_are_counted_in_the_record(name, teacher_out, tmp_path, mo
     record = train_run(spec, tmp_path, FEW_STEPS, out / teacher.run_id / store.WEIGHTS)
     (method,) = set_up
     own = sum(p.numel() for p in method.parameters())
-    assert record["parameters"]["method"] == own
+    assert record.parameters.method == own
 
 
 def test_readme_example_method_loads_from_a_folder_and_trains(teacher_out, tmp_path):
@@ -60,4 +60,4 @@ def test_readme_example_method_loads_from_a_folder_and_trains(teacher_out, tmp_p
     spec = student_spec(teacher, method="logit_mse", hparams={"w_mse": 0.5},
                         recipe=TINY_RECIPE.model_copy(update={"epochs": 1}))
     record = train_run(spec, tmp_path / "run", FEW_STEPS, out / teacher.run_id / store.WEIGHTS)
-    assert {"loss_ce", "loss_mse"} <= set(record["metrics"][0])
+    assert {"ce", "mse"} <= set(record.metrics[0].losses)

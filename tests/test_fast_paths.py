@@ -42,7 +42,8 @@ SAMPLE = 100 / 128  # points of accuracy one sample of the subset is worth
 
 
 def comparable(record):
-    return [{k: v for k, v in row.items() if k not in ("images_per_s", "epoch_seconds")} for row in record["metrics"]]
+    return [{k: v for k, v in row.items() if k not in ("images_per_s", "epoch_seconds")}
+            for row in record.dump()["metrics"]]
 
 
 def cohort(teacher_out, folder, options, recipe=ONE_EPOCH):
@@ -111,7 +112,7 @@ def test_float16_autocast_with_a_gradient_scaler(teacher_out, plain, tmp_path, m
     saved = torch.load(tmp_path / "resumed" / spec.run_id / store.CHECKPOINT, weights_only=False)["scaler"]
     assert saved["scale"] > 0
     second = train_cohort([spec], [tmp_path / "resumed" / spec.run_id], options, out / teacher.run_id / store.WEIGHTS)
-    assert scales[-1] == saved["scale"] and [r["epoch"] for r in second[0]["metrics"]] == [1, 2]
+    assert scales[-1] == saved["scale"] and [r.epoch for r in second[0].metrics] == [1, 2]
 
 
 class Interrupted(Exception):

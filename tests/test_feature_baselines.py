@@ -328,5 +328,5 @@ def test_the_engine_taps_the_teacher_at_its_own_stages(teacher_out, tmp_path):
                         recipe=TINY_RECIPE.model_copy(update={"epochs": 1}))
     weights = out / teacher.run_id / store.WEIGHTS
     record = train_run(spec, tmp_path, EngineOptions(progress=False, subset=128), weights)
-    assert np.isfinite(record["metrics"][0]["loss_fitnet"])
-    assert record["parameters"]["method"] > 0
+    assert np.isfinite(record.metrics[0].losses["fitnet"])
+    assert record.parameters.method > 0

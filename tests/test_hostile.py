@@ -31,7 +31,7 @@ from kdbench.runner import RunnerOptions, Scheduler, execute_cohort, run_suite, 
 from kdbench.runner.planning import write_manifest
 from kdbench.runner.workers import CohortJob, ensure_run, ensure_runs
 from kdbench.spec import RunSpec
-from kdbench.store import CorruptResultsFile, load_manifest, load_results, read_run_file, run_folder, status_of
+from kdbench.store import CorruptResultsFile, ManifestJob, load_manifest, load_results, read_run_file, run_folder, status_of
 from kdbench.suite import UniqueKeyLoader, load_suite
 from kdbench.engine import EngineOptions
 
@@ -140,7 +140,7 @@ def finished_suite(tmp_path_factory) -> tuple[Path, Path]:
     suite = load_suite(path)
     runs = folder / "results" / "tiny" / "runs"
     for job in sorted(suite.jobs, key=lambda j: not j.is_teacher):  # in this process: no worker to start
-        assert ensure_runs([job.spec], runs, EngineOptions(progress=False))[0]["status"] == "finished"
+        assert ensure_runs([job.spec], runs, EngineOptions(progress=False))[0].status == "finished"
     write_manifest(suite, suite.jobs, runs.parent)
     return path, folder / "results"
 
@@ -175,7 +175,7 @@ def test_a_corrupt_record_is_named_set_aside_and_its_run_done_again(finished_sui
     assert sorted(outcome.finished) == sorted([teacher.run_id, kd.run_id]) and len(outcome.skipped) == 1
     assert len(list((runs / teacher.run_id).glob("weights.pt.corrupt-*"))) == 1
     assert len(list((runs / teacher.run_id).glob("record.json.corrupt-*"))) == 1
-    assert read_run_file(record)["status"] == "finished"
+    assert read_run_file(record).status == "finished"
     aside = list((runs / kd.run_id).glob("record.json.corrupt-*"))
     assert len(aside) == 1 and len(aside[0].read_text()) == 100  # kept as it was
 
@@ -212,10 +212,10 @@ def test_a_garbage_checkpoint_is_set_aside_and_a_broken_member_fails_alone(teach
     torch.save({"student": nn.Linear(2, 2).state_dict(), "method": {}, "optimizer": {}, "history": []},
                tmp_path / misfit.run_id / "checkpoint.pt")
     results = ensure_runs([garbage, too_deep, misfit, healthy], tmp_path, EngineOptions(progress=False))
-    assert results[0]["status"] == "finished" and results[3]["status"] == "finished"
+    assert results[0].status == "finished" and results[3].status == "finished"
     assert isinstance(results[1], ConfigError) and "level 8 is too deep for 10 classes" in str(results[1])
     assert isinstance(results[2], RuntimeError) and "Missing key(s) in state_dict" in str(results[2])
-    assert read_run_file(tmp_path / too_deep.run_id / "failed.json")["error"].startswith("ConfigError")
+    assert read_run_file(tmp_path / too_deep.run_id / "failed.json").error.startswith("ConfigError")
     assert (tmp_path / misfit.run_id / "failed.json").exists()
     assert len(list((tmp_path / garbage.run_id).glob("checkpoint.pt.corrupt-*"))) == 1
     assert "checkpoint.pt' cannot be read: it is truncated or corrupt" in capfd.readouterr().err
@@ -227,14 +227,13 @@ def test_only_never_shrinks_what_a_report_sees(finished_suite, tmp_path: Path) -
     (results / "tiny" / "manifest.json").unlink()
     assert run_suite(suite, quiet(out=results, only={"method": "kd"})).ok
     manifest = load_manifest(results / "tiny")
-    assert {j["run_id"] for j in manifest["jobs"]} == {j.run_id for j in suite.jobs}
-    stale = {"run_id": "0" * 16, "label": "old", "pair": "p", "role": "student", "dataset": "digits", "seed": 0,
-             "depends_on": []}
-    manifest["jobs"].append(stale)  # a run of an earlier version of the suite, still on disk
-    (results / "tiny" / "manifest.json").write_text(json.dumps(manifest))
+    assert {j.run_id for j in manifest.jobs} == {j.run_id for j in suite.jobs}
+    stale = ManifestJob(run_id="0" * 16, label="old", pair="p", role="student", dataset="digits", seed=0, depends_on=[])
+    manifest.jobs.append(stale)  # a run of an earlier version of the suite, still on disk
+    (results / "tiny" / "manifest.json").write_text(json.dumps(manifest.dump()))
     write_manifest(suite, suite.jobs[:1], results / "tiny")
-    jobs = load_manifest(results / "tiny")["jobs"]
-    assert stale in jobs and {j["run_id"] for j in jobs} >= {j.run_id for j in suite.jobs}
+    jobs = load_manifest(results / "tiny").jobs
+    assert stale in jobs and {j.run_id for j in jobs} >= {j.run_id for j in suite.jobs}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -264,8 +264,8 @@ def test_ctkd_temperature_trains_with_the_student(teacher_out, tmp_path):
     out, teacher = teacher_out
     spec = student_spec(teacher, method="ctkd", recipe=TINY_RECIPE.model_copy(update={"epochs": 1}))
     record = train_run(spec, tmp_path, EngineOptions(progress=False, subset=128), out / teacher.run_id / store.WEIGHTS)
-    assert record["parameters"]["method"] == 1  # θ, in the student's optimizer
-    assert {"loss_ce", "loss_kd"} <= set(record["metrics"][0])
+    assert record.parameters.method == 1  # θ, in the student's optimizer
+    assert {"ce", "kd"} <= set(record.metrics[0].losses)
 
 
 def test_ctkd_needs_setup():

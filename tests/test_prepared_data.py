@@ -134,11 +134,11 @@ def test_boxes_are_drawn_as_torchvision_draws_them(shape: tuple[int, int]) -> No
     assert ((ours.std(0) - theirs.std(0)).abs() <= 0.05 * theirs.std(0) + 0.5).all()
 
 
-def tiny_run(options: dict, device_data: bool, tmp_path: Path, tag: str) -> dict:
+def tiny_run(options: dict, device_data: bool, tmp_path: Path, tag: str) -> list[dict]:
     spec = RunSpec(dataset=DataSpec(name="cub200", val_fraction=VAL, options=options), student="resnet8",
                    method="none", recipe=Recipe(epochs=2, batch_size=4, lr=0.05, augment="none"))
     engine = EngineOptions(device="cpu", data_root=str(tmp_path), progress=False, device_data=device_data)
-    return train_run(spec, tmp_path / "runs" / tag, engine)
+    return train_run(spec, tmp_path / "runs" / tag, engine).dump()["metrics"]
 
 
 def test_training_from_the_store_is_training_from_the_folder(tmp_path: Path) -> None:
@@ -148,9 +148,9 @@ def test_training_from_the_store_is_training_from_the_folder(tmp_path: Path) -> 
     store_options = {**options, "prepared": True}
     data = create_dataset("cub200", tmp_path, val_fraction=VAL, augment="none", **store_options)
     assert ResidentTrainSet.of(data, "none", torch.device("cpu")) is not None
-    folder = tiny_run(options, False, tmp_path, "folder")["metrics"]
-    item_by_item = tiny_run(store_options, False, tmp_path, "store")["metrics"]
-    batched = tiny_run(store_options, True, tmp_path, "batched")["metrics"]
+    folder = tiny_run(options, False, tmp_path, "folder")
+    item_by_item = tiny_run(store_options, False, tmp_path, "store")
+    batched = tiny_run(store_options, True, tmp_path, "batched")
     for a, b, c in zip(folder, item_by_item, batched, strict=True):
         for key in ("loss_ce", "val_top1", "test_top1"):
             assert a[key] == b[key], key

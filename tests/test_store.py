@@ -35,7 +35,9 @@ def test_a_record_holds_world_size_only_when_set_and_none_as_null(tmp_path: Path
     (tmp_path / "x").mkdir()
     RunFolder(tmp_path / "x").checkpoint.write_bytes(b"")
     store.write_record(tmp_path / "x", record)
-    written = store.read_run_file(RunFolder(tmp_path / "x").record)
+    read = store.read_run_file(RunFolder(tmp_path / "x").record)
+    assert read.model_dump_json() == record.model_dump_json()  # as JSON: the val accuracies are NaN, never equal
+    written = store.read_json(RunFolder(tmp_path / "x").record)  # the file itself: keys in order, nulls as set
     assert list(written) == ["run_id", "status", "spec", "summary", "environment", "metrics"]
     assert written["summary"] == {"test_top1_last": 40.0, "teacher_test_top1": None}
     assert written["environment"] == {"python": "3.11", "cuda": None}
@@ -51,12 +53,13 @@ def test_one_failure_writer_for_an_exception_and_for_a_reason(tmp_path: Path) ->
     except ValueError as exc:
         store.write_failure(tmp_path / "a", SPEC, exc)
     store.write_failure(tmp_path / "b", SPEC, "teacher run 0123 failed")
+    for name in "ab":
+        assert list(store.read_json(RunFolder(tmp_path / name).failure)) == [
+            "run_id", "status", "spec", "error", "traceback", "time"]
     raised, blocked = (store.read_run_file(RunFolder(tmp_path / name).failure) for name in "ab")
-    for failure in (raised, blocked):
-        assert list(failure) == ["run_id", "status", "spec", "error", "traceback", "time"]
-        assert Failure.model_validate(failure).status == RunStatus.FAILED
-    assert raised["error"] == "ValueError: bad value" and "raise ValueError" in raised["traceback"]
-    assert blocked["error"] == "teacher run 0123 failed" and blocked["traceback"] is None
+    assert isinstance(raised, Failure) and raised.status == blocked.status == RunStatus.FAILED
+    assert raised.error == "ValueError: bad value" and "raise ValueError" in raised.traceback
+    assert blocked.error == "teacher run 0123 failed" and blocked.traceback is None
 
 
 def test_status_follows_the_files_of_the_run_folder(tmp_path: Path) -> None:
@@ -89,10 +92,10 @@ def test_the_manifest_keeps_runs_it_listed_before(tmp_path: Path) -> None:
     header = {"suite": "s", "source": "s.yaml", "selection": "last", "paper": {}, "reference": "kd", "controls": {}}
     store.write_manifest(tmp_path, Manifest(**header, jobs=[job("old"), job("both")]))
     store.write_manifest(tmp_path, Manifest(**header, jobs=[job("both"), job("new")]))
+    assert list(store.read_json(tmp_path / store.MANIFEST)) == [*header, "jobs"]
     manifest = store.load_manifest(tmp_path)
-    assert list(manifest) == [*header, "jobs"]
-    assert [j["run_id"] for j in manifest["jobs"]] == ["old", "both", "new"]
-    assert manifest["jobs"][0] == job("old").dump()
+    assert [j.run_id for j in manifest.jobs] == ["old", "both", "new"]
+    assert manifest.jobs[0] == job("old")
     (tmp_path / store.MANIFEST).write_text(json.dumps({"jobs": [{"run_id": "x", "role": "coach"}]}))
     with pytest.raises(CorruptResultsFile, match=r"not a suite manifest: 'jobs.0.role'"):
         store.load_manifest(tmp_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kdbench import store, tracking
+from kdbench.store import RunRecord
 from kdbench.errors import ConfigError
 from kdbench.spec import DataSpec, Recipe, RunSpec
 from kdbench.tracking import Tracking
@@ -40,8 +41,8 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
-def expected(record: dict) -> dict[str, list[tuple[int, float]]]:
-    rows = record["metrics"]
+def expected(record: RunRecord) -> dict[str, list[tuple[int, float]]]:
+    rows = record.dump()["metrics"]
     keys = [k for k in rows[0] if k != "epoch" and isinstance(rows[0][k], float)]
     return {tracking.tag(k): [(r["epoch"], pytest.approx(r[k], rel=1e-6)) for r in rows] for k in keys}
 

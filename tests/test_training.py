@@ -19,7 +19,8 @@ QUIET = EngineOptions(progress=False)
 
 def comparable(record):
     """A record without what legitimately differs between two executions (timing, host)."""
-    return [{k: v for k, v in row.items() if k not in ("images_per_s", "epoch_seconds")} for row in record["metrics"]]
+    return [{k: v for k, v in row.items() if k not in ("images_per_s", "epoch_seconds")}
+            for row in record.dump()["metrics"]]
 
 
 def test_teacher_run_writes_record_weights_and_logits(teacher_out):
@@ -43,8 +44,8 @@ def test_kd_student_trains_and_finished_runs_are_not_redone(teacher_out, monkeyp
     out, teacher = teacher_out
     spec = student_spec(teacher)
     record = ensure_run(spec, out, QUIET)
-    assert set(record["metrics"][0]) >= {"loss_ce", "loss_kd", "val_top1", "test_top5"}
-    assert record["summary"]["teacher_test_top1"] > 40
+    assert set(record.dump()["metrics"][0]) >= {"loss_ce", "loss_kd", "val_top1", "test_top5"}
+    assert record.summary.teacher_test_top1 > 40
     monkeypatch.setattr("kdbench.runner.workers.train_cohort", lambda *a, **k: pytest.fail("finished run trained again"))
     assert ensure_run(spec, out, QUIET) == record
 
@@ -79,7 +80,7 @@ def test_resume_after_interruption_equals_uninterrupted(teacher_out, tmp_path, m
     assert not (tmp_path / "cut" / store.RECORD).exists()
     resumed = train_run(spec, tmp_path / "cut", QUIET, weights)
     assert comparable(resumed) == comparable(whole)
-    assert resumed["summary"] == whole["summary"]
+    assert resumed.summary == whole.summary
 
 
 def test_nan_loss_fails_with_its_reason_recorded(teacher_out, tmp_path):
@@ -127,7 +128,7 @@ def test_cohort_records_equal_separate_runs(teacher_out, tmp_path):
     together = train_cohort(specs, [tmp_path / "cohort" / s.run_id for s in specs], QUIET, weights)
     for a, b in zip(alone, together):
         assert comparable(a) == comparable(b)
-        assert a["summary"] == b["summary"]
+        assert a.summary == b.summary
 
 
 def test_one_failing_run_does_not_stop_its_cohort(teacher_out, tmp_path):
@@ -138,7 +139,7 @@ def test_one_failing_run_does_not_stop_its_cohort(teacher_out, tmp_path):
     bad = student_spec(teacher, hparams={"w_kd": float("inf")})
     results = train_cohort([bad, good], [tmp_path / "bad", tmp_path / "good"], QUIET, out / teacher.run_id / store.WEIGHTS)
     assert isinstance(results[0], TrainingDiverged)
-    assert results[1]["status"] == "finished"
+    assert results[1].status == "finished"
     assert comparable(results[1]) == comparable(train_run(good, tmp_path / "alone", QUIET, out / teacher.run_id / store.WEIGHTS))
 
 
@@ -156,7 +157,7 @@ def test_device_resident_data_path_trains_reproducibly(teacher_out, tmp_path):
     a = train_run(student_spec(teacher), tmp_path / "a", resident, weights)
     b = train_run(student_spec(teacher), tmp_path / "b", resident, weights)
     assert comparable(a) == comparable(b)
-    assert a["summary"]["test_top1_last"] > 30
+    assert a.summary.test_top1_last > 30
     assert not uses_device_data(QUIET, torch.device("cpu"))
     smoke = open_data(student_spec(teacher), replace(QUIET, subset=64), augment=True)
     assert ResidentTrainSet.of(smoke, True, torch.device("cpu")) is None  # a subset view: loader path
@@ -170,7 +171,7 @@ def test_loader_processes_persist_and_stay_reproducible(teacher_out, tmp_path):
     with_workers = replace(QUIET, workers=1)
     a = train_run(student_spec(teacher), tmp_path / "a", with_workers, weights)
     b = train_run(student_spec(teacher), tmp_path / "b", with_workers, weights)
-    assert comparable(a) == comparable(b) and len(a["metrics"]) == 2
+    assert comparable(a) == comparable(b) and len(a.metrics) == 2
 
 
 def test_stacked_students_train_like_separate_ones(teacher_out, tmp_path, monkeypatch):

@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -27,6 +26,7 @@ from ..errors import ConfigError
 from ..method import Method, TrainContext, create_method
 from ..models import Backbone
 from ..spec import RunSpec
+from ..store import RunRecord
 from .batches import TrainBatches, eval_loader, open_data, shard
 from .checkpoint import resume
 from .epoch import end_epoch, train_epoch
@@ -45,7 +45,7 @@ def cohort_key(spec: RunSpec) -> str:
 
 
 def train_run(spec: RunSpec, run_dir: Path, options: EngineOptions | None = None,
-              teacher_weights: Path | None = None) -> dict[str, Any]:
+              teacher_weights: Path | None = None) -> RunRecord:
     """Train one run into ``run_dir`` (resuming from its checkpoint) and return its record."""
     result = train_cohort([spec], [run_dir], options, teacher_weights)[0]
     if isinstance(result, BaseException):
@@ -54,7 +54,7 @@ def train_run(spec: RunSpec, run_dir: Path, options: EngineOptions | None = None
 
 
 def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: EngineOptions | None = None,
-                 teacher_weights: Path | None = None) -> list[dict[str, Any] | BaseException]:
+                 teacher_weights: Path | None = None) -> list[RunRecord | BaseException]:
     """Train runs that share data, seed, recipe and teacher together; each result is the
     run's record, or the exception that ended it (the others go on)."""
     options = options or EngineOptions()
@@ -206,12 +206,12 @@ def _epoch(cohort: Cohort, batches: TrainBatches, epoch: int, options: EngineOpt
                       options)
 
 
-def _records(cohort: Cohort, count: int, started: float) -> list[dict[str, Any] | BaseException]:
+def _records(cohort: Cohort, count: int, started: float) -> list[RunRecord | BaseException]:
     """Each run's record, or the exception that ended it; rank 0 evaluates on the whole
     test set and writes the finished runs' files."""
     final_loader = (eval_loader(cohort.data.test, cohort.eval_batch, cohort.workers, cohort.device)
                     if distributed.is_main() else None)
-    results: list[dict[str, Any] | BaseException] = []
+    results: list[RunRecord | BaseException] = []
     for i in range(count):
         trainee = cohort.trainees.get(i)
         if i in cohort.failures:

@@ -21,8 +21,8 @@ from .trainee import Trainee
 
 
 def finish_run(trainee: Trainee, teacher: Backbone | None, teacher_test: float | None,
-               test_loader: DataLoader | None, device: torch.device, started: float) -> dict[str, Any]:
-    """The run's record (``store.RunRecord`` as JSON); rank 0 (``test_loader`` the whole
+               test_loader: DataLoader | None, device: torch.device, started: float) -> store.RunRecord:
+    """The run's record; rank 0 (``test_loader`` the whole
     test set) also writes its files."""
     folder = store.RunFolder(trainee.run_dir)
     if test_loader is not None:
@@ -53,7 +53,7 @@ def finish_run(trainee: Trainee, teacher: Backbone | None, teacher_test: float |
     )
     if test_loader is not None:
         store.write_record(folder.path, record)  # and the epoch checkpoint goes: weights and record hold everything
-    return record.dump()
+    return record
 
 
 def summarise(history: list[dict[str, Any]], teacher_test: float | None) -> dict[str, Any]:

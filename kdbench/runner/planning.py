@@ -137,6 +137,7 @@ def write_manifest(suite: Suite, jobs: list[Job], directory: Path) -> None:
     (a changed suite, a smaller selection): a report never loses runs it saw before."""
     store.write_manifest(directory, store.Manifest(
         suite=suite.name,
+        description=suite.file.description,
         source=str(suite.path),
         selection=suite.file.selection,
         paper=suite.file.paper,

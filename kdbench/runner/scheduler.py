@@ -124,7 +124,7 @@ class Scheduler:
             if status == RunStatus.FINISHED:
                 self.outcome.skipped.append(job.run_id)
             elif status == RunStatus.FAILED and not self.options.retry_failed:
-                self.outcome.failed[job.run_id] = store.read_run_file(folder.failure)["error"]
+                self.outcome.failed[job.run_id] = store.read_run_file(folder.failure).error
             else:
                 if status == RunStatus.FAILED:
                     folder.failure.unlink()

@@ -89,7 +89,7 @@ def teacher_weights(spec: RunSpec, out: Path) -> Path | None:
     return weights
 
 
-def ensure_run(spec: RunSpec, out: Path, options: EngineOptions | None = None) -> dict[str, Any]:
+def ensure_run(spec: RunSpec, out: Path, options: EngineOptions | None = None) -> store.RunRecord:
     """The run's record: read if finished, else trained (resuming any checkpoint).
 
     A failure is written to ``failed.json`` with its reason before the error propagates;
@@ -102,14 +102,14 @@ def ensure_run(spec: RunSpec, out: Path, options: EngineOptions | None = None) -
 
 
 def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None = None
-                ) -> list[dict[str, Any] | BaseException]:
+                ) -> list[store.RunRecord | BaseException]:
     """``ensure_run`` for a cohort (see ``engine.train_cohort``): the unfinished runs
     train together; each result is a record or the exception that ended that run. The
     device running out of memory in a cohort of several (at set-up, in the teacher's
     forward or a student's step) is ``CohortOutOfMemory`` for all, and no run's failure;
     nor is a ``MachineError`` (e.g. the disk filling up)."""
     out = Path(out)
-    results: dict[str, dict[str, Any] | BaseException] = {}
+    results: dict[str, store.RunRecord | BaseException] = {}
     todo = []
     for spec in specs:
         record = store.finished_record(out, spec.run_id)
@@ -169,7 +169,7 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
             if store.finished_record(runs, spec.run_id) is not None:  # a corrupt one is set aside
                 outcome[spec.run_id] = _answer(WorkerOutcome.SKIPPED, "finished by another kdbench process")
             elif failure.exists():  # the scheduler cleared it before starting
-                error = store.read_run_file(failure)["error"]
+                error = store.read_run_file(failure).error
                 outcome[spec.run_id] = _answer(WorkerOutcome.FAILED, f"in another kdbench process: {error}")
             else:
                 todo.append(spec)

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from ..checkpoints import atomic_write_bytes, safe_load, set_aside
-from ..errors import CheckpointError, KDBenchError
+from ..errors import CheckpointError, KDBenchError, explain_validation
 from ..locking import exclusive_lock
 from ..spec import RunSpec
 from .schema import Environment, Failure, MetricsRow, RunRecord, RunStatus, Stored
@@ -161,16 +162,13 @@ class CorruptResultsFile(KDBenchError):
         self.path, self.problem = path, problem
 
 
-# what every reader of a run file relies on, by key: (type, what it is)
-_RUN_FIELDS = {"run_id": str, "status": str, "spec": dict}
-_KIND_FIELDS = {RECORD: {"summary": dict, "metrics": list}, FAILED: {"error": str}}
+# what every reader of a run's spec relies on, by key: (type, what it is)
 _SPEC_FIELDS = {"dataset": dict, "method": str, "student": str, "seed": int}
 
 
-def read_run_file(path: Path) -> dict[str, Any]:
-    """A run's ``record.json`` or ``failed.json`` (``RunRecord`` / ``Failure`` as JSON),
-    checked to hold what readers use; ``CorruptResultsFile`` names the file and what is
-    wrong with it."""
+def read_run_file(path: Path) -> RunRecord | Failure:
+    """A run's ``record.json`` (``RunRecord``) or ``failed.json`` (``Failure``), checked to
+    hold what readers use; ``CorruptResultsFile`` names the file and what is wrong with it."""
     path = Path(path)
     try:
         payload = json.loads(path.read_bytes())
@@ -181,36 +179,37 @@ def read_run_file(path: Path) -> dict[str, Any]:
                                    "cut short or overwritten)") from None
     if not isinstance(payload, dict):
         raise CorruptResultsFile(path, f"holds a JSON {type(payload).__name__}, not a run's record")
-    status = RunStatus.FINISHED if path.name == RECORD else RunStatus.FAILED
-    problems = _missing(payload, {**_RUN_FIELDS, **_KIND_FIELDS.get(path.name, {})}, "")
-    if not problems:
-        problems = _missing(payload["spec"], _SPEC_FIELDS, "spec.")
-        if not isinstance(payload["spec"].get("dataset", {}).get("name"), str):
-            problems.append("spec.dataset.name is missing")
-        if not isinstance(payload["spec"].get("teacher", 0), (dict, type(None))):
-            problems.append("spec.teacher is missing or not an object or null")
-        if payload["status"] != status:
-            problems.append(f"status is {payload['status']!r}, not {status.value!r}")
+    model = RunRecord if path.name == RECORD else Failure
+    try:
+        parsed = model.model_validate(payload)
+    except ValidationError as exc:
+        raise CorruptResultsFile(path, "not a run's record: " + explain_validation(
+            exc, line=lambda p: f"{p.key} is missing" if p.kind == "missing" else f"{p.key}: {p.detail}",
+            separator="; ")) from None
+    spec = parsed.spec
+    problems = [f"spec.{key} is missing" if key not in spec else f"spec.{key} is not a {kind.__name__}"
+                for key, kind in _SPEC_FIELDS.items() if not isinstance(spec.get(key), kind)]
+    if not problems and not isinstance(spec["dataset"].get("name"), str):
+        problems.append("spec.dataset.name is missing")
+    if not isinstance(spec.get("teacher", 0), (dict, type(None))):
+        problems.append("spec.teacher is missing or not an object or null")
     if problems:
         raise CorruptResultsFile(path, "not a run's record: " + "; ".join(problems))
-    return payload
+    return parsed
 
 
-def _missing(payload: dict[str, Any], fields: dict[str, type], prefix: str) -> list[str]:
-    return [f"{prefix}{key} is missing" if key not in payload else f"{prefix}{key} is not a {kind.__name__}"
-            for key, kind in fields.items() if not isinstance(payload.get(key), kind)]
-
-
-def finished_record(runs: Path, run_id: str) -> dict[str, Any] | None:
+def finished_record(runs: Path, run_id: str) -> RunRecord | None:
     """The run's record, or None when it has none; a corrupt one is set aside."""
     path = RunFolder.of(runs, run_id).record
     if not path.exists():
         return None
     try:
-        return read_run_file(path)
+        record = read_run_file(path)
     except CorruptResultsFile as exc:
         set_aside(path, str(exc))
         return None
+    assert isinstance(record, RunRecord)  # a record.json is read as one
+    return record
 
 
 def corrupt_run_files(run_dir: Path) -> list[CorruptResultsFile]:

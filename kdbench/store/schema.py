@@ -153,6 +153,7 @@ class Manifest(Stored):
     report needs (selection rule, published numbers, reference label, controls)."""
 
     suite: str | None = None
+    description: str | None = None
     source: str | None = None
     selection: str = "best_val"
     paper: dict[str, Any] = Field(default_factory=dict)

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from ..checkpoints import set_aside
 from .run_folder import CorruptResultsFile, RunFolder, read_run_file, write_json
-from .schema import Manifest, ManifestJob
+from .schema import Failure, Manifest, ManifestJob, RunRecord
 
 RUNS = "runs"
 MANIFEST = "manifest.json"
@@ -34,12 +34,12 @@ def runs_dir(suite_dir: str | Path) -> Path:
     return suite_dir / RUNS if (suite_dir / RUNS).is_dir() else suite_dir
 
 
-def load_manifest(suite_dir: str | Path) -> dict[str, Any]:
-    """The suite folder's manifest as JSON (``Manifest``; an empty one when there is none);
-    ``CorruptResultsFile`` names it and what is wrong with it."""
+def load_manifest(suite_dir: str | Path) -> Manifest:
+    """The suite folder's manifest (an empty one when there is none); ``CorruptResultsFile``
+    names it and what is wrong with it."""
     path = Path(suite_dir) / MANIFEST
     if not path.exists():
-        return {"jobs": [], "paper": {}, "selection": "best_val"}
+        return Manifest()
     fix = "run the suite again (kdbench run <suite file>) to write it anew"
     try:
         manifest = json.loads(path.read_bytes())
@@ -50,12 +50,11 @@ def load_manifest(suite_dir: str | Path) -> dict[str, Any]:
     if not isinstance(jobs, list) or not all(isinstance(j, dict) and isinstance(j.get("run_id"), str) for j in jobs):
         raise CorruptResultsFile(path, f"not a suite manifest: 'jobs' must be a list of runs, each with a run_id; {fix}")
     try:
-        Manifest.model_validate(manifest)
+        return Manifest.model_validate(manifest)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
         raise CorruptResultsFile(path, f"not a suite manifest: '{where}': {error['msg']}; {fix}") from None
-    return manifest
 
 
 def write_manifest(suite_dir: Path, manifest: Manifest) -> None:
@@ -63,12 +62,12 @@ def write_manifest(suite_dir: Path, manifest: Manifest) -> None:
     manifest already there lists (a changed suite, a smaller selection), so that a report
     never loses runs it saw before. A corrupt manifest is set aside."""
     try:
-        listed = {job["run_id"]: job for job in load_manifest(suite_dir)["jobs"]}
+        listed = {job.run_id: job for job in load_manifest(suite_dir).jobs}
     except CorruptResultsFile as exc:
         set_aside(exc.path, str(exc))
         listed = {}
-    listed.update({job.run_id: job.dump() for job in manifest.jobs})
-    merged = manifest.model_copy(update={"jobs": [ManifestJob.model_validate(job) for job in listed.values()]})
+    listed.update({job.run_id: job for job in manifest.jobs})
+    merged = manifest.model_copy(update={"jobs": list(listed.values())})
     write_json(Path(suite_dir) / MANIFEST, merged)
 
 
@@ -110,38 +109,38 @@ def load_results(suite_dir: str | Path) -> pd.DataFrame:
     Runs written before content ids (``legacy_runs``) are left out, never mixed in."""
     suite_dir = Path(suite_dir)
     runs = runs_dir(suite_dir)
-    jobs = {j["run_id"]: j for j in load_manifest(suite_dir)["jobs"]}
+    jobs = {job.run_id: job for job in load_manifest(suite_dir).jobs}
     rows = []
     for run_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
         record = _read_run(run_dir)
-        if record is None:
+        if record is None or is_legacy(record.spec):
             continue
-        job = jobs.get(record["run_id"], {})
-        spec = record["spec"]
-        if is_legacy(spec):
-            continue
+        spec = record.spec
+        job = jobs.get(record.run_id, ManifestJob(run_id=record.run_id))
         row: dict[str, Any] = {
-            "run_id": record["run_id"],
-            "status": record["status"],
-            "label": job.get("label", "teacher" if spec["teacher"] is None and spec["method"] == "none" else spec["method"]),
-            "role": job.get("role", "student"),
-            "pair": job.get("pair", _pair(spec)),
+            "run_id": record.run_id,
+            "status": str(record.status),
+            "label": job.label or ("teacher" if spec["teacher"] is None and spec["method"] == "none" else spec["method"]),
+            "role": job.role or "student",
+            "pair": job.pair or _pair(spec),
             "dataset": spec["dataset"]["name"],
             "method": spec["method"],
             "student": spec["student"],
             "teacher": (spec["teacher"] or {}).get("model"),
             "seed": spec["seed"],
-            "error": record.get("error"),
+            "error": record.error if isinstance(record, Failure) else None,
         }
         row.update(_flatten("spec", spec))
-        for section in ("summary", "timing", "parameters"):
-            row.update({f"{section}.{k}" if section != "summary" else k: v for k, v in record.get(section, {}).items()})
-        row["epochs_done"] = len(record.get("metrics", []))
+        if isinstance(record, RunRecord):
+            row.update(record.summary.dump())
+            for section in ("timing", "parameters"):
+                row.update({f"{section}.{key}": value for key, value in getattr(record, section).dump().items()})
+        row["epochs_done"] = len(record.metrics) if isinstance(record, RunRecord) else 0
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _read_run(run_dir: Path) -> dict[str, Any] | None:
+def _read_run(run_dir: Path) -> RunRecord | Failure | None:
     """The run's record, else its failure, else None; a corrupt file is warned about and skipped."""
     folder = RunFolder(run_dir)
     for path in (folder.record, folder.failure):
