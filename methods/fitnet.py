@@ -69,6 +69,7 @@ def hint_regressor(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.S
 class FitNet(Method):
     name = "fitnet"
     display_name = "FitNet"
+    color = "#DDCC77"  # Tol's muted scheme, unused by the other methods
     HParams = FitNetHParams
 
     @property

@@ -109,6 +109,8 @@ def mlkd_loss(student_weak: Tensor, teacher_weak: Tensor, student_strong: Tensor
 @register_method
 class MLKD(Method):
     name = "mlkd"
+    display_name = "MLKD"
+    color = "#CC6677"  # Tol's muted scheme, unused by the other methods
     HParams = MLKDHParams
 
     @property

@@ -129,6 +129,7 @@ def hcl_loss(student_maps: list[Tensor], teacher_maps: list[Tensor]) -> Tensor:
 class ReviewKD(Method):
     name = "reviewkd"
     display_name = "ReviewKD"
+    color = "#AA4499"  # Tol's muted scheme, unused by the other methods
     HParams = ReviewKDHParams
 
     @property
