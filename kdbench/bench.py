@@ -3,9 +3,10 @@
 (a) Per-method step time: one optimisation step of the student (the training loop's own
     step: student forward, the method's loss, backward, SGD step) for every method, on a
     teacher output computed once, as a ratio to KD's. Each round times KD and every
-    method back to back (``torch.utils.benchmark.Timer.blocked_autorange``, blocks of
-    calls filling ROUND_SECONDS, in an order rotated from round to round) and takes each
-    method's ratio to KD in that round, so that the machine's drift between rounds cancels.
+    method back to back (``torch.utils.benchmark.Timer.timeit``, a block of calls filling
+    ROUND_SECONDS, its size fixed once after a warm-up so that no round pays for sizing
+    it again, in an order rotated from round to round) and takes each method's ratio to KD
+    in that round, so that the machine's drift between rounds cancels.
     A ratio is the median of its rounds', given with that median's 95% confidence interval
     (distribution-free: two order statistics of the rounds' ratios) and the rounds'
     interquartile range. Rounds go on until every interval lies within RATIO_SPREAD / 2
@@ -81,15 +82,19 @@ def interleaved(contenders: dict[str, Callable[[], None]], device: torch.device,
                 rounds: int) -> dict[str, float]:
     """Median seconds per call of each contender, measured in alternating rounds of
     ``steps`` calls each (None: as many as fill ROUND_SECONDS, per contender)."""
-    calls = {}
-    for name, fn in contenders.items():
-        fn()  # warm-up: allocator, cuDNN autotuning, lazy init
-        calls[name] = steps or max(1, math.ceil(ROUND_SECONDS / _seconds_per_call(fn, device, 1)))
+    calls = {name: _calls_per_round(fn, device, steps) for name, fn in contenders.items()}
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
             samples[name].append(_seconds_per_call(fn, device, calls[name]))
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _calls_per_round(fn: Callable[[], None], device: torch.device, steps: int | None) -> int:
+    """``steps``, else as many calls as fill ROUND_SECONDS, timed after a warm-up call
+    (allocator, cuDNN autotuning, lazy initialisation)."""
+    fn()
+    return steps or max(1, math.ceil(ROUND_SECONDS / _seconds_per_call(fn, device, 1)))
 
 
 RATIO_SPREAD = 0.05  # (a): two runs' ratios should agree within this (relative); see the module docstring
@@ -109,23 +114,21 @@ class StepRatio:
 
 
 def step_ratios(contenders: dict[str, Callable[[], None]], reference: str, steps: int | None, rounds: int,
-                ) -> dict[str, StepRatio]:
+                device: torch.device) -> dict[str, StepRatio]:
     """(a): each contender's seconds per call and ratio to ``reference`` (see the module
     docstring). With ``steps`` given, exactly ``rounds`` rounds of that many calls each."""
     from torch.utils.benchmark import Timer
 
     timers = {name: Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
               for name, fn in contenders.items()}
-    for fn in contenders.values():
-        fn()  # warm-up: allocator, cuDNN autotuning, lazy init
+    calls = {name: _calls_per_round(fn, device, steps) for name, fn in contenders.items()}
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     ratios: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     start = time.perf_counter()
     for round_ in range(rounds if steps else ROUNDS_AT_MOST):
         order = names[round_ % len(names):] + names[:round_ % len(names)]
-        this_round = {name: (timers[name].timeit(steps) if steps else
-                             timers[name].blocked_autorange(min_run_time=ROUND_SECONDS)).median for name in order}
+        this_round = {name: timers[name].timeit(calls[name]).median for name in order}
         for name, value in this_round.items():
             seconds[name].append(value)
             ratios[name].append(value / this_round[reference])
@@ -304,7 +307,7 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
 
     # (a) every student's step, against KD's
     reference = "kd" if "kd" in trainees else next(iter(trainees))
-    measured = step_ratios({name: partial(student_step, name) for name in trainees}, reference, steps, rounds)
+    measured = step_ratios({name: partial(student_step, name) for name in trainees}, reference, steps, rounds, device)
     step_seconds = {name: m.seconds for name, m in measured.items()}
     printer(f"\n(a) student step per method (a run alone costs this plus the teacher forward, if it has one); "
             f"ratio to {reference}: median of {measured[reference].rounds} rounds' ratios, its 95% confidence "
