@@ -81,8 +81,8 @@ def main() -> None:
         options = RunnerOptions(out=Path(args.out or tmp), engine=EngineOptions(progress=False),
                                 printer=lambda line: lines.append((time.time() - start, line)))
         outcome = run_suite(load_suite(args.suite), options)
-    wall = time.time() - start
-    cpu = _cpu_seconds() - cpu_before
+        wall = time.time() - start  # the suite's end, not the temporary folder's removal
+        cpu = _cpu_seconds() - cpu_before
     cores = os.cpu_count() or 1
     scheduler = schedulers[0]
     total = wall - (scheduler.progress.started - start)  # the scheduler's clock starts after the data checks
