@@ -64,7 +64,7 @@ def test_one_failure_writer_for_an_exception_and_for_a_reason(tmp_path: Path) ->
 
 def test_status_follows_the_files_of_the_run_folder(tmp_path: Path) -> None:
     folder = RunFolder.of(tmp_path, SPEC.run_id)
-    assert store.status_of(tmp_path, SPEC.run_id) == RunStatus.TODO
+    assert store.status_of(tmp_path, SPEC.run_id) == RunStatus.NOT_STARTED
     folder.path.mkdir()
     folder.checkpoint.write_bytes(b"")
     assert store.status_of(tmp_path, SPEC.run_id) == RunStatus.PARTIAL

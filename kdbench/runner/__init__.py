@@ -62,7 +62,7 @@ def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
         for job in jobs:
             status = store.status_of(runs, job.run_id)
             counts[status] = counts.get(status, 0) + 1
-            say(f"{status:<8} {job.run_id}  {job.describe()}")
+            say(f"{status:<11} {job.run_id}  {job.describe()}")
         say(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" (results in {directory})")
         for problem in problems:
             say(f"missing: {problem}")

@@ -237,7 +237,7 @@ def status_of(runs: Path, run_id: str) -> RunStatus:
         return RunStatus.FAILED
     if folder.checkpoint.exists():
         return RunStatus.PARTIAL
-    return RunStatus.TODO
+    return RunStatus.NOT_STARTED
 
 
 def set_aside_unsound_weights(run_dir: Path) -> bool:

@@ -25,7 +25,7 @@ class RunStatus(StrEnum):
     FINISHED = "finished"  # record.json
     FAILED = "failed"  # failed.json (not retried unless asked)
     PARTIAL = "partial"  # an epoch checkpoint to resume from
-    TODO = "todo"  # nothing yet
+    NOT_STARTED = "not started"  # nothing yet
     CORRUPT = "corrupt"  # a record.json or failed.json that is not what kdbench writes
 
 
