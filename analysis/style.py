@@ -53,8 +53,12 @@ RC: dict[str, Any] = {
 
 TEACHER_COLOR = "#000000"  # the teacher is no method: its look is fixed here
 TEACHER_NAME = "Teacher"
-# Paul Tol's "muted" scheme, for every label whose method declares no colour.
-OTHER_COLORS = ["#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#AA4499"]
+# For every label whose method declares no colour (a control, a method without one), none
+# of them a method's (methods take theirs from Okabe-Ito and Tol's "muted"): Paul Tol's
+# "light" scheme less his pale grey and olive (too close to no-KD's and WTTM's), the one
+# "muted" colour no method declares, and a brown. A label takes one by the CRC-32 of its
+# name; the quick suite's three controls land on brown, salmon and pink.
+OTHER_COLORS = ["#77AADD", "#EEDD88", "#BBCC33", "#88CCEE", "#8C564B", "#44BB99", "#EE8866", "#FFAABB"]
 
 LINESTYLES = ["-", "--", ":", "-."]
 

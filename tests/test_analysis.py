@@ -549,6 +549,7 @@ def test_style_colours_follow_the_class_and_fall_back_to_the_name(monkeypatch):
     declared = ["teacher", *(n for n in list_methods() if REGISTERED_METHODS.get(n).color is not None)]
     colours = [style.color(n) for n in declared]
     assert len(set(colours)) == len(colours)  # each method that declares a colour has its own
+    assert not set(colours) & set(style.OTHER_COLORS)  # a control never wears a method's colour
     kd = REGISTERED_METHODS.get("kd")
     monkeypatch.setattr(kd, "color", "#123456")
     monkeypatch.setattr(kd, "display_name", "Hinton KD")
