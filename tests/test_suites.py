@@ -145,7 +145,7 @@ def test_missing_data_and_checkpoints_fail_before_training(tmp_path):
     lines = []
     run_suite(suite, RunnerOptions(out=tmp_path / "results", dry_run=True, printer=lines.append,
                                    engine=EngineOptions(data_root=str(tmp_path / "empty"))))
-    assert sum(line.startswith("todo") for line in lines) == len(suite.jobs)
+    assert sum(line.startswith("not started") for line in lines) == len(suite.jobs)
     assert any(line.startswith("missing: cub200") for line in lines)
 
 
