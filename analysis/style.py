@@ -55,10 +55,11 @@ TEACHER_COLOR = "#000000"  # the teacher is no method: its look is fixed here
 TEACHER_NAME = "Teacher"
 # For every label whose method declares no colour (a control, a method without one), none
 # of them a method's (methods take theirs from Okabe-Ito and Tol's "muted"): Paul Tol's
-# "light" scheme less his pale grey and olive (too close to no-KD's and WTTM's), the one
-# "muted" colour no method declares, and a brown. A label takes one by the CRC-32 of its
-# name; the quick suite's three controls land on brown, salmon and pink.
-OTHER_COLORS = ["#77AADD", "#EEDD88", "#BBCC33", "#88CCEE", "#8C564B", "#44BB99", "#EE8866", "#FFAABB"]
+# "light" scheme less his pale grey, olive and mint (too close to no-KD's, WTTM's and
+# CTKD's), the one "muted" colour no method declares, a brown and a magenta. A label takes
+# one by the CRC-32 of its name; the quick suite's three controls land on brown, salmon
+# and pink.
+OTHER_COLORS = ["#77AADD", "#EEDD88", "#BBCC33", "#88CCEE", "#8C564B", "#E7298A", "#EE8866", "#FFAABB"]
 
 LINESTYLES = ["-", "--", ":", "-."]
 
