@@ -87,7 +87,7 @@ def main() -> None:
     scheduler = schedulers[0]
     total = wall - (scheduler.progress.started - start)  # the scheduler's clock starts after the data checks
     print(f"{args.suite}: {len(outcome.finished)} runs finished, {len(outcome.failed)} failed, "
-          f"{duration(total)} wall (rule {args.rule}); the runner returned {start + wall - max(finished.values()):.1f} s "
+          f"{duration(total)} wall (rule {args.rule}); the runner returned {start + wall - max(finished.values(), default=start + wall):.1f} s "
           "after booking its last job (its workers' exit), which no estimate counts")
     print(f"CPU {cpu:.0f} s over {wall:.0f} s × {cores} cores: idle fraction {1 - cpu / (wall * cores):.2f}, "
           f"load {os.getloadavg()[0]:.2f} now (others' work shares the cores)")

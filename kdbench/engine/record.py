@@ -22,8 +22,7 @@ from .trainee import Trainee
 
 def finish_run(trainee: Trainee, teacher: Backbone | None, teacher_test: float | None,
                test_loader: DataLoader | None, device: torch.device, started: float) -> store.RunRecord:
-    """The run's record; rank 0 (``test_loader`` the whole
-    test set) also writes its files."""
+    """The run's record; rank 0 (``test_loader`` the whole test set) also writes its files."""
     folder = store.RunFolder(trainee.run_dir)
     if test_loader is not None:
         final = evaluate(trainee.model, test_loader, device, keep_logits=True)
