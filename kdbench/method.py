@@ -138,6 +138,9 @@ class Method(nn.Module, ABC):
     # same hyperparameters (a fixed bug, a changed formula), so old records are not reused;
     # adding a hyperparameter whose default keeps today's behaviour needs no bump.
     version: ClassVar[int] = 1
+    # Where this implementation knowingly differs from the authors' released code, one line
+    # each (the docstring says why); every report's protocol card lists them.
+    release_differences: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()
