@@ -32,7 +32,7 @@ from .checkpoint import resume
 from .epoch import end_epoch, train_epoch
 from .evaluation import evaluate, predict
 from .options import EngineOptions, autocast_factory, loader_workers, resolve_device, uses_channels_last
-from .record import finish_run
+from .record import finish_run, teacher_outputs
 from .step import Autocast, StudentStack, student_stacks
 from .streams import RngStream, epoch_seed, seed_everything
 from .trainee import Trainee, build_teacher, make_trainee
@@ -211,6 +211,13 @@ def _records(cohort: Cohort, count: int, started: float) -> list[RunRecord | Bas
     test set and writes the finished runs' files."""
     final_loader = (eval_loader(cohort.data.test, cohort.eval_batch, cohort.workers, cohort.device)
                     if distributed.is_main() else None)
+    teacher_logits = None
+    if final_loader is not None and cohort.teacher is not None and any(
+            t.error is None and t.method.needs.teacher for t in cohort.trainees.values()):
+        splits = {"test": final_loader}
+        if len(cohort.data.val):
+            splits["val"] = eval_loader(cohort.data.val, cohort.eval_batch, cohort.workers, cohort.device)
+        teacher_logits = teacher_outputs(cohort.teacher, splits, cohort.device)
     results: list[RunRecord | BaseException] = []
     for i in range(count):
         trainee = cohort.trainees.get(i)
@@ -221,5 +228,6 @@ def _records(cohort: Cohort, count: int, started: float) -> list[RunRecord | Bas
         else:
             teacher, teacher_test = ((cohort.teacher, cohort.teacher_test) if trainee.method.needs.teacher
                                      else (None, None))
-            results.append(finish_run(trainee, teacher, teacher_test, final_loader, cohort.device, started))
+            results.append(finish_run(trainee, teacher, teacher_test, final_loader, cohort.device, started,
+                                      teacher_logits))
     return results

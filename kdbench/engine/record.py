@@ -21,12 +21,16 @@ from .trainee import Trainee
 
 
 def finish_run(trainee: Trainee, teacher: Backbone | None, teacher_test: float | None,
-               test_loader: DataLoader | None, device: torch.device, started: float) -> store.RunRecord:
-    """The run's record; rank 0 (``test_loader`` the whole test set) also writes its files."""
+               test_loader: DataLoader | None, device: torch.device, started: float,
+               teacher_logits: dict[str, dict[str, torch.Tensor]] | None = None) -> store.RunRecord:
+    """The run's record; rank 0 (``test_loader`` the whole test set) also writes its files,
+    with ``teacher_logits`` (``teacher_outputs``) for a run that learned from the teacher."""
     folder = store.RunFolder(trainee.run_dir)
     if test_loader is not None:
         final = evaluate(trainee.model, test_loader, device, keep_logits=True)
         atomic_torch_save({"logits": final["logits"], "labels": final["labels"]}, folder.test_logits)
+        if teacher is not None and teacher_logits is not None:
+            atomic_torch_save(teacher_logits, folder.teacher_logits)
         atomic_torch_save({"model": trainee.model.state_dict()}, folder.weights)
     history = trainee.history
     environment = store.environment(device)
@@ -53,6 +57,18 @@ def finish_run(trainee: Trainee, teacher: Backbone | None, teacher_test: float |
     if test_loader is not None:
         store.write_record(folder.path, record)  # and the epoch checkpoint goes: weights and record hold everything
     return record
+
+
+def teacher_outputs(teacher: Backbone, splits: dict[str, DataLoader], device: torch.device
+                    ) -> dict[str, dict[str, torch.Tensor]]:
+    """The teacher's float16 logits and labels on each split (``test``, ``val``), as its
+    students' ``teacher_logits.pt`` keeps them: the report compares each student with
+    them, and a teacher loaded from a checkpoint has no run folder of its own to hold them."""
+    outputs = {}
+    for name, loader in splits.items():
+        result = evaluate(teacher, loader, device, keep_logits=True)
+        outputs[name] = {"logits": result["logits"], "labels": result["labels"]}
+    return outputs
 
 
 def summarise(history: list[dict[str, Any]], teacher_test: float | None) -> dict[str, Any]:

@@ -5,17 +5,17 @@
 ``schema``: the typed models of what those files hold, and ``RunStatus``.
 """
 
-from .run_folder import (CHECKPOINT, FAILED, METRICS, RECORD, SPEC, TEST_LOGITS, WEIGHTS, CorruptResultsFile, RunFolder,
-                         corrupt_run_files, environment, finished_record, read_json, read_metrics, read_run_file,
-                         run_lock, set_aside_unsound_weights, status_of, write_failure, write_json, write_metrics,
-                         write_record, write_spec)
+from .run_folder import (CHECKPOINT, FAILED, METRICS, RECORD, SPEC, TEACHER_LOGITS, TEST_LOGITS, WEIGHTS,
+                         CorruptResultsFile, RunFolder, corrupt_run_files, environment, finished_record, read_json,
+                         read_metrics, read_run_file, run_lock, set_aside_unsound_weights, status_of, write_failure,
+                         write_json, write_metrics, write_record, write_spec)
 from .schema import (Environment, Failure, Manifest, ManifestJob, MetricsRow, Parameters, RunRecord, RunStatus,
                      Summary, Timing)
 from .suite_folder import (MANIFEST, RUNS, is_legacy, legacy_message, legacy_runs, load_manifest, load_results,
                            runs_dir, write_manifest)
 
 __all__ = [
-    "CHECKPOINT", "FAILED", "MANIFEST", "METRICS", "RECORD", "RUNS", "SPEC", "TEST_LOGITS", "WEIGHTS",
+    "CHECKPOINT", "FAILED", "MANIFEST", "METRICS", "RECORD", "RUNS", "SPEC", "TEACHER_LOGITS", "TEST_LOGITS", "WEIGHTS",
     "CorruptResultsFile", "Environment", "Failure", "Manifest", "ManifestJob", "MetricsRow", "Parameters",
     "RunFolder", "RunRecord", "RunStatus", "Summary", "Timing",
     "corrupt_run_files", "environment", "finished_record", "is_legacy", "legacy_message", "legacy_runs",

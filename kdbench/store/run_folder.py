@@ -4,7 +4,11 @@ its status, its lock.
 The folder holds ``spec.json`` (written first), ``metrics.jsonl`` (one line per epoch,
 appended as training goes), ``checkpoint.pt`` (the last epoch, for resume), ``weights.pt``
 (the final model as ``{"model": state_dict}``, the mdistiller format), ``test_logits.pt``
-(final test-set logits in float16 with labels, for spectra) and ``record.json`` (written
+(final test-set logits in float16 with labels, for spectra and fidelity),
+``teacher_logits.pt`` (a run with a teacher: the teacher's logits and labels on the test
+split and, where the data set has one, the validation split, as ``{"test": {"logits",
+"labels"}, "val": {...}}``; the report measures fidelity and confusable classes on them)
+and ``record.json`` (written
 last and atomically: its presence means the run is finished), or ``failed.json`` (why it
 failed). Beside the folder, ``<run id>.lock`` is held by the process training the run.
 
@@ -42,6 +46,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.pt"
 TEST_LOGITS = "test_logits.pt"
+TEACHER_LOGITS = "teacher_logits.pt"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class RunFolder:
     checkpoint = property(lambda self: self.path / CHECKPOINT)
     weights = property(lambda self: self.path / WEIGHTS)
     test_logits = property(lambda self: self.path / TEST_LOGITS)
+    teacher_logits = property(lambda self: self.path / TEACHER_LOGITS)
     lock = property(lambda self: self.path.with_name(f"{self.path.name}.lock"))
 
 
