@@ -190,7 +190,8 @@ def write_jpeg_folder(folder: Path, images: int, classes: int = 10, seed: int = 
 
 def large_image_data(batch_size: int, images: int, device: torch.device, options: EngineOptions,
                      steps: int | None, rounds: int, printer: Callable[[str], None], teacher_name: str = LARGE_TEACHER,
-                     student_name: str = LARGE_STUDENT, image_size: int = LARGE_SIZE) -> dict[str, float]:
+                     student_name: str = LARGE_STUDENT, image_size: int = LARGE_SIZE, precision: str = "fp32"
+                     ) -> dict[str, float]:
     """(c) at 224 px: a folder of ``images`` synthetic JPEGs read by the PIL folder loader and
     from its prepared store (item by item through the loader, and batch RandomResizedCrop on
     ``device``), in images/s on one thread, against the fine-grained suite's ResNet34 →
@@ -228,14 +229,14 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
         rates = {name: len(folder.train) / seconds for name, seconds in epoch.items()}
         teacher = create_model(teacher_name, num_classes=len(folder.classes)).to(device).eval().requires_grad_(False)
         kd = RunSpec(dataset=spec(options=folder_options), student=student_name, method="kd",
-                     teacher=TeacherRef(model=teacher_name, checkpoint="random"))
+                     teacher=TeacherRef(model=teacher_name, checkpoint="random"), recipe=Recipe(precision=precision))
         batch_images, labels, index = next(resident.batches(sampler, RngStream(0, device)))
         context = partial(TrainContext, len(folder.classes), folder.train_labels, 200, 0)
         trainee = make_trainee(kd, Path("."), create_method("kd"), len(folder.classes), teacher, batch_images[:2].cpu(),
                                context, device, options)
         trainee.rng = RngStream(0, device)
         batch = Batch(to_device(batch_images, device), labels.to(device), index.to(device))
-        autocast, _ = autocast_factory(device, options.amp)
+        autocast, _ = autocast_factory(device, precision)
         step = interleaved({"kd": lambda: cohort_step(batch, teacher, [trainee], 1, 0.0, autocast)}, device,
                            steps or 1, rounds)["kd"]
     step_rate = len(batch.labels) / step
@@ -256,13 +257,14 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
               image_size: int = 32, num_classes: int = 100, methods: list[str] | None = None,
               steps: int | None = None, rounds: int = 5, device_name: str = "auto", dataset: str = "synthetic-fg",
               printer: Callable[[str], None] = print, large_images: int = 300, through: str = "d",
-              ) -> dict[str, Any]:
+              precision: str = "fp32") -> dict[str, Any]:
     """The cases (a) to ``through`` (see the module docstring); (b)'s bound takes (a)'s step
     times and (c) (b)'s KD step, so each case comes with those before it."""
     device = resolve_device(device_name)
     methods = methods or list_methods()
     options = EngineOptions(device=str(device), progress=False)
-    autocast, _ = autocast_factory(device, options.amp)
+    precision = Recipe(precision=precision).precision  # any spelling, as a suite takes it
+    autocast, _ = autocast_factory(device, precision)
     torch.manual_seed(0)
     teacher = create_model(teacher_name, num_classes=num_classes).to(device).eval().requires_grad_(False)
     images = torch.randn(batch_size, 3, image_size, image_size)
@@ -281,7 +283,8 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     trainees = {}
     for name, method in created.items():
         spec = RunSpec(dataset=DataSpec(name=dataset, options={"image_size": image_size}), student=student_name,
-                       method=name, teacher=teacher_ref if method.needs.teacher else None, recipe=Recipe(epochs=240))
+                       method=name, teacher=teacher_ref if method.needs.teacher else None,
+                       recipe=Recipe(epochs=240, precision=precision))
         trainees[name] = make_trainee(spec, Path("."), method, num_classes, teacher, images[:2], context, device, options)
         trainees[name].rng = RngStream(0, device)
 
@@ -302,7 +305,7 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
         cohort_step(batch, teacher, [trainees[name]], 1, 0.0, autocast)
 
     printer(f"kdbench bench: {teacher_name}→{student_name}, batch {batch_size}, {image_size}×{image_size}, "
-            f"{num_classes} classes, {device} ({torch.get_num_threads()} threads), median of {rounds} rounds × "
+            f"{num_classes} classes, {device} ({torch.get_num_threads()} threads), {precision}, median of {rounds} rounds × "
             f"{steps or f'{ROUND_SECONDS} s of'} steps")
 
     # (a) every student's step, against KD's
@@ -370,7 +373,8 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
         _sync(device)
         resident_rate = seen / (time.perf_counter() - start)
         printer(f"    held on {device} and augmented in batch: {resident_rate:,.0f} images/s")
-    large = large_image_data(batch_size, large_images, device, options, steps, rounds, printer) if large_images else {}
+    large = large_image_data(batch_size, large_images, device, options, steps, rounds, printer,
+                             precision=precision) if large_images else {}
     result.update({"data_images_per_s": data_rate, **large})
     if through == "c":
         return result

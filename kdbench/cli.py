@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = Recipe(**{k: v for k, v in {
         "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": args.schedule,
         "optimizer": args.optimizer, "weight_decay": args.weight_decay, "augment": "none" if args.no_augment else args.augment,
-        "mixup_alpha": args.mixup_alpha, "cutmix_alpha": args.cutmix_alpha,
+        "mixup_alpha": args.mixup_alpha, "cutmix_alpha": args.cutmix_alpha, "precision": args.precision,
     }.items() if v is not None})
     # under torchrun every process runs this; only the first one talks
     say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--only {key}=…: unknown key; use one of {', '.join(ONLY_KEYS)}")
         only[key] = str(value)
     out = output_folder(args.out)
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, {"precision": args.precision} if args.precision else None)
     tracking = Tracking(require([*suite.file.track, *args.track]), group=suite.name)  # before any training
     options = RunnerOptions(
         out=out, dry_run=args.dry_run, smoke=args.smoke, only=only, retry_failed=args.retry_failed,
@@ -126,6 +126,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     outcome = run_suite(suite, options)
     if args.dry_run:
+        from .runner.cost import print_estimate
+
+        print_estimate(suite, options)
         return 0 if outcome.ok else 1  # a script checking a suite learns of missing inputs
     directory = suite_dir(suite, options)
     print(f"[{suite.name}] {len(outcome.finished)} trained, {len(outcome.skipped)} already done, "
@@ -159,7 +162,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     run_bench(args.teacher, args.student, args.batch_size, args.image_size, args.num_classes,
               args.methods or None, args.steps, args.rounds, args.device, args.dataset,
-              large_images=args.large_images, through=args.through)
+              large_images=args.large_images, through=args.through, precision=args.precision)
     return 0
 
 
@@ -216,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="train without data augmentation (= --augment none)")
     p.add_argument("--mixup-alpha", type=float, help="mixup on whole batches with this α (timm; default 0: off)")
     p.add_argument("--cutmix-alpha", type=float, help="CutMix on whole batches with this α (timm; default 0: off)")
+    p.add_argument("--precision", help="training precision: fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler). Part of "
+                        "each run's id (default fp32, as every published reference)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     p.add_argument("--workers", type=int, help="data-loader processes (default: 0 on CPU, up to 8 on CUDA)")
@@ -231,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("suite", help="suite YAML file, e.g. suites/quick.yaml")
     p.add_argument("--out", default="results", help="results root; the suite writes <out>/<suite name>/")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and what is already done; train nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs and what is already done, and what they will cost in device-hours (step "
+                        "times measured on this machine); train nothing")
     p.add_argument("--smoke", action="store_true", help="every run for one epoch on a tiny subset, into <name>-smoke/")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="keep runs with dataset/method/student/teacher/seed/pair = VALUE (repeatable)")
@@ -247,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stack-students", action="store_true",
                    help="step a cohort's students of one architecture as one vmapped network (for GPUs: see "
                         "kdbench bench (b); records then equal the separate runs' up to float rounding)")
+    p.add_argument("--precision", help="training precision: fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler). Part of "
+                        "each run's id: overrides the suite's recipes, teachers trained here "
+                        "included, and so makes new runs")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("bench", help="time each method's step, a cohort against one-by-one, the data pipeline",
@@ -265,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic JPEGs of (c)'s 224-px case: folder loader against prepared store (0: skip it)")
     p.add_argument("--through", choices="abcd", default="d",
                    help="stop after this case (a: the step ratios alone); each case needs the ones before it")
+    p.add_argument("--precision", default="fp32", help="training precision the steps run at: fp32, bf16 or fp16")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("data", help="prepare a 224-px set's store of decoded images, or verify it against its source",

@@ -40,6 +40,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+Precision = Literal["fp32", "bf16", "fp16"]
+# Spellings of a precision that name the same thing (PyTorch Lightning's among them), so
+# that ``bf16``, ``bfloat16`` and ``bf16-mixed`` are one run id.
+PRECISION_SPELLINGS: dict[str, Precision] = {
+    "fp32": "fp32", "float32": "fp32", "32": "fp32", "32-true": "fp32", "full": "fp32",
+    "bf16": "bf16", "bfloat16": "bf16", "bf16-mixed": "bf16",
+    "fp16": "fp16", "float16": "fp16", "16": "fp16", "16-mixed": "fp16", "half": "fp16",
+}
+
+
 class Recipe(Strict):
     """How a model is trained. Defaults are the CIFAR-100 recipe of mdistiller/RepDistiller
     (SGD 0.05, momentum 0.9, wd 5e-4, batch 64, 240 epochs, ×0.1 at 150/180/210)."""
@@ -65,11 +75,24 @@ class Recipe(Strict):
     # is one or the other with probability ½.
     mixup_alpha: NonNegativeFloat = 0.0
     cutmix_alpha: NonNegativeFloat = 0.0
+    # The arithmetic of training: fp32 (every published reference), or autocast to bf16 or
+    # fp16 (fp16 with a GradScaler). It changes what a run computes, so it is in the run id.
+    precision: Precision = "fp32"
 
     @field_validator("augment", mode="before")
     @classmethod
     def _old_boolean(cls, value: Any) -> Any:
         return ("standard" if value else "none") if isinstance(value, bool) else value
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _one_spelling(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return value
+        canonical = PRECISION_SPELLINGS.get(str(value).strip().lower())
+        if canonical is None:
+            raise ValueError(f"unknown precision {value!r}; use fp32, bf16 or fp16")
+        return canonical
 
     @property
     def mixes(self) -> bool:

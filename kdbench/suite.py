@@ -142,6 +142,7 @@ class Suite:
     path: Path
     file: SuiteFile
     jobs: list[Job] = field(default_factory=list)
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)  # from the command line, applied last
 
     @property
     def name(self) -> str:
@@ -162,8 +163,10 @@ class Suite:
         return self.file.reference if self.file.reference in self.file.methods else None
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read, validate and expand a suite file; raises ConfigError naming file, key and line."""
+def load_suite(path: str | Path, recipe_overrides: dict[str, Any] | None = None) -> Suite:
+    """Read, validate and expand a suite file; raises ConfigError naming file, key and line.
+    ``recipe_overrides`` (``kdbench run --precision``) apply last to every recipe, teachers'
+    included."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"suite file '{path}' does not exist")
@@ -186,7 +189,7 @@ def load_suite(path: str | Path) -> Suite:
     except pydantic.ValidationError as exc:
         raise ConfigError(explain_validation(exc, SuiteFile,
                                              line=lambda problem: f"{path}{_line_in(text, problem)}: {problem}")) from None
-    suite = Suite(path, file)
+    suite = Suite(path, file, recipe_overrides=dict(recipe_overrides or {}))
     for index, (entry, resolved) in enumerate(zip(file.method_files, suite.method_files())):
         if not resolved.exists():
             raise suite_error(suite, text, ["method_files", index],
@@ -262,7 +265,7 @@ def suite_error(suite: Suite, text: str, loc: list, message: str) -> KDBenchErro
 
 def _recipe(suite: Suite, text: str, loc: list, *layers: dict[str, Any]) -> Recipe:
     merged: dict[str, Any] = {}
-    for layer in layers:
+    for layer in (*layers, suite.recipe_overrides):
         merged.update(layer)
     try:
         return Recipe(**merged)

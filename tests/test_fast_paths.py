@@ -9,7 +9,7 @@ batch 64), each with its tolerance on the loss terms and on the accuracy (one sa
 128 is 0.8 points; after two steps bf16 moved test top-5 by 9 samples):
 - channels-last, the vmapped student stack and torch.compile compute in float32 with
   other kernels: rounding only;
-- bfloat16 autocast keeps 8 bits of mantissa in convolutions and matrix products;
+- bfloat16 autocast (the recipe's precision bf16: another run id, the same data) keeps 8 bits of mantissa in convolutions and matrix products;
 - float16 autocast keeps 11, behind a GradScaler (its state is checkpointed and resumed).
 The device-held training set needs the whole set in memory (a subset goes through the
 loader), so it trains a whole epoch: without augmentation it sees the loader's pixels
@@ -87,7 +87,7 @@ def test_bfloat16_autocast(teacher_out, plain, tmp_path, monkeypatch):
     autocast = torch.autocast
     monkeypatch.setattr(torch, "autocast", lambda device, dtype: dtypes.append((device, dtype))
                         or autocast(device, dtype=dtype))
-    fast = cohort(teacher_out, tmp_path, replace(TWO_STEPS, amp=True))
+    fast = cohort(teacher_out, tmp_path, TWO_STEPS, recipe=ONE_EPOCH.model_copy(update={"precision": "bf16"}))
     assert set(dtypes) == {("cpu", torch.bfloat16)}
     assert_close(plain, fast, loss_rel=5e-2, points=12 * SAMPLE)
 
@@ -95,15 +95,15 @@ def test_bfloat16_autocast(teacher_out, plain, tmp_path, monkeypatch):
 def test_float16_autocast_with_a_gradient_scaler(teacher_out, plain, tmp_path, monkeypatch):
     from kdbench.engine import cohort as engine_cohort
 
-    options = replace(TWO_STEPS, amp=True, amp_dtype="float16")
-    fast = cohort(teacher_out, tmp_path, options)
+    options = TWO_STEPS
+    fast = cohort(teacher_out, tmp_path, options, recipe=ONE_EPOCH.model_copy(update={"precision": "fp16"}))
     assert_close(plain, fast, loss_rel=1e-2, points=10 * SAMPLE)
     # a second epoch resumes each run's scaler from its checkpoint
     scales = []
     resume = engine_cohort.resume
     monkeypatch.setattr(engine_cohort, "resume", lambda trainee, device: resume(trainee, device) or scales.append(
         trainee.scaler.get_scale()))
-    two_epochs = Recipe(**{**ONE_EPOCH.model_dump(), "epochs": 2})
+    two_epochs = Recipe(**{**ONE_EPOCH.model_dump(), "epochs": 2, "precision": "fp16"})
     out, teacher = teacher_out
     spec = student_spec(teacher, recipe=two_epochs)
     first = train_cohort([spec], [tmp_path / "resumed" / spec.run_id],

@@ -147,3 +147,24 @@ def test_a_label_recipe_applies_last_and_enters_the_id(tmp_path):
     assert by_label["kd_strong"].recipe.augment == "strong" and by_label["kd"].recipe.augment == "standard"
     assert by_label["kd_strong"].recipe.batch_size == 32  # the suite's recipe below the label's
     assert by_label["kd_strong"].run_id != by_label["kd"].run_id
+
+
+def test_precision_is_part_of_the_id_in_any_spelling():
+    from kdbench.spec import Recipe
+
+    by_precision = {p: {kd_spec(recipe=Recipe(precision=s)).run_id for s in spellings} for p, spellings in {
+        "fp32": ("fp32", "float32", "32", "FP32"), "bf16": ("bf16", "bfloat16", "bf16-mixed"),
+        "fp16": ("fp16", "float16", "16-mixed", 16)}.items()}
+    assert all(len(ids) == 1 for ids in by_precision.values())  # equivalent spellings: one run
+    assert len(set().union(*by_precision.values())) == 3  # two precisions: two runs
+    assert kd_spec().recipe.precision == "fp32"  # the published references' arithmetic is the default
+    with pytest.raises(ValueError, match="unknown precision 'fp8'.*fp32, bf16 or fp16"):
+        Recipe(precision="fp8")
+
+
+def test_the_command_line_precision_reaches_every_recipe_teachers_included(tmp_path):
+    path = write_suite(tmp_path, {"kd": {}, "kd_strong": {"method": "kd", "recipe": {"precision": "fp32"}}})
+    plain, bf16 = load_suite(path), load_suite(path, {"precision": "bfloat16"})
+    assert {j.spec.recipe.precision for j in plain.jobs} == {"fp32"}
+    assert {j.spec.recipe.precision for j in bf16.jobs} == {"bf16"}  # applied after a label's own recipe
+    assert not {j.run_id for j in plain.jobs} & {j.run_id for j in bf16.jobs}

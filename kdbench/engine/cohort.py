@@ -114,7 +114,7 @@ def _set_up(specs: Sequence[RunSpec], run_dirs: list[Path], lead: RunSpec, devic
     eval_batch = max(recipe.batch_size, 256)
     val_loader = eval_loader(shard(data.val), eval_batch, workers, device) if len(data.val) else None
     test_loader = eval_loader(shard(data.test), eval_batch, workers, device)
-    autocast, _ = autocast_factory(device, options.amp, options.amp_dtype)
+    autocast, _ = autocast_factory(device, recipe.precision)
     context = _context(lead, data, teacher, methods, eval_batch, workers, device, options)
     trainees = _trainees(specs, run_dirs, methods, data, teacher, context, device, options, failures)
     stacks = student_stacks(list(trainees.values()), data.num_classes, options)

@@ -1,5 +1,7 @@
-"""How runs are executed: the device, mixed precision, memory layout, where the training
-data lives. None of this changes what a run computes, so none of it is in a run's id."""
+"""How runs are executed: the device, memory layout, where the training data lives. None of
+this changes what a run computes, so none of it is in a run's id; the training precision
+does, so it is the recipe's (``Recipe.precision``), and ``autocast_factory`` turns it into
+autocast contexts here."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -22,10 +24,6 @@ class EngineOptions:
     device: str = "auto"
     data_root: str | None = None
     workers: int | None = None  # data-loader processes; None: 0 on CPU, min(8, cores) on CUDA
-    # Mixed precision: None on CUDA only (bf16 where supported, else fp16 with a GradScaler);
-    # True on the CPU too (bf16 autocast: the tests run the path there), False off.
-    amp: bool | None = None
-    amp_dtype: Literal["bfloat16", "float16"] | None = None  # None: bf16 unless a GPU lacks it
     channels_last: bool | None = None  # NHWC models and batches: None on CUDA only, True on the CPU too
     compile: bool = False  # torch.compile the student (CUDA; slow to start, faster to run)
     # Keep a training set held as pixels (the built-in sets, CIFAR-100, a prepared store) on
@@ -62,17 +60,18 @@ def loader_workers(options: EngineOptions, device: torch.device) -> int:
     return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 
-def autocast_factory(device: torch.device, enabled: bool | None, dtype: str | None = None
+def autocast_factory(device: torch.device, precision: str
                      ) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
-    """A factory of autocast contexts, and whether fp16 gradients need a GradScaler;
-    ``enabled`` None: on CUDA only."""
-    if not (device.type == "cuda" if enabled is None else enabled):
+    """A factory of autocast contexts for a recipe's ``precision`` (fp32: none), and whether
+    fp16 gradients need a GradScaler. A GPU without bf16 is refused rather than given fp16,
+    which would be another run."""
+    if precision == "fp32":
         return contextlib.nullcontext, False
-    if dtype is not None:
-        chosen = getattr(torch, dtype)
-    else:
-        chosen = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
-    return (lambda: torch.autocast(device.type, dtype=chosen)), chosen == torch.float16
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise MachineError(f"the recipe asks for bf16 but {torch.cuda.get_device_name(device)} does not support it; "
+                           "set the suite's recipe precision to fp16 or fp32 (each is a different run)")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return (lambda: torch.autocast(device.type, dtype=dtype)), dtype == torch.float16
 
 
 def uses_channels_last(options: EngineOptions, device: torch.device) -> bool:

@@ -105,7 +105,7 @@ def make_trainee(spec: RunSpec, run_dir: Path, method: Method, num_classes: int,
     if options.compile:
         model.compile()
     optimizer = make_optimizer(spec.recipe, list(model.parameters()) + list(method.parameters()))
-    scaler = torch.amp.GradScaler(device.type) if autocast_factory(device, options.amp, options.amp_dtype)[1] else None
+    scaler = torch.amp.GradScaler(device.type) if autocast_factory(device, spec.recipe.precision)[1] else None
     return Trainee(spec, run_dir, model, method, optimizer, scaler)
 
 
