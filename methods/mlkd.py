@@ -40,7 +40,8 @@ Differences from the released code, and what kdbench does:
   released code's, with the one slip above corrected.
 - The code's RandAugment draws from Python's and numpy's generators in loader processes;
   kdbench's (``kdbench.data.base.StrongAugment``) draws from torch's, in the data stream.
-- Mixed precision: the Gram matrices are computed in float32.
+- Mixed precision: the Gram matrices are computed in at least float32 (float64 inputs stay
+  float64, as in the other methods).
 
 ``logit_stand`` is LSKD's plug-in (``kdbench.methods.kd.standardize_logits``) on the
 instance level only, as LSKD's MLKD applies it (its batch and class terms and the mask use
@@ -68,7 +69,7 @@ class MLKDHParams(HParams):
 
 def kept_fraction(scores: Tensor, percentile: float) -> Tensor:
     """The fraction of ``scores`` at or below their ``percentile``-th percentile."""
-    return (scores <= torch.quantile(scores, percentile / 100)).float().mean()
+    return (scores <= torch.quantile(scores, percentile / 100)).to(scores.dtype).mean()
 
 
 def batch_gram_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -88,9 +89,10 @@ def mlkd_loss(student_weak: Tensor, teacher_weak: Tensor, student_strong: Tensor
               official_code: bool = False) -> dict[str, Tensor]:
     """MLKD's unweighted distillation terms over all temperatures: "instance" (both views),
     "batch" and "class" (weak view), each weak-view term scaled by its kept fraction."""
-    with torch.autocast(student_weak.device.type, enabled=False):  # Gram matrices in float32
-        zs_w, zt_w, zs_s, zt_s = (z.float() for z in (student_weak, teacher_weak.detach(), student_strong,
-                                                       teacher_strong.detach()))
+    dtype = torch.promote_types(student_weak.dtype, torch.float32)
+    with torch.autocast(student_weak.device.type, enabled=False):  # Gram matrices in at least float32
+        zs_w, zt_w, zs_s, zt_s = (z.to(dtype) for z in (student_weak, teacher_weak.detach(), student_strong,
+                                                         teacher_strong.detach()))
         confidence = F.softmax(zt_w, 1)
         rho = kept_fraction(confidence.max(1).values, percentile)
         rho_class = kept_fraction(confidence.sum(0), percentile)

@@ -61,6 +61,29 @@ def test_mlkd_terms_match_the_reference(official_code, b, percentile):
         assert got[name].item() == pytest.approx(want[name], rel=1e-5), name
 
 
+@pytest.mark.parametrize("logit_stand", [False, True])
+@pytest.mark.parametrize("official_code", [False, True])
+def test_float64_inputs_are_computed_in_float64(official_code, logit_stand):
+    """Like every other method, MLKD promotes to at least float32 and no further: float64
+    logits give the float64 reference to 1e-9 (a cast to float32 is off by ~1e-5)."""
+    zs_w, zt_w, zs_s, zt_s = (logits(seed, b=7) for seed in range(4))
+
+    def z(x):  # LSKD's z-score, population standard deviation, eps 1e-7
+        c = x - x.mean(1, keepdims=True)
+        return c / (np.sqrt((c ** 2).mean(1, keepdims=True)) + 1e-7)
+
+    got = mlkd_loss(*(torch.tensor(x, dtype=torch.float64) for x in (zs_w, zt_w, zs_s, zt_s)), TEMPERATURES,
+                    logit_stand=logit_stand, official_code=official_code)
+    want = reference(zs_w, zt_w, zs_s, zt_s, official_code=official_code)
+    if logit_stand:
+        rho = kept(softmax(zt_w, 1.0).max(1), 50)
+        want["instance"] = sum(rho * kl(z(zs_w), z(zt_w), t) + (kl(z(zs_w), z(zt_w), t) if official_code and t in (2, 6)
+                                                                else kl(z(zs_s), z(zt_s), t)) for t in TEMPERATURES)
+    for name in want:
+        assert got[name].dtype == torch.float64
+        assert got[name].item() == pytest.approx(want[name], rel=1e-9, abs=0), name
+
+
 def test_the_mask_keeps_half_of_an_even_batch():
     """The released code's mask scales a weak-view term by the kept fraction: ½ on an even
     batch without ties, (B+1)/2B on an odd one."""
