@@ -457,7 +457,7 @@ def identity_heads(method):
 
 
 def test_crd_golden_value_and_memory_update():
-    # N = 3 samples of 3 classes, so each sample's negatives are exactly the two others (K clipped to 2).
+    # N = 3 samples of 3 classes and K = 2, so each sample's negatives are exactly the two others.
     tau, n = 0.5, 3
     emb_s = np.array([[1.0, 2.0], [-1.0, 0.5], [0.3, -2.0]])
     emb_t = np.array([[2.0, 1.0], [0.0, 1.0], [1.0, -1.0]])
@@ -472,7 +472,7 @@ def test_crd_golden_value_and_memory_update():
     z_s, z_t = np.exp(scores_s).mean() * n, np.exp(scores_t).mean() * n
     expect = 0.8 * (np_nce(scores_s, z_s, n, 2) + np_nce(scores_t, z_t, n, 2))
 
-    method = create_method("crd", feat_dim=2, num_negatives=5, temperature=tau)
+    method = create_method("crd", feat_dim=2, num_negatives=2, temperature=tau)
     student = ModelOutput(torch.tensor(logits, requires_grad=True), embedding=torch.tensor(emb_s, dtype=torch.float32))
     teacher = ModelOutput(torch.tensor(logits), embedding=torch.tensor(emb_t, dtype=torch.float32))
     method.setup(context_for(student, teacher, torch.tensor([0, 1, 2])))
@@ -492,22 +492,77 @@ def test_crd_golden_value_and_memory_update():
     assert {"memory_s", "memory_t", "log_z"} <= set(method.state_dict()) and "train_labels" not in method.state_dict()
 
 
-def test_crd_nce_matches_reference_formula():
+@pytest.mark.parametrize("n_data", [500, 10**6])
+def test_crd_nce_matches_the_released_formula_with_its_eps(n_data):
+    """mdistiller's ContrastLoss (ε = 1e-7 in both denominators) in float64; at N = 10⁶,
+    m·P_n = 8e-6 and leaving ε out is off by 3e-4 relative."""
     g = np.random.default_rng(9)
     scores = g.normal(size=(4, 9)) * 3
-    z, n_data = 1234.5, 500
+    z = 1234.5
     got = nce_loss(torch.tensor(scores), torch.tensor(math.log(z), dtype=torch.float64), n_data, 8)
-    assert got.item() == pytest.approx(np_nce(scores, z, n_data, 8, eps=0.0), rel=1e-9)
+    assert got.item() == pytest.approx(np_nce(scores, z, n_data, 8), rel=1e-12)
+    if n_data == 10**6:
+        assert got.item() != pytest.approx(np_nce(scores, z, n_data, 8, eps=0.0), rel=1e-4)
 
 
-def test_crd_negatives_are_distinct_and_from_other_classes():
+def test_crd_negatives_are_distinct_and_from_other_classes_when_the_pool_holds_k():
     torch.manual_seed(0)
     train_labels = torch.arange(60) % 6
     labels = torch.tensor([0, 3, 5])
-    negatives = draw_negatives(labels, train_labels, 50)
+    negatives = draw_negatives(labels, train_labels, 50)  # pools of 50
     assert negatives.shape == (3, 50)
     assert (train_labels[negatives] != labels[:, None]).all()
     assert all(len(set(row.tolist())) == 50 for row in negatives)
+
+
+def distinct_counts(rows, k):
+    """Histogram of the number of distinct values per row, over 1..k."""
+    return np.bincount([len(set(row)) for row in rows], minlength=k + 1)[1:]
+
+
+def test_crd_draws_a_small_pool_with_replacement_like_mdistillers_loader():
+    """Pools of 20 (3 classes × 10) and K = 30: each row is 30 uniform draws with replacement
+    from its class's pool, as ``np.random.choice(pool, 30, replace=True)`` draws them. Checked
+    on the frequency of each pool member (chi-square against uniform) and on the law of the
+    number of distinct values per row (chi-square of the two samplers' histograms), which
+    sampling without replacement would fail."""
+    from scipy.stats import chi2_contingency, chisquare
+
+    torch.manual_seed(0)
+    train_labels = torch.arange(30) % 3
+    labels = torch.tensor([0, 1] * 1000)
+    ours = draw_negatives(labels, train_labels, 30)
+    assert ours.shape == (2000, 30) and (train_labels[ours] != labels[:, None]).all()
+    pool = np.flatnonzero(train_labels.numpy() != 0)
+    rows0 = ours[labels == 0].numpy()
+    assert chisquare(np.bincount(rows0.ravel(), minlength=30)[pool]).pvalue > 1e-3
+    rng = np.random.default_rng(0)
+    reference = [rng.choice(pool, 30, replace=True) for _ in range(1000)]
+    table = np.stack([distinct_counts(rows0.tolist(), 30), distinct_counts(reference, 30)])
+    table = table[:, table.sum(0) > 0]
+    assert chi2_contingency(table).pvalue > 1e-3
+    assert 13 < np.mean([len(set(r)) for r in rows0.tolist()]) < 16  # E = 20·(1 − 0.95³⁰) ≈ 15.7
+
+
+def test_crd_mixes_both_draws_when_pools_straddle_k():
+    """Imbalanced classes: a class with a pool ≥ K gets distinct negatives, one below K draws
+    with replacement, in the same batch (the release decides per sample's class)."""
+    torch.manual_seed(0)
+    train_labels = torch.tensor([0] * 30 + [1] * 5 + [2] * 5)  # pools: 10, 35, 35
+    labels = torch.tensor([0, 1, 2] * 50)
+    negatives = draw_negatives(labels, train_labels, 20)
+    assert (train_labels[negatives] != labels[:, None]).all()
+    distinct = np.array([len(set(row.tolist())) for row in negatives])
+    assert (distinct[labels.numpy() != 0] == 20).all()
+    assert (distinct[labels.numpy() == 0] <= 10).all()
+
+
+def test_crd_keeps_k_negatives_where_a_pool_is_smaller():
+    student, teacher = make_pair(b=4, c=3)
+    method = create_method("crd", feat_dim=8, num_negatives=64)
+    method.setup(context_for(student, teacher, torch.arange(40) % 3))  # pools of 26 or 27
+    assert method.k == 64 and method.replace_by_class is True
+    assert torch.isfinite(method.loss(student, teacher, batch_for([0, 1, 2, 0], [0, 1, 2, 3]), 1)["crd"])
 
 
 def test_crd_is_reproducible_and_queue_mode_runs():
