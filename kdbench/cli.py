@@ -189,6 +189,17 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What this machine has, whether the suite's inputs are there, its fast paths' smoke and
+    the suite's cost (kdbench.doctor); 1 on any FAIL."""
+    from .doctor import run_doctor
+
+    checks = run_doctor(args.suite, out=args.out, data_root=args.data_root, device_name=args.device,
+                        paths_on_cpu=args.paths_on_cpu, compile_backend=args.compile_backend, skip=tuple(args.skip),
+                        estimate=not args.no_estimate)
+    return 1 if any(c.status == "FAIL" for c in checks) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdbench", description="Benchmark and ablation harness for knowledge distillation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,6 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Optuna storage URL (default: the block's, else sqlite in <out>/<suite>/ablation/)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     p.set_defaults(fn=cmd_ablate)
+
+    p = sub.add_parser("doctor", help="will this machine run this suite? versions, devices, inputs, fast paths, cost",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="The machine (Python, torch, CUDA, cuDNN, NCCL, devices, cores, free disk); for a "
+                                   "suite, its data sets, teacher checkpoints, prepared stores, results folder and "
+                                   "tracking sinks, and its cost in device-hours; a smoke of each fast path (PASS, "
+                                   "FAIL or SKIP with the reason). Exits 1 on any FAIL.")
+    p.add_argument("suite", nargs="?", help="suite YAML file (omit: the machine and its fast paths only)")
+    p.add_argument("--out", default="results", help="results root the suite would write to")
+    p.add_argument("--data-root", help="where real data sets live (default: the suite's data_root, else $KDBENCH_DATA)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    p.add_argument("--paths-on-cpu", action="store_true",
+                   help="smoke the GPU fast paths on the CPU too (they are SKIPped there otherwise)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compile smoke")
+    p.add_argument("--skip", action="append", default=[], metavar="PATH",
+                   choices=["autocast", "channels-last", "device-held set", "prepared-store crop", "torch.compile",
+                            "stacked students", "two-process step"], help="leave out this fast path (repeatable)")
+    p.add_argument("--no-estimate", action="store_true", help="do not time the suite's steps for its cost")
+    p.set_defaults(fn=cmd_doctor)
 
     from .analysis.commands import register_commands
 
