@@ -2,7 +2,8 @@
 
 When ``torchrun`` starts the process (``WORLD_SIZE`` > 1, with ``RANK`` and ``LOCAL_RANK``),
 ``engine.train_cohort`` calls ``setup``: it joins the process group (nccl with device
-``cuda:LOCAL_RANK`` on CUDA, gloo on CPU) once per process and leaves it at exit. Every rank
+``cuda:LOCAL_RANK`` on CUDA, gloo on CPU, and gloo where more processes than GPUs share
+them, as ``torchrun --nproc_per_node 2`` on one GPU) once per process and leaves it at exit. Every rank
 then takes its slice of each global batch. Each run's student and method train as one
 ``DistributedDataParallel`` module (``data_parallel``), whose backward pass averages the
 gradients over ranks bucket by bucket while it runs; the engine scales each rank's loss by
@@ -82,11 +83,14 @@ def setup(device: torch.device) -> torch.device:
     if not launched():
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        # more processes than GPUs (two on one GPU, to check the path): they take turns on the devices
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        # NCCL refuses two ranks on one GPU ("Duplicate GPU detected"); gloo reduces CUDA tensors too, via the host
+        shared = device.type == "cuda" and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > torch.cuda.device_count()
+        backend = "nccl" if device.type == "cuda" and not shared else "gloo"
+        kwargs = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend, **kwargs)
         atexit.register(teardown)
     return device
