@@ -28,6 +28,7 @@ Any FAIL makes the command exit 1.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -38,7 +39,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -545,22 +546,28 @@ def _restored_threads() -> Iterator[None]:
 
 def run_doctor(suite_path: str | None, out: str = "results", data_root: str | None = None, device_name: str = "auto",
                paths_on_cpu: bool = False, compile_backend: str = "inductor", skip: tuple[str, ...] = (),
-               estimate: bool = True, printer: Callable[[str], None] = print) -> list[Check]:
-    """Print what the doctor finds (see the module docstring); returns its checks."""
+               estimate: bool = True, json_path: str | None = None, precision: str | None = None,
+               printer: Callable[[str], None] = print) -> list[Check]:
+    """Print what the doctor finds (see the module docstring) and, with ``json_path``, write
+    it there as JSON (the machine's lines, the checks, the cost lines); returns its checks.
+    ``precision`` overrides the suite's recipes, as ``kdbench run --precision`` does."""
     from .data import resolve_data_root
     from .data.prepared import store_root
     from .engine import resolve_device
+    from .spec import Recipe
 
     suite = None
     if suite_path is not None:
         from .suite import load_suite
 
-        suite = load_suite(suite_path)
+        suite = load_suite(suite_path, {"precision": precision} if precision else None)
     root = resolve_data_root(data_root or (suite.file.data_root if suite else None))
     results = Path(out) / suite.name if suite else Path(out)
     printer("kdbench doctor: the machine")
-    for line in machine_facts({"results": results, "data": root, "prepared stores": store_root(root)}):
+    facts = machine_facts({"results": results, "data": root, "prepared stores": store_root(root)})
+    for line in facts:
         printer(line)
+    cost: list[str] = []
     checks: list[Check] = []
     if suite is not None:
         printer(f"\nthe suite {suite.path} ({len(suite.jobs)} runs)")
@@ -570,6 +577,8 @@ def run_doctor(suite_path: str | None, out: str = "results", data_root: str | No
         checks += found
     device = resolve_device(device_name)
     probe = probe_of(suite, device)
+    if precision is not None:
+        probe = replace(probe, precisions=(training_precision(Recipe(precision=precision)),))
     printer(f"\nfast paths on {device} ({probe.teacher}→{probe.student}, {probe.image_size} px, batch "
             f"{probe.batch_size})")
     smoked = fast_path_checks(probe, device, paths_on_cpu, compile_backend, skip)
@@ -584,8 +593,12 @@ def run_doctor(suite_path: str | None, out: str = "results", data_root: str | No
         printer("")
         options = RunnerOptions(out=Path(out), engine=EngineOptions(device=str(device), data_root=data_root,
                                                                     progress=False), printer=printer)
-        for line in describe(suite_estimate(suite, options, printer), torch.get_num_threads()):
+        cost = describe(suite_estimate(suite, options, printer), torch.get_num_threads())
+        for line in cost:
             printer(line)
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps({"machine": [line.strip() for line in facts], "device": str(device),
+                                               "checks": [asdict(c) for c in checks], "cost": cost}, indent=1))
     failed = [c.name for c in checks if c.status == "FAIL"]
     printer(f"\n{len(failed)} FAIL" + (f": {', '.join(failed)}" if failed else ", "
                                        f"{sum(c.status == 'PASS' for c in checks)} PASS, "
