@@ -196,7 +196,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     checks = run_doctor(args.suite, out=args.out, data_root=args.data_root, device_name=args.device,
                         paths_on_cpu=args.paths_on_cpu, compile_backend=args.compile_backend, skip=tuple(args.skip),
-                        estimate=not args.no_estimate)
+                        estimate=not args.no_estimate, json_path=args.json, precision=args.precision)
     return 1 if any(c.status == "FAIL" for c in checks) else 0
 
 
@@ -335,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["autocast", "channels-last", "device-held set", "prepared-store crop", "torch.compile",
                             "stacked students", "two-process step"], help="leave out this fast path (repeatable)")
     p.add_argument("--no-estimate", action="store_true", help="do not time the suite's steps for its cost")
+    p.add_argument("--json", metavar="PATH", help="also write the findings to this JSON file")
+    p.add_argument("--precision", help="fp32, bf16 or fp16: the suite's recipes at this precision (as kdbench run "
+                                       "--precision), autocast smoked at it; without a suite, bf16 and fp16")
     p.set_defaults(fn=cmd_doctor)
 
     from .analysis.commands import register_commands
