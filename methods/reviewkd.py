@@ -2,8 +2,11 @@
 (dvlab-research/ReviewKD ``CIFAR-100/model/reviewkd.py``; mdistiller ``distillers/ReviewKD.py``).
 
 Levels i = 1..n, shallow to deep: the student's maps F_i at ``stages`` and, as level n, its
-pooled embedding as a 1×1 map; the teacher's maps T_i at ``teacher_stages`` and its pooled
-embedding. Attention-based fusion (ABF) reviews the student's levels from deep to shallow,
+pooled embedding as a 1×1 map; the teacher's pre-activation maps T_i at ``teacher_stages``
+(as both releases: mdistiller's ``preact_feats``, the map before the stage's last ReLU; a
+WRN's is the next BN's output; see ``kdbench.models.base``) and its pooled embedding.
+``teacher_preact: false`` takes the teacher's stage outputs instead, for a teacher whose
+stages do not end with an activation module (the default refuses such a teacher). Attention-based fusion (ABF) reviews the student's levels from deep to shallow,
 with M = min(max_mid_channels, channels of the student's embedding):
 
     x_i = BN(Conv1×1(F_i))                                            (M channels)
@@ -29,11 +32,12 @@ weights (resnet56→20: 0.6, resnet110→32: 1, resnet32x4→ShuffleV2: 8) are p
 hyperparameters in suites/cifar100.yaml.
 
 Differences from the released code:
-- The teacher's maps are its stage outputs as tapped by the engine. Both releases take the
-  teacher's pre-activation maps instead (before the stage's last ReLU: a residual stage's
-  sum, a VGG block's BN output; for a WRN, the next BN's output), which a forward hook
-  cannot reach without model code for this one method. The student's side is the same as theirs (post-activation stage
-  outputs, mdistiller's STU_PREACT false).
+- None in the maps: the teacher's are its pre-activation maps and the student's its
+  post-activation stage outputs (mdistiller's STU_PREACT false), as released; a ShuffleV2
+  teacher's pre-activation map comes in its shuffled channel order (mdistiller leaves it
+  unshuffled; the learned output convolution absorbs any channel order). Version 1 took the
+  teacher's post-activation maps: one SGD step then differed from mdistiller's by 16% of the
+  loss on VGG13→MobileNetV2.
 - Warm-up counts epochs from 1, as mdistiller; the authors' script counts from 0, so its
   first epoch has no ReviewKD term.
 - HCL skips k ≥ min(H, W) and resizing compares H×W; the releases look at H (skip) and W
@@ -53,7 +57,7 @@ from torch import Tensor, nn
 
 from kdbench.errors import ConfigError
 from kdbench.method import Batch, HParams, Method, Needs, TrainContext, register_method, warmup
-from kdbench.models import ModelOutput
+from kdbench.models import ModelOutput, preact
 
 PYRAMID = (4, 2, 1)  # HCL's pooled sizes
 
@@ -65,6 +69,7 @@ class ReviewKDHParams(HParams):
     warmup_epochs: NonNegativeInt = 20
     max_mid_channels: PositiveInt = 512
     w_ce: NonNegativeFloat = 1.0
+    teacher_preact: bool = True  # the teacher's pre-activation maps, as released; False: its stage outputs
 
     @model_validator(mode="after")
     def _levels_pair_up(self) -> "ReviewKDHParams":
@@ -131,18 +136,24 @@ class ReviewKD(Method):
     display_name = "ReviewKD"
     color = "#AA4499"  # Tol's muted scheme, unused by the other methods
     HParams = ReviewKDHParams
+    version = 2  # 2: the teacher's pre-activation maps, as released
 
     @property
     def teacher_stages(self) -> tuple[str, ...]:
         return self.hparams.teacher_stages or self.hparams.stages
 
     @property
+    def teacher_taps(self) -> tuple[str, ...]:
+        """The teacher's maps read: its stages' pre-activation maps (``teacher_preact``) or outputs."""
+        return tuple(preact(s) for s in self.teacher_stages) if self.hparams.teacher_preact else self.teacher_stages
+
+    @property
     def needs(self) -> Needs:
-        return Needs(stages=self.hparams.stages, teacher_stages=self.teacher_stages)
+        return Needs(stages=self.hparams.stages, teacher_stages=self.teacher_taps)
 
     def setup(self, context: TrainContext) -> None:
         student = _levels(context.student, self.hparams.stages, "student")
-        teacher = _levels(context.teacher, self.teacher_stages, "teacher")
+        teacher = _levels(context.teacher, self.teacher_taps, "teacher")
         mid = min(self.hparams.max_mid_channels, student[-1].shape[1])
         deepest = len(student) - 1
         self.abfs = nn.ModuleList(
@@ -151,7 +162,7 @@ class ReviewKD(Method):
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams
-        teacher_maps = _levels(teacher, self.teacher_stages, "teacher")
+        teacher_maps = _levels(teacher, self.teacher_taps, "teacher")
         reviewed = review(_levels(student, hp.stages, "student"), self.abfs, [t.shape[-2:] for t in teacher_maps])
         return {
             "ce": hp.w_ce * F.cross_entropy(student.logits, batch.targets),

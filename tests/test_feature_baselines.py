@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdbench import store
@@ -18,7 +19,7 @@ from kdbench.errors import ConfigError
 from kdbench.method import Batch, TrainContext, create_method
 from kdbench.methods.fitnet import fitnet_loss, hint_regressor
 from kdbench.methods.reviewkd import ABF, hcl_loss, review
-from kdbench.models import ModelOutput, create_model
+from kdbench.models import ModelOutput, create_model, preact
 from kdbench.suite import load_suite
 from kdbench.engine import EngineOptions, train_run
 
@@ -223,6 +224,30 @@ def test_reviewkd_term_warms_up_linearly_then_holds():
     assert values[60] == pytest.approx(values[20], rel=1e-5)
 
 
+def test_reviewkd_distils_to_the_teachers_preact_maps_as_released():
+    """mdistiller's ReviewKD compares the ABF outputs with the teacher's ``preact_feats``
+    (its stages before their last ReLU), then the pooled embedding; ``teacher_preact: false``
+    takes the stage outputs."""
+    method, student, teacher_out, images, _ = probe("reviewkd", {}, "resnet20", "resnet8", 16)
+    stages = ("stage1", "stage2", "stage3")
+    assert method.needs.teacher_stages == tuple(preact(s) for s in stages) and method.needs.stages == stages
+    batch = Batch(images, torch.tensor([0, 1]), torch.arange(2))
+    out = student(images)
+    pooled = teacher_out.embedding[:, :, None, None]
+
+    def term(teacher_maps):
+        reviewed = review([out.features[s] for s in stages] + [out.embedding[:, :, None, None]], method.abfs,
+                          [t.shape[-2:] for t in teacher_maps])
+        return 5.0 * hcl_loss(reviewed, teacher_maps).item()
+
+    preacts = [teacher_out.features[preact(s)] for s in stages]
+    assert all((m < 0).any() for m in preacts)
+    got = method.loss(out, teacher_out, batch, 20)["reviewkd"].item()
+    assert got == pytest.approx(term(preacts + [pooled]), rel=1e-6)
+    assert got != pytest.approx(term([F.relu(m) for m in preacts] + [pooled]), rel=1e-2)
+    assert create_method("reviewkd", teacher_preact=False).needs.teacher_stages == stages
+
+
 def test_reviewkd_refuses_unpaired_stages():
     with pytest.raises(ConfigError, match="as many stages"):
         create_method("reviewkd", stages=["stage2", "stage3"], teacher_stages=["stage3"])
@@ -276,7 +301,7 @@ def test_reviewkd_derives_the_released_channels_and_sizes(teacher, student, hpar
     assert [abf.output[0].out_channels for abf in method.abfs] == out_channels
     assert {abf.reduce[0].out_channels for abf in method.abfs} == {min(512, in_channels[-1])}
     levels_s = [student_probe.features[s] for s in method.hparams.stages]
-    levels_t = [teacher_out.features[s] for s in method.teacher_stages]
+    levels_t = [teacher_out.features[s] for s in method.teacher_taps]
     assert [m.shape[-1] for m in levels_s] + [1] == student_sizes
     assert [m.shape[-1] for m in levels_t] + [1] == teacher_sizes
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import kdbench
-from kdbench.models import Backbone, create_model
+from kdbench.models import Backbone, create_model, preact
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "cifar_zoo_state_dicts.json").read_text())
 """For each published mdistiller/RepDistiller CIFAR-100 teacher: every state-dict key and shape,
@@ -151,12 +151,13 @@ def _conv(x: Tensor, weight: Tensor, stride: int) -> Tensor:
     return F.conv2d(x, weight, stride=stride, padding=weight.shape[-1] // 2)
 
 
-def reference_cifar_resnet(sd: dict[str, Tensor], x: Tensor) -> tuple[Tensor, list[Tensor]]:
+def reference_cifar_resnet(sd: dict[str, Tensor], x: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """He et al.'s CIFAR ResNet in eval mode, driven by parameter names only: conv1-bn1-relu,
     three stages of basic blocks (the first block of stages 2 and 3 strided, a 1×1 conv-BN
-    ``downsample`` shortcut where present), global average pooling, fc."""
+    ``downsample`` shortcut where present), global average pooling, fc. Also each stage's
+    pre-activation map, mdistiller's ``preact_feats``: its last block's sum before the ReLU."""
     x = F.relu(_bn(_conv(x, sd["conv1.weight"], 1), sd, "bn1"))
-    stages = []
+    stages, preacts = [], []
     for stage in (1, 2, 3):
         n_blocks = len({k.split(".")[1] for k in sd if k.startswith(f"layer{stage}.")})
         for i in range(n_blocks):
@@ -166,10 +167,12 @@ def reference_cifar_resnet(sd: dict[str, Tensor], x: Tensor) -> tuple[Tensor, li
             out = _bn(_conv(out, sd[f"{p}.conv2.weight"], 1), sd, f"{p}.bn2")
             if f"{p}.downsample.0.weight" in sd:
                 x = _bn(_conv(x, sd[f"{p}.downsample.0.weight"], stride), sd, f"{p}.downsample.1")
-            x = F.relu(out + x)
+            pre = out + x
+            x = F.relu(pre)
         stages.append(x)
+        preacts.append(pre)
     logits = x.mean(dim=(2, 3)) @ sd["fc.weight"].T + sd["fc.bias"]
-    return logits, stages
+    return logits, stages, preacts
 
 
 @pytest.mark.parametrize("name", ["resnet8", "resnet20", "resnet8x4", "resnet32x4"])
@@ -177,15 +180,107 @@ def test_cifar_resnet_computes_the_published_function(name):
     state = random_state_dict(fixture_shapes(name), seed=1)
     model = create_model(name, num_classes=100).eval()
     model.load_state_dict(state)
-    model.tap(model.stages)
+    model.tap(model.stages + [preact(s) for s in model.stages])
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         out = model(x)
-    logits, stages = reference_cifar_resnet(state, x)
+    logits, stages, preacts = reference_cifar_resnet(state, x)
     assert [s.shape[-1] for s in stages] == [16, 8, 4]
-    for ours, ref in zip(out.features.values(), stages):
-        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    for stage, ref, ref_pre in zip(model.stages, stages, preacts):
+        torch.testing.assert_close(out.features[stage], ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out.features[preact(stage)], ref_pre, rtol=1e-4, atol=1e-4)
+        assert (ref_pre < 0).any()
     torch.testing.assert_close(out.logits, logits, rtol=1e-4, atol=1e-4)
+
+
+# --- pre-activation maps (mdistiller's preact_feats, which ReviewKD distils to) ----------------
+
+# Models whose stages end with a ReLU module: the pre-activation map is its input.
+ENDS_WITH_RELU = [m for m in MODELS if not m.startswith(("wrn_", "MobileNetV2"))]
+
+
+@pytest.mark.parametrize("name", ENDS_WITH_RELU)
+def test_preact_map_is_the_stage_output_before_its_last_relu(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10).eval()
+    model.tap([preact(s) for s in model.stages] + model.stages)
+    size = 32 if "imagenet_stem" in name else 16
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    for stage in model.stages:
+        pre = out.features[preact(stage)]
+        assert torch.equal(F.relu(pre), out.features[stage]), stage
+        assert (pre < 0).any(), stage  # not the post-activation map (VGG's inplace ReLU is copied)
+
+
+def test_wrn_preact_map_is_the_next_bn_output_as_in_mdistiller():
+    """mdistiller's WRN: f1_pre = block2.layer[0].bn1(f1), f2_pre = block3.layer[0].bn1(f2),
+    f3_pre = bn1(f3), the stage outputs being the (unactivated) block sums."""
+    torch.manual_seed(0)
+    model = create_model("wrn_16_2", num_classes=10).eval()
+    model.tap(model.stages + [preact(s) for s in model.stages])
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 16, 16))
+        bns = [model.block2.layer[0].bn1, model.block3.layer[0].bn1, model.bn1]
+        for stage, bn in zip(model.stages, bns):
+            torch.testing.assert_close(out.features[preact(stage)], bn(out.features[stage]), rtol=0, atol=0)
+
+
+def test_mobilenetv2_stages_end_unactivated_so_their_preact_map_is_the_output():
+    torch.manual_seed(0)
+    model = create_model("MobileNetV2", num_classes=10).eval()
+    model.tap(model.stages + [preact(s) for s in model.stages])
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 16, 16))
+    assert all(out.features[preact(s)] is out.features[s] for s in model.stages)
+
+
+def test_timm_preact_map_is_the_input_of_the_stages_last_activation():
+    """timm's ResNet ends each block with ReLU(inplace=True): the map is copied before it runs.
+    timm zero-initialises each block's last BN scale, so they are randomised here (a zero
+    scale would make the pre-activation map the non-negative shortcut)."""
+    torch.manual_seed(0)
+    model = create_model("timm:resnet18", num_classes=10).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.normal_()
+    model.tap(model.stages + [preact(s) for s in model.stages])
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    for stage in model.stages:
+        pre = out.features[preact(stage)]
+        assert torch.equal(F.relu(pre), out.features[stage]) and (pre < 0).any(), stage
+    model.tap([])
+    assert forward_hooks(model) == 0 and sum(len(m._forward_pre_hooks) for m in model.modules()) == 0
+
+
+class _Toy(Backbone):
+    """stage1 ends with a convolution after its ReLU; stage2 has no activation at all."""
+
+    stage_names = ("one", "two")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.one = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 1))
+        self.two = torch.nn.Conv2d(4, 4, 1)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.two(self.one(x))
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return self.fc
+
+
+def test_a_stage_not_ending_with_an_activation_has_no_preact_map():
+    model = _Toy()
+    with pytest.raises(ValueError, match=r"stage2 holds no activation module.*tap 'stage2' instead"):
+        model.tap([preact("stage2")])
+    model.tap([preact("stage1")])
+    with pytest.raises(ValueError, match=r"stage1 does not end with its last activation module \(one\.1\)"):
+        model(torch.randn(1, 3, 4, 4))
 
 
 @pytest.mark.parametrize("name", [*MODELS, "timm:resnet18"])

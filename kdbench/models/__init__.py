@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..registry import Registry
-from .base import Backbone, ModelOutput
+from .base import Backbone, ModelOutput, preact
 
 MODELS: Registry[Callable[..., Backbone]] = Registry("model")
 TIMM_PREFIX = "timm:"
@@ -51,4 +51,4 @@ def is_model(name: str) -> bool:
 
 from . import cifar  # noqa: E402,F401  (registers the zoo)
 
-__all__ = ["Backbone", "ModelOutput", "create_model", "list_models", "register_model", "is_model"]
+__all__ = ["Backbone", "ModelOutput", "create_model", "list_models", "preact", "register_model", "is_model"]

@@ -58,6 +58,9 @@ class CifarMobileNetV2(Backbone):
     ``imagenet_stem``: SDD's 7×7 stride-2 stem with a 2×2 max-pool, for 224-px inputs."""
 
     stage_names = ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
+    # Each stage ends with a linear bottleneck (BN, no activation): its output is its own
+    # pre-activation map. (mdistiller's MobileNetV2 gives no ``preact_feats``.)
+    preact_sources = {f"stage{i}": None for i in range(1, 5)}
 
     def __init__(
         self, expansion: int, width_mult: float, num_classes: int = 100, imagenet_stem: bool = False

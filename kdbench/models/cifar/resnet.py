@@ -32,12 +32,13 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
             )
+        self.out_relu = nn.ReLU()  # a module: its input is the block's pre-activation map
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        return self.out_relu(out + shortcut)
 
 
 class CifarResNet(Backbone):

@@ -35,11 +35,12 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = _shortcut(in_planes, planes, stride)
+        self.out_relu = nn.ReLU()  # a module: its input is the block's pre-activation map
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.out_relu(out + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -57,12 +58,13 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.shortcut = _shortcut(in_planes, out_planes, stride)
+        self.out_relu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        return self.out_relu(out + self.shortcut(x))
 
 
 class ResNetV2(Backbone):

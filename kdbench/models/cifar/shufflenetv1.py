@@ -33,6 +33,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(mid_planes)
         self.conv3 = nn.Conv2d(mid_planes, out_planes, 1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
+        self.out_relu = nn.ReLU()  # a module: its input is the unit's pre-activation map
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -41,8 +42,8 @@ class Bottleneck(nn.Module):
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.stride == 2:
-            return F.relu(torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1))
-        return F.relu(out + x)
+            return self.out_relu(torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1))
+        return self.out_relu(out + x)
 
 
 class ShuffleNetV1(Backbone):

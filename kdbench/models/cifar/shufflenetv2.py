@@ -15,7 +15,14 @@ from .common import channel_shuffle
 
 class BasicBlock(nn.Module):
     """Split channels in half; the second half goes through 1×1-BN-ReLU, 3×3 depthwise-BN,
-    1×1-BN-ReLU; concatenate with the untouched first half; shuffle."""
+    1×1-BN-ReLU; concatenate with the untouched first half; shuffle.
+
+    The last ReLU is applied after the concatenation and shuffle, to every channel: the
+    untouched half is a ReLU's or a concatenation of ReLUs' output (every unit's input is),
+    so it is ≥ 0 and the ReLU leaves it as it is, and its gradient there is the same (zero
+    only where the value is 0, whose own ReLU already gave it zero gradient). The ReLU's
+    input is then the unit's pre-activation map, mdistiller's ``preact`` up to the shuffle's
+    channel order (mdistiller keeps it unshuffled)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -27,13 +34,14 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c)
         self.conv3 = nn.Conv2d(c, c, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c)
+        self.out_relu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         x1, x2 = x[:, : self.split], x[:, self.split :]
         out = F.relu(self.bn1(self.conv1(x2)))
         out = self.bn2(self.conv2(out))
-        out = F.relu(self.bn3(self.conv3(out)))
-        return channel_shuffle(torch.cat([x1, out], 1), 2)
+        out = self.bn3(self.conv3(out))
+        return self.out_relu(channel_shuffle(torch.cat([x1, out], 1), 2))
 
 
 class DownBlock(nn.Module):

@@ -23,7 +23,8 @@ _CFGS: dict[str, tuple[tuple[int, ...], ...]] = {
 def _block(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
     """Conv3×3-BN-ReLU per width. (The original drops the block's last ReLU and applies it right
     after the block; keeping it inside gives the same function and parameter names, and makes a
-    tapped block output the post-activation map.)"""
+    tapped block output the post-activation map; the last ReLU's input, its last BN's output,
+    is the pre-activation map, mdistiller's ``preact_feats``.)"""
     layers: list[nn.Module] = []
     for width in widths:
         layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]

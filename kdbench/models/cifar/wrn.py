@@ -25,9 +25,10 @@ class BasicBlock(nn.Module):
         self.convShortcut = (  # noqa: N815  (checkpoint key)
             None if in_planes == out_planes else nn.Conv2d(in_planes, out_planes, 1, stride, bias=False)
         )
+        self.relu1 = nn.ReLU()  # a module: its input is the previous stage's pre-activation map
 
     def forward(self, x: Tensor) -> Tensor:
-        act = F.relu(self.bn1(x))
+        act = self.relu1(self.bn1(x))
         out = self.conv2(F.relu(self.bn2(self.conv1(act))))
         return out + (x if self.convShortcut is None else self.convShortcut(act))
 
@@ -46,9 +47,14 @@ class NetworkBlock(nn.Module):
 
 
 class WideResNet(Backbone):
-    """WRN-``depth``-``widen_factor``."""
+    """WRN-``depth``-``widen_factor``.
+
+    Its stages end without an activation (pre-activation blocks); as in mdistiller, a stage's
+    pre-activation map is the output of the BN that the next activation follows: the next
+    stage's first BN, and for the last stage the final BN (the input of ``relu``)."""
 
     stage_names = ("block1", "block2", "block3")
+    preact_sources = {"stage1": "block2.layer.0.relu1", "stage2": "block3.layer.0.relu1", "stage3": "relu"}
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 100) -> None:
         super().__init__()
@@ -61,13 +67,14 @@ class WideResNet(Backbone):
         self.block2 = NetworkBlock(n, widths[1], widths[2], 2)
         self.block3 = NetworkBlock(n, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
+        self.relu = nn.ReLU()
         self.fc = nn.Linear(widths[3], num_classes)
         init_conv_bn(self)
         nn.init.zeros_(self.fc.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
-        return F.relu(self.bn1(x))
+        return self.relu(self.bn1(x))
 
     @property
     def head(self) -> nn.Module:
