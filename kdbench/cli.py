@@ -98,8 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     say(f"student: {spec.describe()} [{spec.run_id}]")
     record = ensure_run(spec, out, options)
     summary = record.summary
-    say(f"student test top-1: {summary.test_top1_last:.2f} (last epoch), "
-          f"{summary.test_top1_best_val:.2f} (best val epoch {summary.best_val_epoch})")
+    best_val = (f", {summary.test_top1_best_val:.2f} (best val epoch {summary.best_val_epoch})"
+                if summary.best_val_epoch is not None else " (no validation split)")
+    say(f"student test top-1: {summary.test_top1_last:.2f} (last epoch){best_val}")
     say(f"record: {out / spec.run_id / 'record.json'}")
     return 0
 

@@ -41,6 +41,9 @@ class Strict(BaseModel):
 
 
 Precision = Literal["fp32", "bf16", "fp16"]
+# Which of a trained teacher's epochs its students learn from: the last, or the one with the
+# best validation (or, as some published protocols did, test) top-1.
+TeacherWeights = Literal["last", "best_val", "best_test"]
 # Spellings of a precision that name the same thing (PyTorch Lightning's among them), so
 # that ``bf16``, ``bfloat16`` and ``bf16-mixed`` are one run id.
 PRECISION_SPELLINGS: dict[str, Precision] = {
@@ -133,6 +136,7 @@ class TeacherRef(Strict):
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None  # filled from the file; None while the file is missing
     run_id: str | None = None
+    weights: TeacherWeights = "last"  # a teacher run's epoch the students load; a checkpoint is its file
 
     @field_validator("checkpoint_sha256")
     @classmethod

@@ -6,6 +6,7 @@ A suite file::
     name: quick                      # results go to <out>/<name>/
     seeds: [0, 1]
     selection: best_val              # or last: which epoch's test accuracy reports use
+    teacher_weights: last            # or best_val / best_test: the trained teacher's epoch students get
     recipe: {epochs: 6, lr: 0.05}    # student recipe (kdbench.spec.Recipe)
     teacher_recipe: {epochs: 10}     # optional; default: the student recipe
     datasets:
@@ -23,7 +24,9 @@ A suite file::
       mlkd_strong: {method: mlkd, recipe: {augment: strong}}  # the label's own recipe, applied last
     reference: kd                     # the label every other is compared with, paired by seed
     paper:                            # published numbers, printed beside ours by reports
-      digits/resnet20/resnet8: {kd: 90.1}
+      digits/resnet20/resnet8: {kd: 90.1, dkd: {value: 91.0, source: "a number's own source"}}
+    sources: {kd: "Hinton et al. 2015, Table 1"}   # where each label's published numbers come from
+    protocol_notes: ["crops from a 256-px copy"]    # departures from the published protocol
     executor: {kind: local, workers: 2}  # processes_per_job: 4 trains each job on 4 GPUs
     method_files: [my_methods/]       # extra method files to load (paths relative to the suite)
     track: [tensorboard]              # stream every epoch to TensorBoard and/or wandb (kdbench.tracking)
@@ -44,7 +47,7 @@ import yaml
 from pydantic import Field, NonNegativeInt, PositiveInt
 
 from .errors import ConfigError, KDBenchError, ValidationProblem, did_you_mean, explain_validation
-from .spec import DataSpec, Recipe, RunSpec, Strict, TeacherRef
+from .spec import DataSpec, Recipe, RunSpec, Strict, TeacherRef, TeacherWeights
 
 
 class DatasetEntry(Strict):
@@ -81,19 +84,34 @@ class ExecutorEntry(Strict):
     slurm: dict[str, Any] = Field(default_factory=dict)  # submitit parameters (partition, timeout_min, …)
 
 
+class PaperNumber(Strict):
+    """A published number with its own source, where it differs from its label's."""
+
+    value: float
+    source: str = Field(min_length=1)
+
+
 class SuiteFile(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     data_root: str | None = None
     seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
+    # Which epoch's test accuracy is the suite's number: the best on the validation split,
+    # or the last (a published protocol, trained on the whole training split).
     selection: Literal["best_val", "last"] = "best_val"
+    teacher_weights: TeacherWeights = "last"  # the epoch of a trained teacher that students learn from
     recipe: dict[str, Any] = Field(default_factory=dict)
     teacher_recipe: dict[str, Any] | None = None
     datasets: dict[str, DatasetEntry] = Field(min_length=1)
     pairs: list[PairEntry] = Field(min_length=1)
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
     reference: str = "kd"  # paired statistics compare every label with this one
-    paper: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # Published top-1 by "dataset/teacher/student" and label; where each label's numbers
+    # come from (``sources``, or a number's own); the suite's known departures from the
+    # published protocol. Every report prints them in its protocol card.
+    paper: dict[str, dict[str, float | PaperNumber]] = Field(default_factory=dict)
+    sources: dict[str, str] = Field(default_factory=dict)
+    protocol_notes: list[str] = Field(default_factory=list)
     executor: ExecutorEntry = Field(default_factory=ExecutorEntry)
     method_files: list[str] = Field(default_factory=list)
     track: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)  # kdbench.tracking sinks
@@ -107,6 +125,19 @@ class SuiteFile(Strict):
             raise ValueError(f"seed {', '.join(map(str, repeated))} is listed more than once; each seed is one "
                              "repetition of every run, so list each seed once")
         return seeds
+
+    @property
+    def paper_values(self) -> dict[str, dict[str, float]]:
+        """The published numbers alone, by "dataset/teacher/student" and label."""
+        return {key: {label: n.value if isinstance(n, PaperNumber) else n for label, n in numbers.items()}
+                for key, numbers in self.paper.items()}
+
+    @property
+    def paper_sources(self) -> dict[str, dict[str, str]]:
+        """The numbers that name their own source, as ``paper_values``."""
+        sourced = {key: {label: n.source for label, n in numbers.items() if isinstance(n, PaperNumber)}
+                   for key, numbers in self.paper.items()}
+        return {key: labels for key, labels in sourced.items() if labels}
 
 
 # Keys of a ``methods:`` entry that describe the label rather than set a hyperparameter.
@@ -288,6 +319,14 @@ def _expand(suite: Suite, text: str) -> list[Job]:
     for name in file.datasets:
         if name not in DATASETS:
             raise suite_error(suite, text, ["datasets", name], f"unknown dataset{did_you_mean(name, DATASETS.names()) or '; known: ' + ', '.join(DATASETS.names())}")
+    for name, entry in file.datasets.items():
+        if entry.val_fraction == 0:
+            for key, value in (("selection", file.selection), ("teacher_weights", file.teacher_weights)):
+                if value == "best_val":
+                    raise suite_error(suite, text, ["datasets", name, "val_fraction"],
+                                      f"is 0: no validation split to select an epoch on, but '{key}' is best_val; set "
+                                      f"'{key}: last' (the whole training split and its last epoch, as the published "
+                                      "protocols train) or hold out a validation split (val_fraction: 0.1)")
     method_of = {}
     for label, hparams in file.methods.items():
         method = hparams.get(METHOD, label)
@@ -332,7 +371,7 @@ def _expand(suite: Suite, text: str) -> list[Job]:
             else:
                 teacher_spec = RunSpec(dataset=data, student=pair.teacher, method="none", recipe=teacher_recipe, seed=pair.teacher_seed)
                 jobs.setdefault(teacher_spec.run_id, Job(teacher_spec, "teacher", pair_name))
-                teacher_ref = TeacherRef(model=pair.teacher, run_id=teacher_spec.run_id)
+                teacher_ref = TeacherRef(model=pair.teacher, run_id=teacher_spec.run_id, weights=file.teacher_weights)
                 teacher_deps = (teacher_spec.run_id,)
             for label, base in file.methods.items():
                 overrides = pair.hparams.get(label, {})

@@ -19,6 +19,7 @@ def save_checkpoint(trainee: Trainee, epoch: int) -> None:
         "optimizer": trainee.optimizer.state_dict(),
         "scaler": trainee.scaler.state_dict() if trainee.scaler is not None else None,
         "history": trainee.history,
+        "best_weights": trainee.best_weights,
     }, store.RunFolder(trainee.run_dir).checkpoint)
 
 
@@ -43,5 +44,6 @@ def resume(trainee: Trainee, device: torch.device) -> None:
     if trainee.scaler is not None and state.get("scaler"):
         trainee.scaler.load_state_dict(state["scaler"])
     trainee.history = state["history"]
+    trainee.best_weights = state.get("best_weights", {})
     if distributed.is_main():
         store.write_metrics(trainee.run_dir, trainee.history)  # drop lines logged after the checkpoint

@@ -81,6 +81,7 @@ def end_epoch(trainee: Trainee, epoch: int, seconds: float, val_loader: DataLoad
         "images_per_s": seen / seconds if seconds > 0 else None,
         "epoch_seconds": seconds,
     })
+    keep_best_weights(trainee)
     if distributed.is_main():
         save_checkpoint(trainee, epoch)
         store.write_metrics(trainee.run_dir, trainee.history)
@@ -93,6 +94,20 @@ def end_epoch(trainee: Trainee, epoch: int, seconds: float, val_loader: DataLoad
     if options.progress and distributed.is_main():
         print(f"  {trainee.spec.method} epoch {epoch}/{trainee.spec.recipe.epochs}: "
               f"val {val['top1']:.2f}  test {test['top1']:.2f}", flush=True)
+
+
+BEST_OF = {"best_val": "val_top1", "best_test": "test_top1"}  # a selection and the metric it maximises
+
+
+def keep_best_weights(trainee: Trainee) -> None:
+    """Copy the model when the last epoch is the first with the best val (test) top-1 so
+    far: the epoch ``summarise`` selects."""
+    *before, last = trainee.history
+    for selection, metric in BEST_OF.items():
+        if not math.isnan(last[metric]) and all(last[metric] > row[metric] for row in before
+                                                if not math.isnan(row[metric])):
+            trainee.best_weights[selection] = {k: v.detach().to("cpu", copy=True)
+                                               for k, v in trainee.model.state_dict().items()}
 
 
 def epoch_sums(trainee: Trainee) -> tuple[dict[str, float], int]:

@@ -32,6 +32,8 @@ def finish_run(trainee: Trainee, teacher: Backbone | None, teacher_test: float |
         if teacher is not None and teacher_logits is not None:
             atomic_torch_save(teacher_logits, folder.teacher_logits)
         atomic_torch_save({"model": trainee.model.state_dict()}, folder.weights)
+        for selection, state in trainee.best_weights.items():
+            atomic_torch_save({"model": state}, folder.weights_at(selection))
     history = trainee.history
     environment = store.environment(device)
     if distributed.active():
@@ -72,18 +74,23 @@ def teacher_outputs(teacher: Backbone, splits: dict[str, DataLoader], device: to
 
 
 def summarise(history: list[dict[str, Any]], teacher_test: float | None) -> dict[str, Any]:
-    """Both selection rules: the last epoch, and the epoch with the best val top-1."""
+    """Both selection rules: the last epoch, and the first epoch with the best val top-1
+    (none without a validation split: nothing to select on); and the best test epoch, the
+    papers' rule, selected on test and so only for comparison with them."""
     last = history[-1]
-    best = max(history, key=lambda r: (r["val_top1"] if not math.isnan(r["val_top1"]) else -1, -r["epoch"]))
+    validated = [r for r in history if not math.isnan(r["val_top1"])]
+    best = max(validated, key=lambda r: (r["val_top1"], -r["epoch"])) if validated else None
+    best_test = max(history, key=lambda r: (r["test_top1"], -r["epoch"]))
     return {
         "test_top1_last": last["test_top1"],
         "test_top5_last": last["test_top5"],
-        "best_val_epoch": best["epoch"],
-        "val_top1_best": best["val_top1"],
-        "test_top1_best_val": best["test_top1"],
-        "test_top5_best_val": best["test_top5"],
+        "best_val_epoch": best and best["epoch"],
+        "val_top1_best": best and best["val_top1"],
+        "test_top1_best_val": best and best["test_top1"],
+        "test_top5_best_val": best and best["test_top5"],
         # the max over epochs of test accuracy, what mdistiller reports; optimistic, for comparison only
-        "test_top1_max": max(r["test_top1"] for r in history),
+        "test_top1_max": best_test["test_top1"],
+        "best_test_epoch": best_test["epoch"],
         "teacher_test_top1": teacher_test,
     }
 

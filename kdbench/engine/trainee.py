@@ -64,6 +64,9 @@ class Trainee:
     sums: dict[str, Tensor] = field(default_factory=dict)
     seen: int = 0
     error: BaseException | None = None
+    # The model at the epoch of the best val and test top-1 so far (on the CPU), kept in the
+    # checkpoint so that they always agree with the history, and written when the run ends.
+    best_weights: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     # what a step calls: the student and method as one module (``StudentWithMethod``), in
     # DistributedDataParallel under torchrun (``distributed.data_parallel``)
     network: nn.Module = field(init=False)

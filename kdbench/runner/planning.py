@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import store
 from ..engine import EngineOptions, cohort_key
+from ..method import METHODS
 from ..errors import ConfigError, DataError
 from ..spec import RunSpec
 from ..suite import Job, Suite
@@ -140,7 +141,13 @@ def write_manifest(suite: Suite, jobs: list[Job], directory: Path) -> None:
         description=suite.file.description,
         source=str(suite.path),
         selection=suite.file.selection,
-        paper=suite.file.paper,
+        teacher_weights=suite.file.teacher_weights,
+        paper=suite.file.paper_values,
+        sources=suite.file.sources,
+        paper_sources=suite.file.paper_sources,
+        protocol_notes=suite.file.protocol_notes,
+        release_differences={method: list(METHODS.get(method).release_differences)
+                             for method in sorted({j.spec.method for j in jobs})},
         reference=suite.reference,
         controls=suite.controls,
         jobs=[store.ManifestJob(run_id=j.run_id, label=j.label, pair=j.pair,

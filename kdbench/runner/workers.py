@@ -75,12 +75,13 @@ def as_machine_error(error: BaseException) -> BaseException:
 
 
 def teacher_weights(spec: RunSpec, out: Path) -> Path | None:
-    """The weights file the run's teacher loads: its checkpoint, or its run's weights."""
+    """The weights file the run's teacher loads: its checkpoint, or its run's weights at the
+    epoch ``TeacherRef.weights`` names."""
     if spec.teacher is None:
         return None
     if spec.teacher.checkpoint is not None:
         return Path(spec.teacher.checkpoint).expanduser()
-    weights = store.RunFolder.of(out, str(spec.teacher.run_id)).weights
+    weights = store.RunFolder.of(out, str(spec.teacher.run_id)).weights_at(spec.teacher.weights)
     if not weights.exists():
         raise ConfigError(
             f"run '{spec.describe()}' needs teacher run {spec.teacher.run_id}, which has not finished "

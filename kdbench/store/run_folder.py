@@ -3,7 +3,9 @@ its status, its lock.
 
 The folder holds ``spec.json`` (written first), ``metrics.jsonl`` (one line per epoch,
 appended as training goes), ``checkpoint.pt`` (the last epoch, for resume), ``weights.pt``
-(the final model as ``{"model": state_dict}``, the mdistiller format), ``test_logits.pt``
+(the final model as ``{"model": state_dict}``, the mdistiller format; beside it
+``weights_best_val.pt`` and ``weights_best_test.pt``, the model at those epochs, which a
+suite's ``teacher_weights`` may hand to students), ``test_logits.pt``
 (final test-set logits in float16 with labels, for spectra and fidelity),
 ``teacher_logits.pt`` (a run with a teacher: the teacher's logits and labels on the test
 split and, where the data set has one, the validation split, as ``{"test": {"logits",
@@ -45,6 +47,9 @@ SPEC = "spec.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.pt"
+# The model at the epoch of the best val / test top-1, for students that learn from those
+# (``TeacherRef.weights``); written when the run finishes, as weights.pt.
+BEST_WEIGHTS = {"best_val": "weights_best_val.pt", "best_test": "weights_best_test.pt"}
 TEST_LOGITS = "test_logits.pt"
 TEACHER_LOGITS = "teacher_logits.pt"
 
@@ -64,6 +69,11 @@ class RunFolder:
     spec = property(lambda self: self.path / SPEC)
     metrics = property(lambda self: self.path / METRICS)
     checkpoint = property(lambda self: self.path / CHECKPOINT)
+
+    def weights_at(self, selection: str) -> Path:
+        """The weights of the epoch ``selection`` names: ``last`` (weights.pt), ``best_val``
+        or ``best_test``."""
+        return self.path / BEST_WEIGHTS.get(selection, WEIGHTS)
     weights = property(lambda self: self.path / WEIGHTS)
     test_logits = property(lambda self: self.path / TEST_LOGITS)
     teacher_logits = property(lambda self: self.path / TEACHER_LOGITS)

@@ -75,7 +75,8 @@ class MetricsRow(Stored):
 
 
 class Summary(Stored):
-    """Both selection rules over a run's epochs: the last one, and the best on val."""
+    """Both selection rules over a run's epochs: the last one, and the best on val (None
+    without a validation split); and the papers' best test epoch, for comparison only."""
 
     test_top1_last: float | None = None
     test_top5_last: float | None = None
@@ -84,6 +85,7 @@ class Summary(Stored):
     test_top1_best_val: float | None = None
     test_top5_best_val: float | None = None
     test_top1_max: float | None = None  # the max over epochs (mdistiller's number), optimistic
+    best_test_epoch: int | None = None  # where that max is (selected on test)
     teacher_test_top1: float | None = None
 
 
@@ -150,13 +152,19 @@ class ManifestJob(Stored):
 
 class Manifest(Stored):
     """``manifest.json`` of a suite folder: the suite's runs by label and pair, and what its
-    report needs (selection rule, published numbers, reference label, controls)."""
+    report needs (selection rule, published numbers and their sources, the protocol's notes,
+    reference label, controls)."""
 
     suite: str | None = None
     description: str | None = None
     source: str | None = None
     selection: str = "best_val"
-    paper: dict[str, Any] = Field(default_factory=dict)
+    teacher_weights: str = "last"  # the epoch of a trained teacher its students learned from
+    paper: dict[str, dict[str, float]] = Field(default_factory=dict)  # "dataset/teacher/student" → label → top-1
+    sources: dict[str, str] = Field(default_factory=dict)  # label → where its published numbers come from
+    paper_sources: dict[str, dict[str, str]] = Field(default_factory=dict)  # a number's own source, as ``paper``
+    protocol_notes: list[str] = Field(default_factory=list)  # the suite's departures from the published protocol
+    release_differences: dict[str, list[str]] = Field(default_factory=dict)  # method → Method.release_differences
     reference: str | None = None
     controls: dict[str, str] = Field(default_factory=dict)
     jobs: list[ManifestJob] = Field(default_factory=list)
