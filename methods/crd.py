@@ -154,6 +154,9 @@ class CRD(Method):
     color = "#882255"
     HParams = CRDHParams
     version = 2  # 2: negatives with replacement where a class's pool is smaller than K; the release's ε in the NCE
+    release_differences = (
+        "negatives are drawn with torch's generator on the device, not numpy's in loader workers: the same law, another stream",
+    )
 
     def __init__(self, **hparams) -> None:
         super().__init__(**hparams)

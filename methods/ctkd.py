@@ -82,6 +82,10 @@ class CTKD(Method):
     display_name = "CTKD"
     color = "#44AA99"  # Tol's muted scheme, unused by the other methods
     HParams = CTKDHParams
+    release_differences = (
+        "only the global learnable temperature: the paper's instance-wise one and the code's LinearDecay curriculum are not implemented",
+        "logit_stand divides by the population σ (LSKD's paper); LSKD's code uses torch.std (Bessel): see methods/kd.py",
+    )
 
     def setup(self, context: TrainContext) -> None:
         device = context.student.logits.device

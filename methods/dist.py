@@ -66,6 +66,7 @@ class DIST(Method):
     display_name = "DIST"
     color = "#332288"  # Tol's muted scheme, unused by the other methods
     HParams = DISTHParams
+    release_differences = ()  # none known
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams

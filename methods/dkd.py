@@ -87,6 +87,10 @@ class DKD(Method):
     display_name = "DKD"
     color = "#0072B2"
     HParams = DKDHParams
+    release_differences = (
+        "log-probabilities are logsumexp differences over gathered classes; mdistiller masks the target with −1000 and takes log(b)",
+        "logit_stand divides by the population σ (LSKD's paper); LSKD's code uses torch.std (Bessel): see methods/kd.py",
+    )
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams

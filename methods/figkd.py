@@ -100,6 +100,9 @@ class FiGKD(Method):
     display_name = "FiGKD"
     color = "#D55E00"
     HParams = FiGKDHParams
+    release_differences = (
+        "no released code: the wavelet, level, padding, band, space, distance and weights are knobs with kdbench's defaults",
+    )
 
     def __init__(self, **hparams) -> None:
         super().__init__(**hparams)

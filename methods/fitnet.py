@@ -22,7 +22,17 @@ Differences from the paper: the paper trains in two stages (the student's lower 
 first fitted to the hint alone, then the whole student with KD); like mdistiller and
 RepDistiller, this trains once, CE plus the hint loss, with no KD term. Differences from
 mdistiller: none in the loss; the regressor's shape rule is checked on the probe batch
-(an unmatched shape is a ConfigError rather than a broadcast).
+(an unmatched shape is a ConfigError rather than a broadcast). The hint is the teacher's
+post-activation stage output, as mdistiller's ``feats`` (not its ``preact_feats``).
+
+mdistiller's teacher is not the one kdbench distils from, by one forward: to size the
+regressor, ``FitNet.__init__`` calls ``get_feat_shapes`` (``_common.py``), a forward of one
+random image through the teacher under ``no_grad`` but in train mode (``.eval()`` comes
+later, from ``Distiller.train``), which updates every BN layer's running statistics with
+momentum 0.1 from that image: the teacher of every mdistiller FitNet run has moved
+statistics for the whole run (by up to 55% on a synthetic teacher, issue 22). kdbench keeps
+its teacher as trained (its probe runs in eval mode): a reader comparing with mdistiller's
+FitNet numbers should know.
 """
 
 import torch
@@ -71,6 +81,10 @@ class FitNet(Method):
     display_name = "FitNet"
     color = "#DDCC77"  # Tol's muted scheme, unused by the other methods
     HParams = FitNetHParams
+    release_differences = (
+        "no train-mode shape probe: mdistiller forwards a random image through the teacher in train mode, moving its BN statistics for the run",
+        "a regressor whose output shape differs from the teacher's hint is refused; mdistiller's MSE would broadcast",
+    )
 
     @property
     def teacher_hint(self) -> str:

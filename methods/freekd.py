@@ -102,6 +102,12 @@ class FreeKD(Method):
     display_name = "FreeKD"
     color = "#E69F00"
     HParams = FreeKDHParams
+    release_differences = (
+        "the release is for dense prediction: this classification form (stages, pooling of the loss, default weights) is kdbench's",
+        "the learned frequency prompts, channel-relation weights and prompt pre-training are left out (mask: teacher_energy stands in)",
+        "the projector is a plain 1×1 convolution: the release's configs name an align_module it does not define",
+        "μ ramps linearly over warmup epochs (default 20); the release's detection configs have no ramp",
+    )
 
     @property
     def needs(self) -> Needs:

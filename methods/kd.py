@@ -67,6 +67,9 @@ class KD(Method):
     display_name = "KD"
     color = "#56B4E9"
     HParams = KDHParams
+    release_differences = (
+        "logit_stand divides by the population σ (LSKD's paper); LSKD's code uses torch.std (Bessel): see methods/kd.py",
+    )
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams

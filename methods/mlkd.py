@@ -114,6 +114,11 @@ class MLKD(Method):
     display_name = "MLKD"
     color = "#CC6677"  # Tol's muted scheme, unused by the other methods
     HParams = MLKDHParams
+    release_differences = (
+        "the strong view's instance terms use the strong logits at every T; the release uses the weak ones at T 2 and 6 (official_code: true)",
+        "RandAugment draws from torch's generator in the data stream; the release's from Python's and numpy's in loader workers",
+        "logit_stand divides by the population σ (LSKD's paper); LSKD's code uses torch.std (Bessel): see methods/kd.py",
+    )
 
     @property
     def needs(self) -> Needs:

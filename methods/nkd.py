@@ -61,6 +61,9 @@ class NKD(Method):
     display_name = "NKD"
     color = "#117733"  # Tol's muted scheme, unused by the other methods
     HParams = NKDHParams
+    release_differences = (
+        "non-target softmax without the target class, as cls_KD since 9466b3f; its first release and SDD's copy keep every class",
+    )
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams

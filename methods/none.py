@@ -12,6 +12,7 @@ class NoDistillation(Method):
     name = "none"
     display_name = "Student (no KD)"
     color = "#999999"
+    release_differences = ()  # none known
 
     @property
     def needs(self) -> Needs:

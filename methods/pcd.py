@@ -99,6 +99,10 @@ class PCD(Method):
     display_name = "PCD"
     color = "#CC79A7"
     HParams = PCDHParams
+    release_differences = (
+        "variant: paper ranks classes into groups; the released PCD.py never ranks: full-class KD weighted by λ (variant: official_code)",
+        "the release's logit_stand option is not implemented",
+    )
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams

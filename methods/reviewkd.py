@@ -137,6 +137,12 @@ class ReviewKD(Method):
     color = "#AA4499"  # Tol's muted scheme, unused by the other methods
     HParams = ReviewKDHParams
     version = 2  # 2: the teacher's pre-activation maps, as released
+    release_differences = (
+        "a ShuffleV2 teacher's pre-activation maps come in shuffled channel order; mdistiller leaves them unshuffled",
+        "warm-up counts epochs from 1, as mdistiller; the authors' ReviewKD script counts from 0",
+        "HCL skips pyramid levels by min(H, W) and resizes to H×W; the releases use H and W alone (the same on square maps)",
+        "max_mid_channels is read; mdistiller ignores its MAX_MID_CHANNEL and hard-codes 512 (the default)",
+    )
 
     @property
     def teacher_stages(self) -> tuple[str, ...]:

@@ -134,6 +134,9 @@ class SDD(Method):
     display_name = "SDD"
     color = "#009E73"
     HParams = SDDHParams
+    release_differences = (
+        "pooling: direct (the paper) pools every grid from the final map; the release pools from a 4×4 grid, unlike it on 7×7 maps (official_code)",
+    )
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams

@@ -54,6 +54,9 @@ class WTTM(Method):
     display_name = "WTTM"
     color = "#999933"  # Tol's muted scheme, unused by the other methods
     HParams = WTTMHParams
+    release_differences = (
+        "computed in log space: exact where the release's pow(softmax(z_t), γ) underflows, the release's loss elsewhere",
+    )
 
     def loss(self, student: ModelOutput, teacher: ModelOutput, batch: Batch, epoch: int) -> dict[str, Tensor]:
         hp = self.hparams

@@ -16,7 +16,7 @@ from torch import nn
 
 from kdbench import wavelets
 from kdbench.errors import ConfigError
-from kdbench.method import Batch, TrainContext, ViewOutputs, create_method, list_methods
+from kdbench.method import METHODS, Batch, TrainContext, ViewOutputs, create_method, list_methods
 from kdbench.methods.crd import draw_negatives, nce_loss
 from kdbench.methods.dkd import dkd_loss
 from kdbench.methods.figkd import figkd_loss
@@ -24,7 +24,7 @@ from kdbench.methods.freekd import freekd_loss
 from kdbench.methods.kd import kd_loss
 from kdbench.methods.pcd import pcd_loss, pcd_official_code_loss
 from kdbench.methods.sdd import local_logits
-from kdbench.models import ModelOutput
+from kdbench.models import ModelOutput, preact
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -58,6 +58,7 @@ def make_pair(b=4, c=10, d_s=6, d_t=8, hw_s=4, hw_t=4, seed=0, teacher_grad=True
     hs, ht = nn.Linear(d_s, c), nn.Linear(d_t, c)
     stage_s = {"stage2": torch.randn(b, d_s, 2 * hw_s, 2 * hw_s, generator=g).requires_grad_()}
     stage_t = {"stage2": torch.randn(b, d_t, 2 * hw_t, 2 * hw_t, generator=g).requires_grad_(teacher_grad)}
+    stage_t[preact("stage2")] = torch.randn(b, d_t, 2 * hw_t, 2 * hw_t, generator=g).requires_grad_(teacher_grad)
     return fake_output(fs, hs, stage_s), fake_output(ft, ht, stage_t)
 
 
@@ -435,6 +436,23 @@ def test_freekd_setup_projects_and_resizes():
         create_method("freekd", levels=4).setup(context_for(student, teacher, torch.arange(4)))
     with pytest.raises(ConfigError, match="stage"):
         create_method("freekd", stages=["stage9"]).setup(context_for(student, teacher, torch.arange(4)))
+
+
+# --- differences from the released code, for the reports' protocol card ---------------------
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_release_differences_are_declared_one_line_each(name):
+    """Each bundled method states its known differences from its authors' released code on
+    the class itself (an empty tuple when there are none), one short factual line each."""
+    cls = METHODS.get(name)
+    assert "release_differences" in vars(cls), f"{name} does not declare release_differences"
+    lines = cls.release_differences
+    assert isinstance(lines, tuple)
+    for line in lines:
+        assert isinstance(line, str) and line.strip() == line and line and "\n" not in line, repr(line)
+        assert len(line) <= 160, line
+    assert len(set(lines)) == len(lines)
 
 
 # --- CRD ---------------------------------------------------------------------------------
