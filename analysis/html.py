@@ -30,8 +30,9 @@ import pandas as pd
 from kdbench import store
 from kdbench.store import FAILED, Manifest, runs_dir
 
+from . import fidelity, ranking, style
+from .ranking import Ranking
 from .stats import NOT_COMPUTABLE
-from . import style
 from .style import color, display_name
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -41,8 +42,13 @@ SCREEN_DPI = 144
 
 
 def write_html(path: Path, suite_dir: Path, runs: pd.DataFrame, summary: pd.DataFrame, missing: pd.DataFrame,
-               manifest: Manifest, n_seeds: int, caption: str, paired_caption: str, figures: list[Path]) -> Path:
-    """Render ``report.html`` at ``path``; ``figures`` are the PNG files to embed."""
+               manifest: Manifest, n_seeds: int, caption: str, paired_caption: str, figures: list[Path],
+               ranked: Ranking | None = None, fidelity_caption: str = "") -> Path:
+    """Render ``report.html`` at ``path``; ``figures`` are the PNG files to embed (the
+    critical-difference diagram goes with the ``ranked`` section); the fidelity section
+    needs ``summary``'s fidelity columns (``analysis.fidelity.summarise``)."""
+    diagram = next((f for f in figures if f.stem == "critical_difference"), None)
+    figures = [f for f in figures if f != diagram]
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     columns = list(dict.fromkeys(zip(summary["dataset"], summary["pair"])))
@@ -59,6 +65,9 @@ def write_html(path: Path, suite_dir: Path, runs: pd.DataFrame, summary: pd.Data
         missing=[{"run_id": r.run_id, "dataset": r.dataset, "pair": r.pair, "label": r.label, "seed": _seed(r.seed),
                   "status": r.status, "error": r.error} for r in missing.itertuples()],
         figures=[_figure(f) for f in figures],
+        fidelity_caption=fidelity_caption,
+        fidelity=_fidelity(summary, columns) if fidelity_caption else [],
+        ranking=_ranking(ranked, display_name(manifest.reference or "kd"), diagram),
         runs=[_run(suite_dir, run) for run in runs[runs["run_id"] != "checkpoint"].itertuples()],
     )
     path.write_text(page)
@@ -86,6 +95,28 @@ def _blocks(summary: pd.DataFrame, columns: list[tuple[str, str]], cell) -> list
         if rows:
             blocks.append({"controls": is_control, "rows": rows})
     return blocks
+
+
+def _fidelity(summary: pd.DataFrame, columns: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """One table per fidelity measure: its heading and its blocks of rows, each cell the
+    mean ± std with the paired difference to the reference under it."""
+    def cell(metric: fidelity.Metric, row: pd.Series | None) -> dict[str, Any]:
+        text = fidelity.value_text(metric, row)
+        paired = fidelity.paired_text(metric, row)
+        return {"text": text, "sort": None if text == "–" else row[f"{metric.key}_mean"],
+                "paired": "" if paired == "–" else paired}
+
+    return [{"key": m.key, "heading": m.heading, "higher_is_better": m.higher_is_better,
+             "blocks": _blocks(summary, columns, lambda row, m=m: cell(m, row))} for m in fidelity.METRICS]
+
+
+def _ranking(ranked: Ranking | None, reference: str, diagram: Path | None) -> dict[str, Any] | None:
+    """The ranking section: caption, table rows and diagram; None without a ranking object."""
+    if ranked is None:
+        return None
+    header, body = ranking.rows(ranked, reference) if ranked.exists else ([], [])
+    return {"caption": ranking.caption(ranked, reference), "header": header, "body": body,
+            "figure": _figure(diagram) if diagram is not None else None}
 
 
 def _accuracy_cell(row: pd.Series | None) -> dict[str, Any]:

@@ -60,7 +60,7 @@ import pandas as pd
 
 from kdbench.store import Manifest, load_manifest
 
-from . import curves
+from . import curves, fidelity, ranking
 from .runs import (
     SELECTION_COLUMN,
     SELECTION_TEXT,
@@ -219,16 +219,21 @@ def left_out(runs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, transpose: bool = False) -> list[Path]:
+def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, transpose: bool = False,
+                 confusable_k: int = fidelity.DEFAULT_K) -> list[Path]:
     """Write the tables and figures of a suite's results folder; returns the files written.
 
-    See the module docstring for what each file contains.
+    See the module docstring for what each file contains; ``confusable_k``: how many of
+    each class's most confused classes make its confusable pairs (``analysis.fidelity``).
     """
     suite_dir = Path(suite_dir)
     runs, manifest = run_table(suite_dir)
+    runs = pd.concat([runs, fidelity.fidelity_columns(suite_dir, runs, confusable_k)], axis=1)
     out = Path(out_dir) if out_dir is not None else suite_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(runs, manifest)
+    reference = reference_label(manifest)
+    summary = fidelity.summarise(runs, summarise(runs, manifest), reference, confusable_k)
+    ranked = ranking.rank_methods(summary, runs, reference)
     name = manifest.suite or suite_dir.name
     n_seeds = seed_count(runs)
     missing = left_out(runs)
@@ -239,7 +244,10 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
     written[2].write_text(_markdown(summary, missing, name, manifest, n_seeds, transpose))
     written[3].write_text(_latex(summary, missing, name, manifest, n_seeds, transpose))
     written[4].write_text(_latex_paired(summary, name, manifest))
-    figures = curves.plot_training_curves(suite_dir, runs, out / "figures")
+    written += fidelity.write_tables(summary, out, name, display_name(reference), confusable_k)
+    written += ranking.write_ranking(ranked, out, name, display_name(reference))
+    figures = ranking.plot_critical_difference(ranked, out / "figures" / "critical_difference")
+    figures += curves.plot_training_curves(suite_dir, runs, out / "figures")
     figures += curves.plot_teacher_gap(summary, out / "figures" / "teacher_gap")
     if (runs["status"] == "finished").any():  # runs keep their test logits: the spectra come with the report
         from .spectra import write_spectra
@@ -250,7 +258,8 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
     written += figures
     written.append(write_html(out / "report.html", suite_dir, runs, summary, missing, manifest, n_seeds,
                               caption(name, manifest, n_seeds, summary, len(missing)), paired_caption(manifest),
-                              [f for f in figures if f.suffix == ".png"]))
+                              [f for f in figures if f.suffix == ".png"], ranked=ranked,
+                              fidelity_caption=fidelity.caption(summary, display_name(reference), confusable_k)))
     return written
 
 
