@@ -22,7 +22,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if legacy:
         print(f"warning: left out of the report: {legacy_message(args.results_dir, legacy)}", file=sys.stderr)
 
-    print_written(write_report(args.results_dir, args.out, transpose=args.transpose))
+    print_written(write_report(args.results_dir, args.out, transpose=args.transpose, confusable_k=args.confusable_k))
     return 0
 
 
@@ -50,6 +50,9 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="a suite's results folder, e.g. results/quick")
     p.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
     p.add_argument("--transpose", action="store_true", help="datasets as rows and methods as columns")
+    p.add_argument("--confusable-k", type=int, default=3,
+                   help="each class's most confused classes (in the teacher's validation confusion matrix) whose "
+                        "pairs the confusable-pair accuracy scores")
     p.set_defaults(fn=cmd_report)
 
     p = subparsers.add_parser(

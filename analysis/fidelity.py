@@ -48,7 +48,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from kdbench import store
 from kdbench.checkpoints import safe_load
-from kdbench.errors import CheckpointError, KDBenchError
+from kdbench.errors import CheckpointError, ConfigError, KDBenchError
 from kdbench.store import runs_dir
 
 from .runs import columns, read_test_logits
@@ -225,6 +225,8 @@ def column_teacher(suite_dir: Path, here: pd.DataFrame) -> TeacherLogits | None:
 def fidelity_columns(suite_dir: str | Path, runs: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
     """``RUN_COLUMNS`` for every row of ``runs`` (``report.run_table``), on its index; nan
     for a run that has not finished or has no test logits."""
+    if k < 1:
+        raise ConfigError(f"confusable pairs need at least one confused class per class (--confusable-k), got {k}")
     suite_dir = Path(suite_dir)
     out = pd.DataFrame(math.nan, index=runs.index, columns=RUN_COLUMNS).astype({"confusable_split": object})
     out["confusable_split"] = ""
