@@ -48,6 +48,13 @@ Outputs, in ``out_dir`` (default ``<suite_dir>/report``):
   ``analysis.curves``);
 - the logit spectra of every finished run (``spectra.csv``, ``spectra_positions.csv``,
   ``figures/spectrum_*``; see ``analysis.spectra``).
+- what the students learned from their teachers (``analysis.fidelity``): per run, in
+  ``runs.csv``, agreement, kl, nll, ece, confusable and confusable_split; per cell, in
+  ``summary.csv``, each one's mean, std and paired test against the reference
+  (``<measure>_mean`` … ``_significant``); ``fidelity.md`` and ``fidelity.tex``.
+- the ranking across cells (``analysis.ranking``): ``ranking.md``, ``ranking.tex``,
+  ``ranking.csv`` and ``figures/critical_difference`` (with one cell, ``ranking.md`` says
+  that no ranking exists).
 """
 
 from __future__ import annotations
