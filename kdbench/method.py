@@ -62,7 +62,8 @@ class Needs:
     teacher: bool = True
     stages: tuple[str, ...] = ()  # intermediate stages of both models, e.g. ("stage3",)
     # The teacher's stages where they are not the student's (a CIFAR VGG's stage numbers
-    # count its stem block, a MobileNetV2's do not); left out: ``stages``.
+    # count its stem block, a MobileNetV2's do not); left out: ``stages``. A name may be
+    # ``kdbench.models.preact(stage)``, the stage's pre-activation map (ReviewKD's).
     teacher_stages: tuple[str, ...] | None = None
     # The teacher's logits on every training sample (eval transform), computed once before
     # training, for methods that calibrate on them (FiGKD's teacher class order).
