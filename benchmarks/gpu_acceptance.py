@@ -45,7 +45,7 @@ def steps(out: Path, cpu: bool) -> list[dict]:
     # the suites' recipes train in fp32 by default: bf16 takes (and checks) the autocast path
     doctor = [*KDBENCH, "doctor", "suites/quick.yaml", "--out", str(results), "--device", device,
               "--json", str(out / "doctor.json"), "--precision", "bf16"]
-    suite = [*KDBENCH, "run", "suites/quick.yaml", "--out", str(results), "--device", device]
+    suite = [*KDBENCH, "run", "suites/quick.yaml", "--out", str(results), "--device", device, "--no-report"]
     bench_args = dict(device_name=device, steps=20, rounds=5)
     train = ["--nproc_per_node", "2", "-m", "kdbench.cli", "train", "--dataset", "digits", "--data-option",
              "image_size=16", "--teacher", "resnet20", "--student", "resnet8", "--method", "kd", "--device", device,
@@ -53,8 +53,7 @@ def steps(out: Path, cpu: bool) -> list[dict]:
     if cpu:
         # the two-process path is the torchrun step's here
         doctor += ["--paths-on-cpu", "--compile-backend", "aot_eager", "--no-estimate", "--skip", "two-process step"]
-        suite += ["--smoke", "--only", "dataset=digits", "--only", "method=kd", "--only", "seed=0", "--no-report",
-                  "--workers", "1"]
+        suite += ["--smoke", "--only", "dataset=digits", "--only", "method=kd", "--only", "seed=0", "--workers", "1"]
         bench_args = dict(device_name=device, teacher_name="resnet20", student_name="resnet8", batch_size=8,
                           image_size=16, num_classes=10, methods=["kd", "fitnet"], steps=1, rounds=1,
                           large_images=20)  # 10 test images (one per class), 10 train
@@ -66,7 +65,7 @@ def steps(out: Path, cpu: bool) -> list[dict]:
     bench = [sys.executable, "-c", "import json, sys; from kdbench.bench import run_bench; "
              f"json.dump(run_bench(**{bench_args!r}), open(sys.argv[1], 'w'), default=str)", str(out / "bench.json")]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", *train]
-    limits = [300] * 4 if cpu else [150, 170, 150, 60]  # the CPU form's: a shared machine may crawl
+    limits = [300] * 4 if cpu else [120, 200, 110, 50]  # the CPU form's: a shared machine may crawl
     return [{"name": name, "command": command, "limit": limit} for name, command, limit in
             zip(("doctor", "quick suite", "bench a-d", "torchrun 2 processes"), (doctor, suite, bench, torchrun),
                 limits)]

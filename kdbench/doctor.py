@@ -120,7 +120,10 @@ def _nccl() -> str:
 def suite_checks(suite, out: Path, data_root: str | None) -> list[Check]:
     """Data sets, teacher checkpoints, prepared stores, results folder, tracking sinks."""
     from .data import create_dataset, resolve_data_root
+    from .data.base import resized_short_side
+    from .data.prepared import store_root
     from .errors import DataError
+    from .runner.cost import OFFICIAL_TRAIN_TEST
 
     checks = []
     classes: dict[str, int] = {}
@@ -131,6 +134,11 @@ def suite_checks(suite, out: Path, data_root: str | None) -> list[Check]:
             data = create_dataset(spec.name, root, val_fraction=spec.val_fraction, augment="none", **options)
         except DataError as exc:
             checks.append(Check(f"data {spec.name}", "FAIL", str(exc)))
+            if spec.options.get("prepared") and spec.name in OFFICIAL_TRAIN_TEST:
+                short = resized_short_side(spec.options.get("image_size", 224))
+                need = 3 * short * round(short * 4 / 3) * sum(OFFICIAL_TRAIN_TEST[spec.name])
+                checks.append(Check(f"prepared {spec.name}", "SKIP", f"made from the set once it is here: about "
+                                    f"{gib(need)} (4:3 photos) at {store_root(root)}"))
             continue
         classes[spec.name] = data.num_classes
         checks.append(Check(f"data {spec.name}", "PASS", f"{len(data.train)} train / {len(data.val)} val / "
@@ -462,9 +470,10 @@ def smoke_data_parallel(probe: Probe, device: torch.device, options) -> list[Che
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="kdbench-doctor-dp-") as tmp:
-        try:
-            mp.start_processes(_data_parallel_rank, args=(2, port, probe, str(device), options, tmp), nprocs=2,
-                               start_method="spawn")
+        try:  # DDP's warning that KD leaves no parameter unused is not the doctor's news
+            with mock.patch.dict(os.environ, {"TORCH_CPP_LOG_LEVEL": "ERROR"}):
+                mp.start_processes(_data_parallel_rank, args=(2, port, probe, str(device), options, tmp), nprocs=2,
+                                   start_method="spawn")
         except mp.ProcessRaisedException as exc:
             return [Check("two-process step", "FAIL", str(exc).strip().splitlines()[-1])]
         results = [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(2)]
@@ -501,7 +510,7 @@ GPU_PATHS: dict[str, Callable[..., list[Check]]] = {
     "prepared-store crop": smoke_prepared_crop, "torch.compile": smoke_compile, "stacked students": smoke_stacked,
 }
 WHY_GPU = {
-    "autocast": "the engine autocasts on CUDA", "channels-last": "on by default on CUDA only",
+    "autocast": "bf16 and fp16 autocast are for GPUs", "channels-last": "on by default on CUDA only",
     "device-held set": "on by default on CUDA only", "prepared-store crop": "crops on the GPU",
     "torch.compile": "pays on GPUs only", "stacked students": "pays on GPUs only",
 }

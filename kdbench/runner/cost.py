@@ -136,10 +136,12 @@ class Rates:
 
 @dataclass
 class Group:
-    """The calls timed together: one data shape, batch and precision."""
+    """The calls timed together: one image size, batch and precision (data sets alike in
+    these share their timings; the calls are timed at the largest class count and
+    training set among them)."""
 
-    key: tuple  # (data set spec JSON, batch size, precision)
-    dataset: str
+    key: tuple  # (image size, batch size, precision)
+    datasets: list[str]
     shape: DataShape
     recipe: Recipe
     teachers: dict[str, set[str]] = field(default_factory=dict)  # teacher model → stages tapped
@@ -147,9 +149,9 @@ class Group:
     students: set[str] = field(default_factory=set)
 
 
-def _group_key(job: Job) -> tuple:
+def _group_key(job: Job, shape: DataShape) -> tuple:
     recipe = job.spec.recipe
-    return job.spec.dataset.model_dump_json(), recipe.batch_size, training_precision(recipe)
+    return shape.image_size, recipe.batch_size, training_precision(recipe)
 
 
 def _step_key(job: Job, method: Method) -> tuple[str, str | None, str]:
@@ -167,7 +169,8 @@ def measure(groups: list[Group], device: torch.device, options: EngineOptions,
     for group in groups:
         shape, n = group.shape, measured_batch(group.recipe.batch_size, group.shape.image_size, device)
         rates.batch[group.key] = n
-        say(f"  timing {len(group.steps)} step(s) at {shape.image_size} px, {n} images per call …")
+        say(f"  timing {len(group.steps)} step(s) at {shape.image_size} px ({', '.join(group.datasets)}), {n} images "
+            "per call …")
         channels_last = uses_channels_last(options, device)
         autocast = autocast_for(group.recipe, device)
         torch.manual_seed(0)
@@ -274,8 +277,13 @@ def estimate(jobs: list[Job], cohort_size: int, data_root: str | None, options: 
     for cohort in cohorts:
         for job in cohort:
             method = methods[job.run_id]
-            key = _group_key(job)
-            group = groups.setdefault(key, Group(key, job.spec.dataset.name, shapes[key[0]], job.spec.recipe))
+            shape = shapes[job.spec.dataset.model_dump_json()]
+            key = _group_key(job, shape)
+            group = groups.setdefault(key, Group(key, [], shape, job.spec.recipe))
+            if job.spec.dataset.name not in group.datasets:
+                group.datasets.append(job.spec.dataset.name)
+            group.shape = replace(group.shape, num_classes=max(group.shape.num_classes, shape.num_classes),
+                                  train=max(group.shape.train, shape.train))
             step = _step_key(job, method)
             group.steps.setdefault(step, job)
             families.setdefault(step[2], job.spec.method)
@@ -285,7 +293,7 @@ def estimate(jobs: list[Job], cohort_size: int, data_root: str | None, options: 
     rates = measure(list(groups.values()), device, options, say)
     lines: dict[tuple[str, str], Line] = {}
     for cohort in cohorts:
-        own, shared = _cohort_seconds(cohort, methods, rates, groups)
+        own, shared = _cohort_seconds(cohort, methods, rates, groups, shapes)
         for job in cohort:
             line = lines.setdefault((job.spec.dataset.name, job.pair), Line(job.spec.dataset.name, job.pair))
             seconds = own[job.run_id] + shared / len(cohort)
@@ -294,17 +302,18 @@ def estimate(jobs: list[Job], cohort_size: int, data_root: str | None, options: 
             line.alone += own[job.run_id] + (shared if _step_key(job, methods[job.run_id])[1] else 0.0)
             line.left += 0.0 if job.run_id in finished else seconds
     return Estimate(str(device), list(lines.values()), families, unknown,
-                    {group.dataset: rates.batch[key] for key, group in groups.items()},
+                    {", ".join(group.datasets): rates.batch[key] for key, group in groups.items()},
                     sorted({j.spec.dataset.name for j in costed if not shapes[j.spec.dataset.model_dump_json()].found}))
 
 
-def _cohort_seconds(cohort: tuple[Job, ...], methods: dict[str, Method], rates: Rates,
-                    groups: dict[tuple, Group]) -> tuple[dict[str, float], float]:
+def _cohort_seconds(cohort: tuple[Job, ...], methods: dict[str, Method], rates: Rates, groups: dict[tuple, Group],
+                    shapes: dict[str, DataShape]) -> tuple[dict[str, float], float]:
     """Each run's own seconds (its steps and evaluation) and the seconds its cohort shares
     (the teacher's forward per batch, its test evaluation, its logits on the training split)."""
     lead = cohort[0]
-    group = groups[_group_key(lead)]
-    shape, recipe, seconds = group.shape, lead.spec.recipe, rates.seconds
+    shape = shapes[lead.spec.dataset.model_dump_json()]
+    group = groups[_group_key(lead, shape)]
+    recipe, seconds = lead.spec.recipe, rates.seconds
     steps = math.ceil(shape.train / recipe.batch_size) * recipe.batch_size  # images stepped per epoch
     own = {}
     for job in cohort:
