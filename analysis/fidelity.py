@@ -355,27 +355,35 @@ def markdown(summary: pd.DataFrame, reference_name: str, k: int) -> str:
     """``fidelity.md``: per measure, the values and the paired differences to the reference."""
     text = f"# Fidelity, calibration and confusable classes\n\n{caption(summary, reference_name, k)}\n"
     for metric in METRICS:
-        for title, cell in ((metric.heading, value_text), (f"{metric.heading}: paired difference to {reference_name}",
-                                                           paired_text)):
-            cols, rows = _grid(summary, lambda row, cell=cell: cell(metric, row))
-            text += f"\n## {title}\n\n" + markdown_table(["Method", *(f"{d} {p}" for d, p in cols)],
-                                                         [[name, *cells] for name, cells in rows])
+        cols, rows = _grid(summary, lambda row: value_text(metric, row))
+        text += f"\n## {metric.heading}\n\n" + markdown_table(["Method", *(f"{d} {p}" for d, p in cols)],
+                                                               [[name, *cells] for name, cells in rows])
+        tested = summary[summary[f"{metric.key}_paired_n"].notna()]
+        if len(tested):
+            cols, rows = _grid(tested, lambda row: paired_text(metric, row))
+            text += (f"\n### {metric.heading}: paired difference to {reference_name}\n\n"
+                     + markdown_table(["Method", *(f"{d} {p}" for d, p in cols)], [[n, *c] for n, c in rows]))
     return text
 
 
 def latex(summary: pd.DataFrame, name: str, reference_name: str, k: int) -> str:
-    """``fidelity.tex``: one booktabs table per measure, cells ``mean ± std`` over ``Δ [CI]``."""
+    """``fidelity.tex``: one booktabs table per measure, each cell ``mean ± std`` over its
+    paired difference to the reference in small type."""
+    def stacked(value: str, paired: str) -> str:
+        if value == "–":
+            return "--"
+        lines = latex_escape(value) + (f" \\\\ {{\\scriptsize {latex_escape(paired)}}}" if paired != "–" else "")
+        return f"\\begin{{tabular}}[t]{{@{{}}c@{{}}}}{lines}\\end{{tabular}}"
+
     tables = []
     for metric in METRICS:
         cols, values = _grid(summary, lambda row: value_text(metric, row))
         _, paired = _grid(summary, lambda row: paired_text(metric, row))
         header = [["Method", *(latex_escape(d) for d, _ in cols)], ["", *(latex_escape(p) for _, p in cols)]]
-        body = [[latex_escape(label), *(latex_escape(v) + (f" \\\\ {{\\scriptsize {latex_escape(p)}}}" if p != "–"
-                                                            else "") for v, p in zip(cells, paired_cells))]
+        body = [[latex_escape(label), *(stacked(v, p) for v, p in zip(cells, paired_cells))]
                 for (label, cells), (_, paired_cells) in zip(values, paired)]
-        body = [[row[0], *(f"\\begin{{tabular}}[t]{{@{{}}c@{{}}}}{c}\\end{{tabular}}" for c in row[1:])] for row in body]
-        tables.append(latex_table(header, body, latex_escape(f"{metric.heading}. " + caption(summary, reference_name, k)),
-                                  f"tab:{name}-{metric.key}", "l" + "c" * len(cols)))
+        text = latex_escape(f"{metric.heading}. {caption(summary, reference_name, k)}")
+        tables.append(latex_table(header, body, text, f"tab:{name}-{metric.key}", "l" + "c" * len(cols)))
     return "\n".join(tables)
 
 

@@ -25,6 +25,10 @@ _LATEX_SPECIAL = {
     "Δ": r"$\Delta$",
     "−": r"$-$",
     "†": r"$^\dagger$",
+    "‖": r"$\|$",
+    "χ": r"$\chi$",
+    "²": r"$^2$",
+    "α": r"$\alpha$",
     "<": r"$<$",  # the default T1/OT1 text fonts print < and > as other glyphs
     ">": r"$>$",
 }

@@ -222,6 +222,37 @@ def test_a_student_keeps_its_teachers_test_and_validation_logits(teacher_out, tm
     top1 = 100 * (saved["test"]["logits"].float().argmax(1) == saved["test"]["labels"]).double().mean().item()
     assert top1 == pytest.approx(record.summary.teacher_test_top1)
     assert saved["val"]["logits"].shape == (96, 10) and len(saved["val"]["labels"]) == 96
-    alone = spec.model_copy(update={"method": "none", "teacher": None})
+    alone = student_spec(teacher, method="none", recipe=spec.recipe).model_copy(update={"teacher": None})
     train_run(alone, tmp_path / "none", options)
     assert not (tmp_path / "none" / store.TEACHER_LOGITS).exists()
+
+
+def test_a_suites_runs_get_their_measures_from_the_saved_logits(tmp_path):
+    """On the report's fixture (teacher runs, no teacher_logits.pt: the teacher run's own
+    test logits, pairs cross-fitted on test): each run's agreement is sklearn's between its
+    saved logits and the teacher's, and the tables carry the summary's numbers."""
+    from test_analysis import SAMPLES, make_results
+
+    from kdbench.analysis.report import reference_label, run_table, summarise
+
+    suite_dir = make_results(tmp_path)
+    runs, manifest = run_table(suite_dir)
+    runs = pd.concat([runs, fidelity.fidelity_columns(suite_dir, runs)], axis=1)
+    finished = runs[(runs["status"] == "finished") & (runs["role"] != "teacher")]
+    assert len(finished) == 16 and finished["agreement"].notna().all()
+    teachers = runs[runs["role"] == "teacher"].set_index("dataset")["run_id"]
+    for run in finished.itertuples():
+        own = safe_load(suite_dir / "runs" / run.run_id / store.TEST_LOGITS)["logits"].double()
+        teacher = safe_load(suite_dir / "runs" / teachers[run.dataset] / store.TEST_LOGITS)["logits"].double()
+        assert run.agreement == pytest.approx(100 * accuracy_score(teacher.argmax(1), own.argmax(1)))
+        assert run.confusable_split == fidelity.CROSS_FIT
+    assert len(own) == SAMPLES
+    summary = fidelity.summarise(runs, summarise(runs, manifest), reference_label(manifest), fidelity.DEFAULT_K)
+    row = summary[(summary["dataset"] == "digits") & (summary["label"] == "figkd")].iloc[0]
+    cell = finished[(finished["dataset"] == "digits") & (finished["label"] == "figkd")]
+    assert row["agreement_mean"] == pytest.approx(cell["agreement"].mean())
+    text = fidelity.markdown(summary, "KD", fidelity.DEFAULT_K)
+    assert f"| FiGKD | {row['agreement_mean']:.2f} ± {row['agreement_std']:.2f}" in text
+    assert "test, 2-fold cross-fit split" in text
+    with pytest.raises(Exception, match="--confusable-k"):
+        fidelity.fidelity_columns(suite_dir, runs, k=0)
