@@ -23,7 +23,7 @@ a method that calibrates on them, the teacher's logits on the training split. Ea
 share is its own step and evaluation plus an equal part of what its cohort shares.
 
 On a GPU each call is timed at the recipe's batch. On the CPU a batch is cut to at most
-``CPU_PIXELS`` pixels per call (5 images at 224 px) and its time scaled to the recipe's
+``CPU_PIXELS`` pixels per call (2 images at 224 px, 128 at 32 px) and its time scaled to the recipe's
 batch: a CPU's time per image barely changes with the batch, and a 128-image step of a
 ResNet-34 at 224 px takes tens of seconds there. Not counted: process start, data loading
 (the device-held set and prepared stores keep it off the critical path on GPUs; a PIL
@@ -35,6 +35,7 @@ one family differ in cost (ReviewKD's step is several times FitNet's): ``kdbench
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -63,8 +64,8 @@ OFFICIAL_TRAIN_TEST: dict[str, tuple[int, int]] = {**OFFICIAL_COUNTS, "cifar100"
 OFFICIAL_CLASSES: dict[str, int] = {"cub200": 200, "stanford-dogs": 120, "mit67": 67, "stanford40": 40,
                                     "fgvc-aircraft": 100, "flowers102": 102, "cifar100": 100, "tiny-imagenet": 200}
 NATIVE_SIZE: dict[str, int] = {"cifar100": 32, "tiny-imagenet": 64}  # sets without an image_size option
-CPU_PIXELS = 2**18  # on the CPU, a timed call holds at most this many pixels (see the module docstring)
-ROUNDS = 3  # timing rounds per contender
+CPU_PIXELS = 2**17  # on the CPU, a timed call holds at most this many pixels (see the module docstring)
+ROUNDS = 2  # timing rounds per contender, after a warm-up call and a sizing call
 
 
 def family(method: Method) -> str:
@@ -244,6 +245,7 @@ class Estimate:
     unknown: list[str]  # data sets that could not be costed, with why
     batch: dict[str, int]  # data set → images per timed call (on the CPU, fewer than the recipe's)
     official: list[str]  # data sets costed at their official sizes (not found here)
+    load: float  # the machine's load average (1 min) when the calls were timed: a shared CPU's times grow with it
 
     @property
     def seconds(self) -> float:
@@ -291,6 +293,7 @@ def estimate(jobs: list[Job], cohort_size: int, data_root: str | None, options: 
             if step[1] is not None:
                 group.teachers.setdefault(step[1], set()).update(method.needs.teacher_stages)
     rates = measure(list(groups.values()), device, options, say)
+    load = os.getloadavg()[0]
     lines: dict[tuple[str, str], Line] = {}
     for cohort in cohorts:
         own, shared = _cohort_seconds(cohort, methods, rates, groups, shapes)
@@ -303,7 +306,8 @@ def estimate(jobs: list[Job], cohort_size: int, data_root: str | None, options: 
             line.left += 0.0 if job.run_id in finished else seconds
     return Estimate(str(device), list(lines.values()), families, unknown,
                     {", ".join(group.datasets): rates.batch[key] for key, group in groups.items()},
-                    sorted({j.spec.dataset.name for j in costed if not shapes[j.spec.dataset.model_dump_json()].found}))
+                    sorted({j.spec.dataset.name for j in costed if not shapes[j.spec.dataset.model_dump_json()].found}),
+                    load)
 
 
 def _cohort_seconds(cohort: tuple[Job, ...], methods: dict[str, Method], rates: Rates, groups: dict[tuple, Group],
@@ -347,6 +351,9 @@ def describe(estimate: Estimate, threads: int | None = None) -> list[str]:
         saved = 1 - estimate.seconds / estimate.alone if estimate.alone else 0.0
         lines.append(f"  one by one (no cohorts) {hours(estimate.alone)} h: cohorts save {saved:.0%}")
         lines.append("  families timed with: " + ", ".join(f"{f} ({m})" for f, m in estimate.families.items()))
+    if estimate.device == "cpu":
+        lines.append(f"  timed at load average {estimate.load:.1f} on {os.cpu_count()} cores: on a shared machine the "
+                     "figures grow with the load")
     if estimate.device == "cpu" and estimate.batch:
         lines.append("  on the CPU each call held " + ", ".join(f"{n} images ({name})" for name, n in estimate.batch.items())
                      + ", scaled to the recipe's batch")
