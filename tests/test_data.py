@@ -340,7 +340,7 @@ def labelled_items(split) -> dict[str, int]:
 
 
 def test_every_registered_set_has_a_test() -> None:
-    assert set(list_datasets()) == {*LAYOUTS, "digits", "synthetic-fg"}
+    assert set(list_datasets()) == {*LAYOUTS, "digits", "synthetic-fg", "glyphs"}
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
@@ -574,3 +574,58 @@ def test_batch_crop_matches_the_per_image_transforms():
         assert found, i
         offsets.add(found[0])
     assert len(offsets) > 4  # each image draws its own crop and flip
+
+
+GLYPHS = {"num_groups": 3, "classes_per_group": 4, "glyph_size": 4, "detail_pixels": 2, "train_per_class": 10,
+          "test_per_class": 5, "image_size": 8}
+
+
+def test_glyphs_shapes_splits_and_determinism() -> None:
+    splits = create_dataset("glyphs", seed=0, val_fraction=0.2, **GLYPHS)
+    assert (splits.num_classes, splits.input_size) == (12, 8)
+    assert splits.classes[:5] == ["group0-variant0", "group0-variant1", "group0-variant2", "group0-variant3",
+                                  "group1-variant0"]
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (96, 24, 60)
+    assert torch.bincount(splits.val.labels).tolist() == [2] * 12
+    assert splits.train[0][0].shape == (3, 8, 8)
+    same_data = create_dataset("glyphs", seed=1, **GLYPHS)  # another training seed: same images
+    assert torch.equal(splits.train.images, same_data.train.images)
+    assert torch.equal(splits.test.images, same_data.test.images)
+    more_test = create_dataset("glyphs", **{**GLYPHS, "test_per_class": 7})
+    assert torch.equal(splits.train.images, more_test.train.images)
+    assert not torch.equal(splits.train.images, create_dataset("glyphs", data_seed=1, **GLYPHS).train.images)
+
+
+def _ink(image: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the pixels that differ from the image's background (noise and clutter off)."""
+    flat = image.flatten(1)
+    values, counts = flat.unique(dim=1, return_counts=True)
+    background = values[:, counts.argmax()]
+    return (image != background[:, None, None]).any(0)
+
+
+def _hamming_up_to_shift(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Fewest differing pixels between two ink masks over every translation of b."""
+    size = a.shape[0]
+    padded = torch.nn.functional.pad(b, [size] * 4)
+    return min(int((a ^ padded[y:y + size, x:x + size]).sum()) for y in range(2 * size + 1) for x in range(2 * size + 1))
+
+
+def test_glyphs_variants_of_a_group_differ_in_their_detail_cells_only() -> None:
+    clean = {**GLYPHS, "noise": 0.0, "clutter_pixels": 0, "test_per_class": 2}
+    test = create_dataset("glyphs", **clean).test
+    ink = {c: [_ink(test.images[i]) for i in (test.labels == c).nonzero().flatten().tolist()] for c in range(12)}
+    for c in range(12):  # the same glyph in every image of a class, wherever it lands
+        assert _hamming_up_to_shift(ink[c][0], ink[c][1]) == 0
+    for c in range(4):  # the four variants of group 0: 2 + 2 flipped cells apart
+        for d in range(c + 1, 4):
+            assert _hamming_up_to_shift(ink[c][0], ink[d][0]) == 4
+    paper = {c: test.images[i, :, 0, 0] for c in range(12) for i in [int((test.labels == c).nonzero()[0])]}
+    assert not torch.equal(paper[0], paper[4])  # groups differ in colour
+
+
+def test_glyphs_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="glyph_size 4 has 16"):
+        create_dataset("glyphs", **{**GLYPHS, "classes_per_group": 9})
+    with pytest.raises(ConfigError, match="exceeds image_size"):
+        create_dataset("glyphs", **{**GLYPHS, "glyph_size": 9})

@@ -83,7 +83,7 @@ Factory = Callable[..., DataSplits]
 
 
 def _import_loaders() -> None:
-    from . import real, synthetic  # noqa: F401  (their decorators register the sets)
+    from . import glyphs, real, synthetic  # noqa: F401  (their decorators register the sets)
 
 
 DATASETS: Registry[Factory] = Registry("dataset", discover=_import_loaders)

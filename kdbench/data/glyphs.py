@@ -1,0 +1,135 @@
+"""``glyphs``: a generated set of look-alike classes that only a few pixels tell apart."""
+
+from __future__ import annotations
+
+import colorsys
+from pathlib import Path
+
+import torch
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt
+from torch import Tensor
+
+from ..errors import ConfigError
+from . import register_dataset
+from .base import DataSplits, Splitter, TensorImageDataset, padded_crop_transforms
+
+HALF = (0.5, 0.5, 0.5)  # mean and std that map [0, 1] to [-1, 1]
+
+
+@register_dataset("glyphs")
+def glyphs(
+    root: Path,
+    splitter: Splitter,
+    *,
+    num_groups: PositiveInt = 20,
+    classes_per_group: PositiveInt = 5,
+    glyph_size: PositiveInt = 5,
+    detail_pixels: PositiveInt = 2,
+    clutter_pixels: NonNegativeInt = 6,
+    noise: NonNegativeFloat = 0.1,
+    train_per_class: PositiveInt = 50,
+    test_per_class: PositiveInt = 50,
+    image_size: PositiveInt = 12,
+    data_seed: NonNegativeInt = 0,
+) -> DataSplits:
+    """``num_groups × classes_per_group`` classes of small glyphs; class
+    ``g·classes_per_group + k`` is variant ``k`` of group ``g``.
+
+    A group fixes the coarse look: its ink and background colours and a random
+    ``glyph_size``² binary glyph. Variant ``k`` flips ``detail_pixels`` cells of that glyph,
+    a set of its own, disjoint from the other variants' sets, so any two classes of a group
+    differ in exactly ``2·detail_pixels`` cells and look alike at a glance. Every image
+    places its glyph at its own position, draws its ink contrast and background gain, adds
+    ``clutter_pixels`` stray pixels of the ink colour (which can land beside the glyph and
+    mimic a detail: the source of the set's genuine confusions, all within groups) and
+    Gaussian pixel noise of standard deviation ``noise``. The rendering uses additions,
+    multiplications and rounding only, so the bytes are the same on every machine.
+
+    The images depend only on ``data_seed`` and the options, never on the training seed;
+    changing ``test_per_class`` leaves the training images as they were. Augmentation:
+    RandomCrop(image_size, padding 1), no flip (a mirrored glyph is another glyph)."""
+    cells = glyph_size * glyph_size
+    if classes_per_group * detail_pixels > cells:
+        raise ConfigError(
+            f"dataset 'glyphs': {classes_per_group} variants of {detail_pixels} cells each need "
+            f"{classes_per_group * detail_pixels} distinct cells, but a glyph of glyph_size "
+            f"{glyph_size} has {cells}: lower classes_per_group or detail_pixels, or raise glyph_size"
+        )
+    if glyph_size > image_size:
+        raise ConfigError(f"dataset 'glyphs': glyph_size {glyph_size} exceeds image_size {image_size}")
+    num_classes = num_groups * classes_per_group
+    style = _Style(_generator(data_seed, 0), num_groups, classes_per_group, glyph_size, detail_pixels)
+
+    def generate(per_class: int, stream: int) -> TensorImageDataset:
+        labels = torch.arange(num_classes).repeat_interleave(per_class)
+        images = _render(style, labels, image_size, clutter_pixels, noise, _generator(data_seed, stream))
+        return TensorImageDataset(images, labels)
+
+    classes = [f"group{g}-variant{k}" for g in range(num_groups) for k in range(classes_per_group)]
+    transforms = padded_crop_transforms(image_size, 1, flip=False, mean=HALF, std=HALF)
+    return splitter.make(
+        generate(train_per_class, 1), generate(test_per_class, 2), classes, image_size, transforms
+    )
+
+
+def _generator(data_seed: int, stream: int) -> torch.Generator:
+    """Independent random streams: 0 for the groups and variants, 1 for the training
+    images, 2 for the test images."""
+    return torch.Generator().manual_seed(data_seed * 3 + stream)
+
+
+class _Style:
+    """Each group's colours and glyph, and each class's glyph (its group's, with its own
+    cells flipped)."""
+
+    def __init__(self, generator: torch.Generator, num_groups: int, per_group: int, size: int,
+                 detail: int) -> None:
+        hues = (torch.arange(num_groups) + torch.rand(num_groups, generator=generator)) / num_groups
+        order = torch.randperm(num_groups, generator=generator)  # background hue unrelated to ink hue
+        value = 0.55 + 0.4 * torch.rand(num_groups, generator=generator)
+        self.ink = torch.tensor([colorsys.hsv_to_rgb(float(h), 0.8, float(v)) for h, v in zip(hues, value)])
+        self.paper = torch.tensor([colorsys.hsv_to_rgb(float(h), 0.5, 0.3) for h in hues[order]])
+        base = torch.rand(num_groups, size * size, generator=generator) < 0.5
+        glyphs = base.repeat_interleave(per_group, 0)
+        for g in range(num_groups):
+            cells = torch.randperm(size * size, generator=generator)[: per_group * detail].view(per_group, detail)
+            for k in range(per_group):
+                glyphs[g * per_group + k, cells[k]] ^= True
+        self.glyphs = glyphs.view(-1, size, size).float()
+        self.per_group = per_group
+
+
+_CHUNK = 1024  # images rendered at once
+
+
+def _render(style: _Style, labels: Tensor, size: int, clutter: int, noise: float,
+            generator: torch.Generator) -> Tensor:
+    """uint8 images N×3×size×size for ``labels``; every random draw comes from ``generator``."""
+    n, glyph = len(labels), style.glyphs.shape[-1]
+    group = labels // style.per_group
+    x0 = torch.randint(0, size - glyph + 1, (n,), generator=generator)
+    y0 = torch.randint(0, size - glyph + 1, (n,), generator=generator)
+    contrast = 0.6 + 0.4 * torch.rand(n, generator=generator)
+    gain = 0.8 + 0.4 * torch.rand(n, generator=generator)
+    stray = torch.randint(0, size * size, (n, clutter), generator=generator)
+    out = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    for start in range(0, n, _CHUNK):
+        part = slice(start, start + _CHUNK)
+        m = len(labels[part])
+        ink = torch.zeros(m, size * size)
+        ink.scatter_(1, stray[part], 1.0)
+        ink = ink.view(m, size, size)
+        for i, (x, y, c) in enumerate(zip(x0[part].tolist(), y0[part].tolist(), labels[part].tolist())):
+            window = ink[i, y:y + glyph, x:x + glyph]
+            window.copy_(torch.maximum(window, style.glyphs[c]))
+        coverage = (ink * contrast[part, None, None]).unsqueeze(1)
+        paper = style.paper[group[part]][:, :, None, None] * gain[part, None, None, None]
+        ink_rgb = style.ink[group[part]][:, :, None, None]
+        image = paper + (ink_rgb - paper) * coverage
+        # Zero-mean noise of standard deviation ``noise`` from three uniforms (their sum has
+        # variance 1/4): torch.randn's transcendental functions may round differently on
+        # other CPUs, sums of uniforms do not.
+        spread = torch.rand(3, m, 3, size, size, generator=generator).sum(0) - 1.5
+        image = image + 2 * noise * spread
+        out[part] = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    return out
