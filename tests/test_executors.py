@@ -33,6 +33,9 @@ class Answered:
     def __init__(self, answer: dict) -> None:
         self.answer = answer
 
+    def started(self) -> bool:
+        return True
+
     def done(self) -> bool:
         return True
 

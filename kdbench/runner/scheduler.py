@@ -4,8 +4,10 @@ that need them, and the book of what came of each run.
 It polls the running cohorts every second, starts each waiting cohort once its teachers
 have finished and a slot is free, fails the runs whose teacher failed, halves a cohort
 that ran out of device memory, hands cohorts that another runner is training back to the
-queue, and stops the suite on a failure of the machine. What it reports and its estimate
-of the time left come from ``progress.SuiteProgress``.
+queue (to start once that runner's lock is gone, unless it finished them), books the runs
+of a Slurm job the cluster ended (``scancel``) as stopped, not failed, and stops the suite
+on a failure of the machine. What it reports and its estimate of the time left come from
+``progress.SuiteProgress``; a Slurm job still in the queue counts as waiting.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..errors import MachineError
 from ..progress import SuiteProgress
 from ..store import RunFolder, RunStatus, status_of
 from ..suite import Job, Suite
-from .executors import Executor, Handle, LocalExecutor, Slot, SlurmExecutor, make_slots
+from .executors import Executor, Handle, JobEnded, LocalExecutor, Slot, SlurmExecutor, make_slots, slurm_cpus
 from .planning import MAX_LOADER_WORKERS, RunnerOptions, core_plan, form_cohorts, select_jobs
 from .workers import CohortTask, WorkerOutcome, as_machine_error
 
@@ -36,10 +38,12 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # finished before this call, or by another runner
     missing: list[str] = field(default_factory=list)  # inputs a dry run found missing (a run raises DataError)
+    # ended by the cluster (scancel), or waiting for a teacher that was: a rerun resumes them
+    stopped: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.missing
+        return not self.failed and not self.missing and not self.stopped
 
 
 class Scheduler:
@@ -59,6 +63,7 @@ class Scheduler:
             self.cores = core_plan(everything, len(self.slots), os.cpu_count() or 1, executor.cohort_size,
                                    executor.processes_per_job)
         self.progress = SuiteProgress(suite.name, runs, total=len(jobs), slots=len(self.slots))
+        self.elsewhere: set[str] = set()  # run ids another runner was training when this one's job came to them
 
     def run(self) -> Outcome:
         pending = self._pending()
@@ -71,6 +76,7 @@ class Scheduler:
                  f"in {len(units)} cohort(s) on {len(self.slots)} worker(s): {', '.join('+'.join(s) for s in self.slots)}")
         executor = self._executor()
         running: list[tuple[Handle, Slot, tuple[Job, ...]]] = []
+        started: set[int] = set()  # the running units whose jobs have started (a Slurm job may wait in its queue)
         free = list(self.slots)
         last_report = 0.0
         stopped = True  # until the loop ends by itself: an interrupt or a machine failure stops the workers
@@ -86,19 +92,29 @@ class Scheduler:
                         cohort = CohortTask([j.spec.model_dump(mode="json") for j in ready], str(self.runs),
                                             self._job_options(slot, ready), [str(p) for p in self.suite.method_files()])
                         running.append((executor.submit(slot, cohort), slot, ready))
-                        self.progress.start(ready)
                     elif ready:
                         units.append(ready)
-                self.progress.poll([unit for _, _, unit in running])
+                for handle, _, unit in running:  # started, or queued again (a requeued Slurm job)
+                    if not handle.started():
+                        started.discard(id(unit))
+                    elif id(unit) not in started:
+                        self.progress.start(unit)
+                        started.add(id(unit))
+                self.progress.poll([unit for _, _, unit in running if id(unit) in started])
                 for entry in [e for e in running if e[0].done()]:
                     running.remove(entry)
                     handle, slot, unit = entry
                     free.append(slot)
+                    if id(unit) not in started:  # it ended between two polls
+                        self.progress.start(unit)
+                    started.discard(id(unit))
                     self.progress.finish(unit)
                     units.extend(self._finish(unit, handle))
                 if time.time() - last_report > REPORT_SECONDS or not (units or running):
+                    queued = [unit for _, _, unit in running if id(unit) not in started]
                     self.say(self.progress.report(len(self.outcome.finished) + len(self.outcome.skipped),
-                                                  len(self.outcome.failed), units, [unit for _, _, unit in running]))
+                                                  len(self.outcome.failed), units + queued,
+                                                  [unit for _, _, unit in running if id(unit) in started]))
                     last_report = time.time()
                 if running or units:
                     time.sleep(POLL_SECONDS)
@@ -133,11 +149,12 @@ class Scheduler:
 
     def _job_options(self, slot: Slot, unit: tuple[Job, ...]) -> EngineOptions:
         """The engine options of a job: on CPUs its intra-op threads, on GPUs its data-loader
-        processes (unless --workers names them), from the job's share of the cores."""
+        processes (unless --workers names them), from the job's share of the cores; on
+        Slurm, its threads are the cores it asks for (``slurm_cpus``)."""
         options = replace(self.engine, progress=False)
         share = min((self.cores[j.run_id] for j in unit if j.run_id in self.cores), default=None)
-        if share is None:  # Slurm: the nodes' cores are the nodes' business
-            return options
+        if share is None:  # Slurm: the cores the job asks for, whatever the node has (the record's floats follow)
+            return replace(options, threads=options.threads or slurm_cpus(self.suite.file.executor))
         if slot[0] == "cpu":
             return replace(options, threads=share)
         if slot[0].startswith("cuda") and options.workers is None:
@@ -145,15 +162,29 @@ class Scheduler:
         return options
 
     def _ready(self, unit: tuple[Job, ...]) -> tuple[Job, ...] | None:
-        """The unit's jobs that can start now (after failing those whose teacher failed),
-        or None while some of them still wait for a teacher."""
+        """The unit's jobs that can start now (after failing those whose teacher failed,
+        stopping those whose teacher stopped, and dropping those another runner finished),
+        or None while some of them still wait for a teacher or for another runner."""
         ready = []
         for job in unit:
+            stopped = next((d for d in job.depends_on if d in self.outcome.stopped), None)
+            if stopped:
+                self.outcome.stopped[job.run_id] = f"teacher run {stopped} stopped"
+                continue
             blocked = self._blocked(job)
             if blocked == "":
                 return None
             if blocked:
                 self._record_failure(job, blocked)
+            elif job.run_id in self.elsewhere:
+                with store.run_lock(self.runs, job.run_id) as mine:
+                    if not mine:  # the other runner still trains it: no job of ours would get to it
+                        return None
+                self.elsewhere.discard(job.run_id)
+                if status_of(self.runs, job.run_id) == RunStatus.FINISHED:
+                    self.outcome.skipped.append(job.run_id)
+                else:
+                    ready.append(job)
             else:
                 ready.append(job)
         return tuple(ready)
@@ -174,6 +205,11 @@ class Scheduler:
         for another runner, and the halves of a cohort that did not fit in memory."""
         try:
             results = handle.result()
+        except JobEnded as exc:
+            self.outcome.stopped.update({job.run_id: str(exc) for job in unit})
+            self.say(f"[{self.suite.name}] {exc}: {', '.join(j.describe() for j in unit)} stopped, not failed; "
+                     "they resume from their last epochs when the suite runs again")
+            return []
         except Exception as exc:  # the worker process itself died
             if isinstance(as_machine_error(exc), MachineError):
                 raise as_machine_error(exc) from exc
@@ -187,6 +223,7 @@ class Scheduler:
                                    "finished so far are kept, the others resume from their last epochs")
             if result["status"] == WorkerOutcome.BUSY:
                 elsewhere.append(job)
+                self.elsewhere.add(job.run_id)
             elif result["status"] == WorkerOutcome.SPLIT:
                 split.append(job)
             elif result["status"] == WorkerOutcome.SKIPPED:
