@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdbench.spec import Recipe
+from kdbench.spec import DataSpec, Recipe
 from kdbench.store import Manifest
 
 from .runs import SELECTION_TEXT
@@ -45,7 +45,8 @@ def protocol_card(runs: pd.DataFrame, manifest: Manifest) -> list[tuple[str, str
     rows: list[tuple[str, str, str]] = []
     for dataset, runs_of_set in students.groupby("dataset", sort=False):
         fractions = sorted({float(f) for f in runs_of_set["spec.dataset.val_fraction"]})
-        rows.append(("Data", f"{dataset}: training images", "; ".join(_split_text(f) for f in fractions)))
+        rows.append(("Data", f"{dataset}: training images", "; ".join(
+            DataSpec(name=dataset, val_fraction=f).training_split for f in fractions)))
     recipes = [(_recipe(row), _where(row)) for _, row in students.iterrows()]
     for item in RECIPE_ITEMS:
         rows.append(("Students", item, _spread_text([(RECIPE_ITEMS[item](r), where) for r, where in recipes])))
@@ -63,13 +64,6 @@ def protocol_card(runs: pd.DataFrame, manifest: Manifest) -> list[tuple[str, str
     rows += [("Departures from the released code", display_name(method), line)
              for method, lines in manifest.release_differences.items() for line in lines]
     return rows
-
-
-def _split_text(val_fraction: float) -> str:
-    if val_fraction == 0:
-        return "the whole official training split (no validation split)"
-    return (f"{1 - val_fraction:.0%} of the official training split ({val_fraction:.0%} held out, stratified, "
-            f"as the validation split)")
 
 
 def _recipe(row: pd.Series) -> Recipe:

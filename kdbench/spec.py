@@ -126,6 +126,14 @@ class DataSpec(Strict):
         except KDBenchError as exc:
             raise SpecError(str(exc)) from None
 
+    @property
+    def training_split(self) -> str:
+        """What the run trains on, in words."""
+        if self.val_fraction == 0:
+            return "the whole official training split (no validation split)"
+        return (f"{1 - self.val_fraction:.0%} of the official training split ({self.val_fraction:.0%} held out, "
+                "stratified, as the validation split)")
+
 
 class TeacherRef(Strict):
     """Where the teacher comes from: a checkpoint file (identified by its bytes' sha256; the

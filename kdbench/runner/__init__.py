@@ -26,6 +26,7 @@ Safe to kill at any moment and to run twice at once on the same results folder:
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import groupby
 
 from .. import store
 from ..engine import resolve_device
@@ -38,6 +39,10 @@ from .workers import execute_cohort
 
 __all__ = ["Outcome", "RunnerOptions", "Scheduler", "core_plan", "execute_cohort", "form_cohorts", "run_suite",
            "select_jobs"]
+
+
+EPOCH_WORDS = {"last": "last epoch", "best_val": "best validation epoch",
+               "best_test": "best test epoch (selected on test)"}
 
 
 def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
@@ -64,6 +69,12 @@ def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
             counts[status] = counts.get(status, 0) + 1
             say(f"{status:<11} {job.run_id}  {job.describe()}")
         say(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" (results in {directory})")
+        for dataset, specs in groupby(sorted((j.spec for j in jobs), key=lambda s: s.dataset.name),
+                                      key=lambda s: s.dataset.name):
+            specs = list(specs)
+            say(f"{dataset}: trains on {'; '.join(sorted({s.dataset.training_split for s in specs}))}; precision "
+                f"{', '.join(sorted({s.recipe.precision for s in specs}))}; reports the {EPOCH_WORDS[suite.file.selection]}"
+                f"; a teacher trained here hands over its {EPOCH_WORDS[suite.file.teacher_weights]}")
         for problem in problems:
             say(f"missing: {problem}")
         return Outcome(missing=problems)
