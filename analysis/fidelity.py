@@ -53,6 +53,7 @@ from kdbench.store import runs_dir
 
 from .runs import columns, read_test_logits
 from .stats import NOT_COMPUTABLE, paired_difference
+from . import style
 from .style import display_name
 from .tables import latex_escape, latex_table, markdown_table
 
@@ -68,16 +69,17 @@ class Metric:
 
     key: str
     heading: str
+    short: str  # a figure panel's title
     higher_is_better: bool
     decimals: int = 2
 
 
 METRICS = (
-    Metric("agreement", "Top-1 agreement with the teacher (%)", True),
-    Metric("kl", "KL(teacher ‖ student) at T = 1 (nats)", False, 3),
-    Metric("nll", "Negative log-likelihood (nats)", False, 3),
-    Metric("ece", f"Expected calibration error (%, {ECE_BINS} bins)", False),
-    Metric("confusable", "Accuracy on the teacher's confusable pairs (%)", True),
+    Metric("agreement", "Top-1 agreement with the teacher (%)", "Agreement (%)", True),
+    Metric("kl", "KL(teacher ‖ student) at T = 1 (nats)", "KL(T ‖ S) (nats)", False, 3),
+    Metric("nll", "Negative log-likelihood (nats)", "NLL (nats)", False, 3),
+    Metric("ece", f"Expected calibration error (%, {ECE_BINS} bins)", "ECE (%)", False),
+    Metric("confusable", "Accuracy on the teacher's confusable pairs (%)", "Confusable pairs (%)", True),
 )
 RUN_COLUMNS = [m.key for m in METRICS] + ["confusable_split"]
 
@@ -393,3 +395,37 @@ def write_tables(summary: pd.DataFrame, out: Path, name: str, reference_name: st
     paths[0].write_text(markdown(summary, reference_name, k))
     paths[1].write_text(latex(summary, name, reference_name, k))
     return paths
+
+
+# --- figure ----------------------------------------------------------------------------------
+
+def plot_fidelity(summary: pd.DataFrame, out: Path) -> list[Path]:
+    """``fidelity_<dataset>_<pair>`` per cell: one panel per measure, one row per method
+    (mean ± std over seeds, the method's colour), the teacher's own value as a dashed line
+    where it has one; returns the files (none for a cell without any measure)."""
+    written: list[Path] = []
+    for dataset, pair in dict.fromkeys(zip(summary["dataset"], summary["pair"])):
+        here = summary[(summary["dataset"] == dataset) & (summary["pair"] == pair)]
+        students = here[here["role"] != "teacher"]
+        if not students[[f"{m.key}_mean" for m in METRICS]].notna().any().any():
+            continue
+        fig, axes = style.figure(style.DOUBLE, aspect=0.14 + 0.04 * len(students), ncols=len(METRICS), sharey=True)
+        names = [display_name(label) + (" *" if control else "")
+                 for label, control in zip(students["label"], students["control"])]
+        y = np.arange(len(students))[::-1]
+        for ax, metric in zip(axes[0], METRICS):
+            for yi, (_, row) in zip(y, students.iterrows()):
+                mean, std = row[f"{metric.key}_mean"], row[f"{metric.key}_std"]
+                ax.errorbar(mean, yi, xerr=None if pd.isna(std) else std, fmt="o", color=style.color(row["label"]),
+                            capsize=2)
+            teacher = here.loc[here["role"] == "teacher", f"{metric.key}_mean"].dropna()
+            if len(teacher):
+                ax.axvline(teacher.iloc[0], color=style.TEACHER_COLOR, linestyle="--", linewidth=0.8,
+                           label=style.TEACHER_NAME)
+            ax.set_title(metric.short)
+            ax.set_xlabel("higher is better" if metric.higher_is_better else "lower is better")
+        axes[0, 0].set_yticks(y, names)
+        fig.suptitle(f"{dataset}, {pair}: mean ± std over seeds (* control; dashed: the teacher's own)",
+                     fontsize=style.RC["axes.titlesize"])
+        written += style.save(fig, out / f"fidelity_{style.slug(dataset, pair)}")
+    return written

@@ -51,7 +51,8 @@ Outputs, in ``out_dir`` (default ``<suite_dir>/report``):
 - what the students learned from their teachers (``analysis.fidelity``): per run, in
   ``runs.csv``, agreement, kl, nll, ece, confusable and confusable_split; per cell, in
   ``summary.csv``, each one's mean, std and paired test against the reference
-  (``<measure>_mean`` … ``_significant``); ``fidelity.md`` and ``fidelity.tex``.
+  (``<measure>_mean`` … ``_significant``); ``fidelity.md``, ``fidelity.tex`` and
+  ``figures/fidelity_<dataset>_<pair>``.
 - the ranking across cells (``analysis.ranking``): ``ranking.md``, ``ranking.tex``,
   ``ranking.csv`` and ``figures/critical_difference`` (with one cell, ``ranking.md`` says
   that no ranking exists).
@@ -254,6 +255,7 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
     written += fidelity.write_tables(summary, out, name, display_name(reference), confusable_k)
     written += ranking.write_ranking(ranked, out, name, display_name(reference))
     figures = ranking.plot_critical_difference(ranked, out / "figures" / "critical_difference")
+    figures += fidelity.plot_fidelity(summary, out / "figures")
     figures += curves.plot_training_curves(suite_dir, runs, out / "figures")
     figures += curves.plot_teacher_gap(summary, out / "figures" / "teacher_gap")
     if (runs["status"] == "finished").any():  # runs keep their test logits: the spectra come with the report

@@ -315,6 +315,7 @@ def test_report_figures(report):
     figures = sorted(p.name for p in (out / "figures").iterdir())
     stems = [f"curves_digits_{TEACHER}-{STUDENT}", f"curves_synthetic-fg_{TEACHER}-{STUDENT}", "teacher_gap",
              "critical_difference"]  # two cells, three methods: a ranking across cells
+    stems += [f"fidelity_{d}_{TEACHER}-{STUDENT}" for d in CLASSES]
     stems += [f"spectrum_{kind}_{d}_{TEACHER}-{STUDENT}" for kind in ("energy", "distance", "coefficients")
               for d in CLASSES]
     assert figures == sorted(f"{s}.{ext}" for s in stems for ext in ("pdf", "png"))
