@@ -25,7 +25,11 @@ share is its own step and evaluation plus an equal part of what its cohort share
 On a GPU each call is timed at the recipe's batch. On the CPU a batch is cut to at most
 ``CPU_PIXELS`` pixels per call (2 images at 224 px, 128 at 32 px) and its time scaled to the recipe's
 batch: a CPU's time per image barely changes with the batch, and a 128-image step of a
-ResNet-34 at 224 px takes tens of seconds there. Not counted: process start, data loading
+ResNet-34 at 224 px takes tens of seconds there. Each call runs on one thread and its time
+is divided by torch's thread count: the runner spreads a suite's jobs over the cores, and
+on a busy machine two threads' short parallel regions wait on each other far longer than
+a whole job does (at load 16 on two cores, two threads timed 4.3 h for a suite that then
+trained in 0.67 h there). So on the CPU the figures are those of the machine to itself. Not counted: process start, data loading
 (the device-held set and prepared stores keep it off the critical path on GPUs; a PIL
 loader at 224 px may not), checkpoint files, and other jobs sharing the device. Methods of
 one family differ in cost (ReviewKD's step is several times FitNet's): ``kdbench bench``
@@ -208,8 +212,15 @@ def measure(groups: list[Group], device: torch.device, options: EngineOptions,
             model = create_model(student, num_classes=shape.num_classes).to(device).eval()
             model = model.to(memory_format=torch.channels_last) if channels_last else model
             contenders[(group.key, "eval", student)] = partial(_forward, model, batch.images, autocast)
-        for key, seconds in interleaved(contenders, device, None, ROUNDS).items():
-            rates.seconds[key] = seconds / n
+        threads = torch.get_num_threads()
+        if device.type == "cpu":  # one thread per call, the cores' share of the work (see the module docstring)
+            torch.set_num_threads(1)
+        try:
+            timings = interleaved(contenders, device, None, ROUNDS)
+        finally:
+            torch.set_num_threads(threads)
+        cores = threads if device.type == "cpu" else 1
+        rates.seconds.update({key: seconds / n / cores for key, seconds in timings.items()})
     return rates
 
 
@@ -245,7 +256,7 @@ class Estimate:
     unknown: list[str]  # data sets that could not be costed, with why
     batch: dict[str, int]  # data set → images per timed call (on the CPU, fewer than the recipe's)
     official: list[str]  # data sets costed at their official sizes (not found here)
-    load: float  # the machine's load average (1 min) when the calls were timed: a shared CPU's times grow with it
+    load: float  # the machine's load average (1 min) when the calls were timed
 
     @property
     def seconds(self) -> float:
@@ -352,8 +363,8 @@ def describe(estimate: Estimate, threads: int | None = None) -> list[str]:
         lines.append(f"  one by one (no cohorts) {hours(estimate.alone)} h: cohorts save {saved:.0%}")
         lines.append("  families timed with: " + ", ".join(f"{f} ({m})" for f, m in estimate.families.items()))
     if estimate.device == "cpu":
-        lines.append(f"  timed at load average {estimate.load:.1f} on {os.cpu_count()} cores: on a shared machine the "
-                     "figures grow with the load")
+        lines.append(f"  timed on one thread at load average {estimate.load:.1f} on {os.cpu_count()} cores, for the "
+                     "machine to itself: others' work adds to the hours")
     if estimate.device == "cpu" and estimate.batch:
         lines.append("  on the CPU each call held " + ", ".join(f"{n} images ({name})" for name, n in estimate.batch.items())
                      + ", scaled to the recipe's batch")
