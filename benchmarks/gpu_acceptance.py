@@ -54,7 +54,7 @@ def steps(out: Path, cpu: bool) -> list[dict]:
         # the two-process path is the torchrun step's here
         doctor += ["--paths-on-cpu", "--compile-backend", "aot_eager", "--no-estimate", "--skip", "two-process step"]
         suite += ["--smoke", "--only", "dataset=digits", "--only", "method=kd", "--only", "seed=0", "--workers", "1"]
-        bench_args = dict(device_name=device, teacher_name="resnet20", student_name="resnet8", batch_size=8,
+        bench_args = dict(device_name=device, teacher_name="resnet20", student_name="resnet8", batch_size=4,
                           image_size=16, num_classes=10, methods=["kd", "fitnet"], steps=1, rounds=1,
                           large_images=20)  # 10 test images (one per class), 10 train
         train += ["--epochs", "1", "--batch-size", "64"]

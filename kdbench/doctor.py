@@ -52,7 +52,7 @@ from .errors import KDBenchError
 Status = Literal["PASS", "FAIL", "SKIP"]
 PACKAGES = ("pydantic", "numpy", "torchvision", "timm", "PyWavelets", "ptwt", "optuna", "submitit", "pandas",
             "matplotlib", "tensorboard", "wandb")
-STEPS = 5  # timed steps of each fast path, after one untimed (warm-up, compilation)
+STEPS = 3  # timed steps of each fast path, after one untimed (warm-up, compilation)
 
 
 @dataclass
