@@ -160,7 +160,8 @@ MinJobAge=600
 InactiveLimit=0
 Waittime=0
 NodeName={self.host} NodeAddr=127.0.0.1 CPUs={os.cpu_count() or 1} State=UNKNOWN
-PartitionName=tests Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+# two one-core jobs at a time on any machine, so that the tests' jobs queue
+PartitionName=tests Nodes={self.host} Default=YES MaxTime=INFINITE MaxCPUsPerNode=2 State=UP
 """
 
     def _log(self, name: str) -> str:
