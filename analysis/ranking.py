@@ -136,7 +136,7 @@ def plot_critical_difference(ranking: Ranking, stem: Path) -> list[Path]:
                                    label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}")
     ax.grid(False)
     ax.spines["top"].set_visible(True)  # the rank axis (the kdbench style hides top spines)
-    ax.set_xlim(1, k)  # every rank a method could have, so that distances read true
+    ax.set_xlim(0.9, k + 0.1)  # every rank a method could have, so that distances read true
     ax.set_xticks(range(1, k + 1))
     ax.set_ylim(top=1.6)  # room for the CD bar and its label above the axis
     ax.set_title(f"Average rank over {ranking.cells} cells (1 = best)", loc="left", y=1.0, pad=0)
