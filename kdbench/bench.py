@@ -110,8 +110,7 @@ SECONDS_AT_MOST = 180.0  # (a) stops adding rounds after this long (a busy machi
 class StepRatio:
     seconds: float  # median seconds per step over the rounds
     ratio: float  # median over the rounds of the round's ratio to the reference
-    low: float  # 95% confidence interval of that median (the ratio itself when too few rounds give one)
-    high: float
+    interval: tuple[float, float] | None  # 95% confidence interval of that median; None: too few rounds
     quartiles: tuple[float, float]  # first and third quartile of the rounds' ratios
     rounds: int
     settled: bool  # its interval lies within RATIO_SPREAD / 2 of it
@@ -138,10 +137,9 @@ def step_ratios(contenders: dict[str, Callable[[], None]], reference: str, steps
     result = {}
     for name in names:
         median = statistics.median(ratios[name])
-        low, high = _median_interval(ratios[name]) or (median, median)
         first, _, third = _quartiles(ratios[name])
-        result[name] = StepRatio(statistics.median(seconds[name]), median, low, high, (first, third),
-                                 len(ratios[name]), _settled(ratios[name]))
+        result[name] = StepRatio(statistics.median(seconds[name]), median, _median_interval(ratios[name]),
+                                 (first, third), len(ratios[name]), _settled(ratios[name]))
     return result
 
 
@@ -317,14 +315,15 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
             f"interval, the rounds' interquartile range")
     printer(f"    {'method':<10} {'step ms':>9} {'vs ' + reference:>7}  {'95% CI':<11}  rounds' IQR")
     for name, m in measured.items():
-        printer(f"    {name:<10} {m.seconds * 1e3:9.1f} {m.ratio:6.2f}x  [{m.low:.2f}–{m.high:.2f}]  "
+        interval = f"[{m.interval[0]:.2f}–{m.interval[1]:.2f}]" if m.interval else f"none: {m.rounds} rounds"
+        printer(f"    {name:<10} {m.seconds * 1e3:9.1f} {m.ratio:6.2f}x  {interval:<11}  "
                 f"[{m.quartiles[0]:.2f}–{m.quartiles[1]:.2f}]")
     unsettled = [name for name, m in measured.items() if not m.settled]
     if unsettled and not steps:
         printer(f"    not settled after {measured[reference].rounds} rounds: the intervals of {', '.join(unsettled)} "
                 f"reach past ±{RATIO_SPREAD * 50:.1f}%, so two runs may differ by more than {RATIO_SPREAD:.0%}")
     result: dict[str, Any] = {f"step_ratio_{name}": m.ratio for name, m in measured.items()}
-    result.update({f"step_ratio_ci_{name}": (m.low, m.high) for name, m in measured.items()})
+    result.update({f"step_ratio_ci_{name}": m.interval for name, m in measured.items()})
     if through == "a":
         return result
 

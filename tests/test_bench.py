@@ -25,3 +25,14 @@ def test_settled_when_the_interval_lies_within_half_the_spread_of_the_median():
     inside = [0.5, 1 - near, 1, 1, 1, 1, 1, 1, 1, 1 + near, 2.0]
     assert _median_interval(inside) == (1 - near, 1 + near) and _settled(inside)
     assert not _settled([0.5, 1 - RATIO_SPREAD, 1, 1, 1, 1, 1, 1, 1, 1, 2.0])
+
+
+def test_step_ratios_from_too_few_rounds_carry_no_interval():
+    import torch
+
+    from kdbench.bench import step_ratios
+
+    ratios = step_ratios({"kd": lambda: None, "other": lambda: sum(range(100))}, "kd", steps=2, rounds=3,
+                         device=torch.device("cpu"))
+    assert all(r.interval is None and r.rounds == 3 and not r.settled for r in ratios.values())
+    assert ratios["kd"].ratio == 1.0
