@@ -16,6 +16,7 @@ import yaml
 
 from kdbench import store
 from kdbench.engine import EngineOptions
+from kdbench.errors import ConfigError
 from kdbench.runner import RunnerOptions, run_suite
 from kdbench.runner.executors import Slot, WorkerPool
 from kdbench.runner.scheduler import Scheduler
@@ -80,6 +81,23 @@ def test_the_scheduler_runs_a_suite_on_any_executor(tmp_path: Path, monkeypatch)
     assert "RuntimeError: a teacher that failed before" in store.read_run_file(
         store.RunFolder.of(runs, failing.run_id).failure).traceback
     assert any(line.startswith("[tiny] 2/4 done, 0 running, 2 failed, 0 waiting") for line in lines), lines
+
+
+class OtherIds(InProcess):
+    """Answers as a Slurm job that started after kdbench changed how it computes run ids."""
+
+    def submit(self, slot: Slot, cohort: CohortTask) -> Answered:
+        return Answered({"0123456789abcdef": {"status": WorkerOutcome.FINISHED, "reason": ""}})
+
+
+def test_a_job_answering_for_other_runs_stops_the_suite(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    suite = load_suite(tmp_path / "suite.yaml")
+    monkeypatch.setattr(Scheduler, "_executor", lambda self: OtherIds())
+    with pytest.raises(ConfigError, match=r"answered for runs 0123456789abcdef where it was given [0-9a-f]{16}(, [0-9a-f]{16})*: "
+                                          r"kdbench changed between the job's submission and its start"):
+        run_suite(suite, RunnerOptions(out=tmp_path / "out", workers=1, printer=lambda _: None,
+                                       engine=EngineOptions(progress=False)))
 
 
 def test_a_worker_outcome_crosses_processes_as_its_string() -> None:

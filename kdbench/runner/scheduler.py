@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import store
 from ..checkpoints import set_aside
 from ..engine import EngineOptions
-from ..errors import MachineError
+from ..errors import ConfigError, MachineError
 from ..progress import SuiteProgress
 from ..store import RunFolder, RunStatus, status_of
 from ..suite import Job, Suite
@@ -215,6 +215,11 @@ class Scheduler:
                 raise as_machine_error(exc) from exc
             reason = f"worker died: {type(exc).__name__}: {exc}"
             results = {j.run_id: {"status": WorkerOutcome.FAILED, "reason": reason} for j in unit}
+        if set(results) != {job.run_id for job in unit}:  # the job's kdbench computes other run ids
+            raise ConfigError(f"[{self.suite.name}] a job answered for runs {', '.join(sorted(results))} where it "
+                              f"was given {', '.join(j.run_id for j in unit)}: kdbench changed between the job's "
+                              "submission and its start (a Slurm job imports the code it finds then); let the "
+                              "jobs still queued end (scancel them) and run the same command again")
         elsewhere, split = [], []
         for job in unit:
             result = results[job.run_id]
