@@ -18,7 +18,15 @@ method, built in ``setup()``: it trains in the student's optimizer, with its lea
 schedule and weight decay, as in the code (``trainable_list``). Defaults are the paper's
 and the released CIFAR-100 script's: T_init 1, T_range 20, λ 0 → 1 over E 10 epochs,
 KD weights 0.1 / 0.9. ``logit_stand`` (LSKD, see methods/kd.py) z-scores both logit vectors
-first; LSKD's CTKD+LS runs keep the learned T and use w_kd 9.
+first. LSKD's CTKD+LS numbers (its paper's Tables 1-2, mean of 4 runs) do not come from its
+released script (``CTKD/scripts/run_cifar_distill.sh``: w_kd 9 and ``train_student.py``'s
+t_start 1, t_end 20, so T in (1, 21)): in all 14 of its logs (``logs/CTKD/*.txt`` @ f6e5aa5,
+17 runs) T never falls below 2.00 and ends epoch 1 at 22.3-30.4. T falls every epoch until
+it settles at its floor, so those runs had a floor of 2 (t_init 2, the base temperature in
+the logs' names) and started above 30.4; scaling the epoch-2 fall back by the curriculum's λ
+(0.0245 vs 0.0955) puts the start at 31.0-31.6 in the eight runs still above the floor at
+epoch 2, which fits t_range 40 (2 + 40·sigmoid(1) = 31.24): inferred, not published.
+cifar100.yaml's ``ctkd_ls`` runs t_init 2, t_range 40, w_kd 9.
 
 Differences from the released code: its reversal layer multiplies the gradient by λ and
 its curriculum runs λ from 0 down to −1 (``--decay_max 0 --decay_min -1``); that is the

@@ -19,9 +19,12 @@ Defaults are the released CIFAR-100 recipe (``configs/strategies/distill/dist_ci
 T 4, w_ce 1, β = γ = 2; its 120-epoch constant warm-up then step decay every 30 epochs is
 the suite's 240-epoch step recipe). ImageNet uses T 1, β = γ = 1. The T² factor and the
 1e-8 guard are the released code's (the CIFAR-100 numbers come from that code); the loss
-is otherwise the paper's. Published CIFAR-100
-numbers: the DIST README (mean ± std of the released logs) for its six pairs; other pairs
-are WTTM's re-implementation (its Tables 1 and 2).
+is otherwise the paper's. Published CIFAR-100 numbers: the DIST README (hunto/DIST_KD
+@ 2418f18, mean ± std of the released logs) for its six pairs; the other pairs are WTTM's
+re-implementation (Zheng & Yang, ICLR 2024: Table 1 for same-architecture pairs, Table 3 for
+the others; its Tables 2 and 4 hold WTTM's combinations with CRD and ITRD). Where both
+report a pair they can differ: wrn_40_2→wrn_40_1 is 74.43 ± 0.24 in DIST's README, 74.73 in
+WTTM's Table 1.
 """
 
 import torch
