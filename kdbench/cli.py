@@ -136,6 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{len(outcome.failed)} failed; results in {directory}")
     for run_id, reason in outcome.failed.items():
         print(f"  failed {run_id}: {reason.splitlines()[0] if reason else ''}")
+    if outcome.stopped:  # a Slurm job the cluster ended (scancel): not failed
+        print(f"[{suite.name}] {len(outcome.stopped)} stopped by the cluster; the same command resumes them")
     if (outcome.finished or outcome.skipped) and not args.no_report:
         from .analysis.report import write_report
 
