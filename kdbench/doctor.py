@@ -380,6 +380,8 @@ def smoke_device_data(probe: Probe, device: torch.device, options) -> list[Check
     """The built-in set held on the device, a batch cropped and flipped there, into a KD step."""
     from .data import create_dataset
     from .engine import EpochBatches, ResidentTrainSet, RngStream
+    from .engine.batches import to_device
+    from .engine.options import uses_channels_last
 
     data = create_dataset("synthetic-fg", image_size=probe.image_size,
                           train_per_class=max(10, -(-probe.batch_size * 3 // 20)))  # 20 classes, 2 batches and more
@@ -394,7 +396,7 @@ def smoke_device_data(probe: Probe, device: torch.device, options) -> list[Check
 
     def augment_and_step() -> None:
         batch_images, _, _ = next(resident.batches(sampler, stream))
-        step.batch.images = batch_images
+        step.batch.images = to_device(batch_images, device, uses_channels_last(options, device))
         step()
 
     seconds = timed(augment_and_step, device)
