@@ -338,15 +338,11 @@ class KDStep:
 
 
 def timed(fn: Callable[[], None], device: torch.device, steps: int = STEPS) -> float:
-    """Seconds per call of ``fn`` over ``steps`` calls, after one untimed call."""
-    fn()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / steps
+    """Seconds per call of ``fn`` over ``steps`` calls after an untimed one (bench's
+    synchronised timer)."""
+    from .bench import interleaved
+
+    return interleaved({"fn": fn}, device, steps, 1)["fn"]
 
 
 def smoke_autocast(probe: Probe, device: torch.device, options) -> list[Check]:
