@@ -214,7 +214,7 @@ class SlurmJob:
     def done(self) -> bool:
         """Its answer is written, or two readings of the queue show it ended (a job being
         requeued may pass through an ended state, e.g. PREEMPTED)."""
-        if self.job.paths.result_pickle.exists():
+        if self.job.task(0).paths.result_pickle.exists():
             return True
         if self._state() in ACTIVE | {None}:
             self.ended_at = None
@@ -228,18 +228,19 @@ class SlurmJob:
         one's); ``JobEnded`` if the cluster ended it first."""
         from submitit.core.utils import FailedJobError
 
-        if self.job.paths.result_pickle.exists():
+        first = self.job.task(0)
+        if first.paths.result_pickle.exists():
             try:
-                return self.job.results()[0]  # raises the job's own exception, with its traceback
+                return first.result()  # raises the job's own exception, with its traceback
             except FailedJobError as exc:
                 if "Job not requeued because: timed-out too many times" in str(exc):
                     raise JobEnded(f"Slurm job {self.job.job_id} ran into its time limit more often than "
                                    "executor.slurm.max_num_timeout allows") from exc
                 raise
         state = self._state() or "no longer listed by squeue"
-        if state.split()[0] in CLUSTER_ENDED:
+        if state in CLUSTER_ENDED:
             raise JobEnded(f"Slurm job {self.job.job_id} ended ({state}) before its runs finished")
-        log = self.job.paths.stderr
+        log = first.paths.stderr
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
         raise RuntimeError(f"Slurm job {self.job.job_id} ended ({state}) without an answer; its log {log} "
                            f"ends:\n{tail}")
