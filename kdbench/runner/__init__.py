@@ -20,7 +20,8 @@ Safe to kill at any moment and to run twice at once on the same results folder:
 - SIGINT and SIGTERM stop the worker processes at once (their runs resume from their
   last epochs); workers ignore SIGINT themselves, so a Ctrl-C reaches only the runner.
   Slurm jobs are ``submitit.helpers.Checkpointable``: preempted or timed out, submitit
-  requeues them and their runs resume from their last epochs.
+  requeues them and their runs resume from their last epochs; a job the cluster ends
+  (``scancel``) leaves its runs stopped, not failed, for a rerun to resume.
 """
 
 from __future__ import annotations
