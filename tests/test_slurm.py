@@ -58,7 +58,8 @@ class Raises(KD):
         raise RuntimeError("this method always raises")
 '''
 
-# timing, host and versions are the machine's, not the run's
+# the machine's figures, not the run's: its speed, and its host, versions and commit
+# (environment: the same here, but for git_commit when a commit lands between two runs)
 VARYING = {"timing", "environment"}
 ROW_TIMING = {"epoch_seconds", "images_per_s"}
 
