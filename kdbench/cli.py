@@ -129,7 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from .runner.cost import print_estimate
 
-        print_estimate(suite, options)
+        if not args.no_estimate:
+            print_estimate(suite, options)
         return 0 if outcome.ok else 1  # a script checking a suite learns of missing inputs
     directory = suite_dir(suite, options)
     print(f"[{suite.name}] {len(outcome.finished)} trained, {len(outcome.skipped)} already done, "
@@ -253,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs and what is already done, and what they will cost in device-hours (step "
                         "times measured on this machine); train nothing")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="with --dry-run: no cost estimate (timing a suite's steps takes minutes on a CPU)")
     p.add_argument("--smoke", action="store_true", help="every run for one epoch on a tiny subset, into <name>-smoke/")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="keep runs with dataset/method/student/teacher/seed/pair = VALUE (repeatable)")

@@ -23,7 +23,7 @@ a method that calibrates on them, the teacher's logits on the training split. Ea
 share is its own step and evaluation plus an equal part of what its cohort shares.
 
 On a GPU each call is timed at the recipe's batch. On the CPU a batch is cut to at most
-``CPU_PIXELS`` pixels per call (2 images at 224 px, 128 at 32 px) and its time scaled to the recipe's
+``CPU_PIXELS`` pixels per call (2 images at 224 px, 32 at 32 px) and its time scaled to the recipe's
 batch: a CPU's time per image barely changes with the batch, and a 128-image step of a
 ResNet-34 at 224 px takes tens of seconds there. Each call runs on one thread and its time
 is divided by torch's thread count: the runner spreads a suite's jobs over the cores, and
@@ -68,7 +68,7 @@ OFFICIAL_TRAIN_TEST: dict[str, tuple[int, int]] = {**OFFICIAL_COUNTS, "cifar100"
 OFFICIAL_CLASSES: dict[str, int] = {"cub200": 200, "stanford-dogs": 120, "mit67": 67, "stanford40": 40,
                                     "fgvc-aircraft": 100, "flowers102": 102, "cifar100": 100, "tiny-imagenet": 200}
 NATIVE_SIZE: dict[str, int] = {"cifar100": 32, "tiny-imagenet": 64}  # sets without an image_size option
-CPU_PIXELS = 2**17  # on the CPU, a timed call holds at most this many pixels (see the module docstring)
+CPU_PIXELS = 2**15  # on the CPU, a timed call holds at most this many pixels (see the module docstring)
 ROUNDS = 2  # timing rounds per contender, after a warm-up call and a sizing call
 
 
