@@ -18,8 +18,9 @@ Steps, each a subprocess with its own time limit and log file in OUT/logs/:
 OUT/summary.json holds each step's command, exit status, seconds, log and what it
 measured (the doctor's checks, bench's figures, the suite's outcome), and the device.
 ``--cpu``: the same steps on the CPU with tiny settings (the suite as a smoke run of its
-teachers and KD's first seed, two methods in bench without its 224-px case, the GPU fast paths forced onto the CPU,
-compile through aot_eager), so a test keeps the script working (tests/test_doctor.py).
+teachers and KD's first seed, two methods in bench without its 224-px case, the GPU fast
+paths forced onto the CPU, compile through aot_eager), so a test keeps the script working
+(tests/test_doctor.py).
 A step that fails does not stop the others; the exit status is 1 if any failed.
 """
 
