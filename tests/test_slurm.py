@@ -286,3 +286,24 @@ def test_a_second_runner_then_scancel_then_the_same_run_train_each_run_once(clus
     assert {name: mtime for name, mtime in ((p.parent.name, p.stat().st_mtime_ns) for p in runs.glob("*/record.json"))
             if name in written} == written
     assert_same_records(runs, local_records, {j.run_id for j in suite.jobs})  # resumed: as if never cancelled
+
+
+def test_a_job_past_its_requeues_leaves_its_run_stopped_for_the_next_run(cluster, tmp_path, monkeypatch,
+                                                                         local_runs, local_records,
+                                                                         method_file) -> None:
+    # no requeue on a time limit: the job trains on after the signal (25-55 s) until Slurm
+    # ends it at the limit (60-90 s: the same 30-s checks); its run needs 96 s
+    monkeypatch.setenv("KDBENCH_TEST_PACE", "3")
+    suite = make_suite(tmp_path / "suite", method_file, {"paced": METHOD_LABELS["paced"]},
+                       slurm={"timeout_min": 1, "slurm_signal_delay_s": 5, "max_num_timeout": 0})
+    with_teacher(suite, local_runs, tmp_path / "out")
+    paced = ids(suite, "paced").pop()
+    lines: list[str] = []
+    outcome = run(suite, tmp_path / "out", lines)
+    assert not outcome.failed and list(outcome.stopped) == [paced] and not outcome.ok
+    assert "(TIMEOUT) before its runs finished" in outcome.stopped[paced]
+    assert store.status_of(tmp_path / "out" / "tiny" / "runs", paced) != store.RunStatus.FAILED
+    monkeypatch.setenv("KDBENCH_TEST_PACE", "0")
+    again = run(suite, tmp_path / "out")
+    assert again.ok and again.finished == [paced]
+    assert_same_records(tmp_path / "out" / "tiny" / "runs", local_records, ids(suite, "teacher", "paced"))

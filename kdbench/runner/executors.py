@@ -226,17 +226,9 @@ class SlurmJob:
     def result(self) -> Any:
         """Its first task's answer (every task of a data-parallel job returns the first
         one's); ``JobEnded`` if the cluster ended it first."""
-        from submitit.core.utils import FailedJobError
-
         first = self.job.task(0)
         if first.paths.result_pickle.exists():
-            try:
-                return first.result()  # raises the job's own exception, with its traceback
-            except FailedJobError as exc:
-                if "Job not requeued because: timed-out too many times" in str(exc):
-                    raise JobEnded(f"Slurm job {self.job.job_id} ran into its time limit more often than "
-                                   "executor.slurm.max_num_timeout allows") from exc
-                raise
+            return first.result()  # raises the job's own exception, with its traceback
         state = self._state() or "no longer listed by squeue"
         if state in CLUSTER_ENDED:
             raise JobEnded(f"Slurm job {self.job.job_id} ended ({state}) before its runs finished")

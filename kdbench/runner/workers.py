@@ -221,6 +221,32 @@ def job_gpus(devices: tuple[str, ...], visible: str | None) -> str:
     return ",".join(visible.split(",")[i] if visible else str(i) for i in indices)
 
 
+def _train_on_past_the_last_requeue() -> None:
+    """Once a job has run into its time limit ``max_num_timeout`` times, submitit's handler
+    of the limit's signal raises ``UncompletedJobError`` instead of requeuing it: raised in
+    whatever step was training, it would be booked as that run's failure (seen on a real
+    Slurm). Here it is reported and training goes on until Slurm ends the job at its limit
+    (state TIMEOUT), which the runner books as stopped: the same command resumes its runs."""
+    import signal
+
+    from submitit.core.job_environment import JobEnvironment
+    from submitit.core.utils import UncompletedJobError
+
+    number = getattr(signal, f"SIG{JobEnvironment.USR_SIG}")  # SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says
+    handler = signal.getsignal(number)
+    if not callable(handler):  # not in a submitit job
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        try:
+            handler(signum, frame)
+        except UncompletedJobError as exc:
+            print(f"kdbench: {exc} Training goes on until Slurm ends the job; `kdbench run` resumes its runs.",
+                  flush=True)
+
+    signal.signal(number, handle)
+
+
 def _join_slurm_tasks() -> None:
     """In a submitit job of several tasks, export what torch.distributed reads (rank, world
     size, address of the first task), so that the tasks train as one data-parallel job."""
@@ -244,6 +270,7 @@ class CohortJob:
     importing submitit where it is not used."""
 
     def __call__(self, *args: Any) -> dict[str, dict[str, str]]:
+        _train_on_past_the_last_requeue()
         return execute_cohort(*args)
 
     def checkpoint(self, *args: Any) -> Any:
