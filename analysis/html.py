@@ -43,10 +43,12 @@ SCREEN_DPI = 144
 
 def write_html(path: Path, suite_dir: Path, runs: pd.DataFrame, summary: pd.DataFrame, missing: pd.DataFrame,
                manifest: Manifest, n_seeds: int, caption: str, paired_caption: str, figures: list[Path],
-               ranked: Ranking | None = None, fidelity_caption: str = "") -> Path:
+               ranked: Ranking | None = None, fidelity_caption: str = "",
+               card: list[tuple[str, str, str]] = (), published_caption: str = "") -> Path:
     """Render ``report.html`` at ``path``; ``figures`` are the PNG files to embed (the
     critical-difference diagram goes with the ``ranked`` section); the fidelity section
-    needs ``summary``'s fidelity columns (``analysis.fidelity.summarise``)."""
+    needs ``summary``'s fidelity columns (``analysis.fidelity.summarise``); ``card`` is the
+    protocol card (``analysis.protocol``), ``published_caption`` the published comparison's."""
     diagram = next((f for f in figures if f.stem == "critical_difference"), None)
     figures = [f for f in figures if f != diagram]
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
@@ -68,6 +70,9 @@ def write_html(path: Path, suite_dir: Path, runs: pd.DataFrame, summary: pd.Data
         fidelity_caption=fidelity_caption,
         fidelity=_fidelity(summary, columns) if fidelity_caption else [],
         ranking=_ranking(ranked, display_name(manifest.reference or "kd"), diagram),
+        card=[{"section": section, "item": item, "value": value} for section, item, value in card],
+        published_caption=published_caption,
+        published=_blocks(summary[summary["paper"].notna()], columns, _published_cell),
         runs=[_run(suite_dir, run) for run in runs[runs["run_id"] != "checkpoint"].itertuples()],
     )
     path.write_text(page)
@@ -128,6 +133,16 @@ def _accuracy_cell(row: pd.Series | None) -> dict[str, Any]:
             "significant": not pd.isna(row["significant"]) and bool(row["significant"]),
             "n": int(row["n"]) if row["role"] != "teacher" else None,
             "paper": None if math.isnan(row["paper"]) else f"{row['paper']:.2f}"}
+
+
+def _published_cell(row: pd.Series | None) -> dict[str, Any]:
+    """Ours on the papers' rule, with the published number and our difference under it."""
+    if row is None or pd.isna(row["paper"]) or pd.isna(row["mean_best_test"]):
+        return {"text": "–", "sort": None, "paired": ""}
+    std = "" if pd.isna(row["std_best_test"]) else f" ± {row['std_best_test']:.2f}"
+    mark = " ‡" if not pd.isna(row["paper_outside_spread"]) and row["paper_outside_spread"] else ""
+    return {"text": f"{row['mean_best_test']:.2f}{std}", "sort": row["delta_paper"],
+            "paired": f"published {row['paper']:.2f} ({row['delta_paper']:+.2f}){mark}"}
 
 
 def _paired_cell(row: pd.Series | None) -> dict[str, Any]:

@@ -27,22 +27,31 @@ Outputs, in ``out_dir`` (default ``<suite_dir>/report``):
   than the suite's seeds; ``(x)`` is the published number where the manifest's ``paper`` has
   one. The caption states the rule, the number of seeds and the test; the runs left out of
   the means (failed, or not finished) are listed under the table with their reasons.
+- ``published.tex``: where the suite quotes published numbers, each beside ours selected
+  as the papers selected (the best test epoch, so on test, and labelled so): ``ours ±std
+  vs published (ours − published)``, ``‡`` where the published number lies outside our
+  seeds' range.
+- ``protocol.tex``: the protocol card (``analysis.protocol``): training split, recipe,
+  precision, teacher weights, selection rule, the published numbers' sources and the known
+  departures from the published protocol and from the authors' code.
 - ``paired.tex``: the paired differences to the reference, one cell per label and column:
   mean difference (pp), its 95% confidence interval and p, or "n<3: cannot be computed".
-- ``table.md``: the table, the paired differences and the runs left out, in Markdown (bold
-  ``**…**``, second ``<u>…</u>``).
+- ``table.md``: the table, the paired differences, the published comparison, the runs left
+  out and the protocol card, in Markdown (bold ``**…**``, second ``<u>…</u>``).
 - ``report.html``: all of the above and the figures in one self-contained page (see
   ``analysis.html``).
 - ``summary.csv``: one row per cell: dataset, pair, label, role, control (what it controls,
   empty for a method), mean, std, n (under the suite's rule), mean_best_val, std_best_val,
-  mean_last, std_last (both rules), seeds, failed, missing, paper, delta_paper (ours −
-  published), reference, paired_n, diff_mean, diff_ci_low, diff_ci_high, t, p_value,
+  mean_last, std_last, mean_best_test, std_best_test (each rule), seeds, failed, missing,
+  paper, delta_paper (ours on the papers' rule, best test epoch, − published),
+  paper_outside_spread (the published number outside our seeds' best-test range), reference, paired_n, diff_mean, diff_ci_low, diff_ci_high, t, p_value,
   significant (the paired test against the reference under the suite's rule; empty for the
   teacher, the reference itself, and with fewer than 3 pairs), rank (1 best, 2 second,
   among methods), selection.
 - ``runs.csv``: one row per run of the suite, finished or not: run_id, dataset, pair,
-  label, role, seed, status, value (the selected accuracy), value_best_val, value_last (both
-  rules; a teacher's value is its last epoch under either), error.
+  label, role, seed, status, value (the selected accuracy), value_best_val, value_last,
+  value_best_test (each rule; a teacher's value is that of the weights its students learned
+  from under every rule), error.
 - ``figures/``: training curves per dataset and pair (``curves_<dataset>_<pair>``) and the
   student − teacher accuracy gap (``teacher_gap``), each as PDF and PNG (see
   ``analysis.curves``);
@@ -69,6 +78,7 @@ import pandas as pd
 from kdbench.store import Manifest, load_manifest
 
 from . import curves, fidelity, ranking
+from .protocol import card_latex, card_markdown, protocol_card
 from .runs import (
     SELECTION_COLUMN,
     SELECTION_TEXT,
@@ -81,13 +91,12 @@ from .stats import MIN_PAIRS, NOT_COMPUTABLE, SIGNIFICANCE, TEST_NAME, paired_di
 from .style import display_name
 from .tables import latex_escape, latex_table, markdown_table
 
-TEACHER_VALUE = "test_top1_last"  # the teacher's final weights are what students distil from
 DEFAULT_REFERENCE = "kd"
-RULES = tuple(SELECTION_COLUMN)  # best_val, last
+RULES = tuple(SELECTION_COLUMN)  # best_val, last, best_test
 DAGGER = {"tex": "$^\\dagger$", "md": "†"}
 SUMMARY_COLUMNS = ["dataset", "pair", "label", "role", "control", "mean", "std", "n",
                    *(f"{stat}_{rule}" for rule in RULES for stat in ("mean", "std")),
-                   "seeds", "failed", "missing", "paper", "delta_paper", "augment", "augment_note", "reference",
+                   "seeds", "failed", "missing", "paper", "delta_paper", "paper_outside_spread", "augment", "augment_note", "reference",
                    "paired_n", "diff_mean", "diff_ci_low", "diff_ci_high", "t", "p_value", "significant"]
 
 
@@ -101,27 +110,30 @@ def controls(manifest: Manifest) -> dict[str, str]:
     return dict(manifest.controls)
 
 
-def run_table(suite_dir: str | Path) -> tuple[pd.DataFrame, Manifest]:
-    """Every run of the suite with its reported accuracy as ``value``, and the manifest.
+def run_table(suite_dir: str | Path, frame: pd.DataFrame | None = None) -> tuple[pd.DataFrame, Manifest]:
+    """Every run of the suite with its reported accuracy as ``value``, and the manifest;
+    ``frame``: the suite's ``suite_runs``, when the caller has read them.
 
     Columns: run_id, dataset, pair, label, role, seed, status, value, value_best_val,
-    value_last, error. Teachers loaded from a checkpoint (no teacher run) appear as one row
-    with run_id ``checkpoint``.
+    value_last, value_best_test, error. A teacher's value is that of the weights its
+    students learned from (the manifest's ``teacher_weights``) under every rule. Teachers
+    loaded from a checkpoint (no teacher run) appear as one row with run_id ``checkpoint``.
     """
-    frame = suite_runs(suite_dir)
+    frame = suite_runs(suite_dir) if frame is None else frame.copy()
     manifest = load_manifest(suite_dir)
-    for column in (*SELECTION_COLUMN.values(), TEACHER_VALUE, "teacher_test_top1"):
+    for column in (*SELECTION_COLUMN.values(), "teacher_test_top1"):
         if column not in frame:  # no run has finished
             frame[column] = math.nan
     finished = frame["status"] == "finished"
     teacher = frame["role"] == "teacher"
+    teacher_value = frame[SELECTION_COLUMN[manifest.teacher_weights]]
     for rule, column in SELECTION_COLUMN.items():
-        frame[f"value_{rule}"] = frame[TEACHER_VALUE].where(teacher, frame[column]).where(finished)
+        frame[f"value_{rule}"] = teacher_value.where(teacher, frame[column]).where(finished)
     frame["value"] = frame[f"value_{manifest.selection}"]
     frame["augment"] = augmentation(frame)
     frame = pd.concat([frame, _checkpoint_teachers(frame)], ignore_index=True)
-    return frame[["run_id", "dataset", "pair", "label", "role", "seed", "status", "value", "value_best_val",
-                  "value_last", "augment", "error"]], manifest
+    return frame[["run_id", "dataset", "pair", "label", "role", "seed", "status", "value",
+                  *(f"value_{rule}" for rule in RULES), "augment", "error"]], manifest
 
 
 def augmentation(frame: pd.DataFrame) -> pd.Series:
@@ -176,7 +188,11 @@ def summarise(runs: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
                    "augment": " / ".join(sorted(set(cell["augment"].dropna())))}
             # a cell trained otherwise than the rest of the table, or mixing augmentations, says so
             row["augment_note"] = f"[aug: {row['augment']}]" if row["augment"] and row["augment"] != usual else ""
-            row["delta_paper"] = row["mean"] - row["paper"]
+            # against the papers' own rule (their best test epoch), like for like
+            row["delta_paper"] = row["mean_best_test"] - row["paper"]
+            on_test = done["value_best_test"].dropna()
+            row["paper_outside_spread"] = (len(on_test) > 0 and not math.isnan(row["paper"])
+                                           and not on_test.min() <= row["paper"] <= on_test.max())
             if row["role"] != "teacher" and label != reference and baseline:
                 test = paired_difference(_by_seed(cell), baseline)
                 row |= {"reference": reference, "paired_n": test.n, "diff_mean": test.mean, "diff_ci_low": test.ci_low,
@@ -235,7 +251,9 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
     each class's most confused classes make its confusable pairs (``analysis.fidelity``).
     """
     suite_dir = Path(suite_dir)
-    runs, manifest = run_table(suite_dir)
+    every = suite_runs(suite_dir)
+    runs, manifest = run_table(suite_dir, every)
+    card = protocol_card(every, manifest)
     runs = pd.concat([runs, fidelity.fidelity_columns(suite_dir, runs, confusable_k)], axis=1)
     out = Path(out_dir) if out_dir is not None else suite_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -246,12 +264,18 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
     n_seeds = seed_count(runs)
     missing = left_out(runs)
 
-    written = [out / "summary.csv", out / "runs.csv", out / "table.md", out / "table.tex", out / "paired.tex"]
+    written = [out / "summary.csv", out / "runs.csv", out / "table.md", out / "table.tex", out / "paired.tex",
+               out / "protocol.tex"]
     summary.to_csv(written[0], index=False)
     runs.to_csv(written[1], index=False)
-    written[2].write_text(_markdown(summary, missing, name, manifest, n_seeds, transpose))
+    written[2].write_text(_markdown(summary, missing, name, manifest, n_seeds, transpose)
+                          + _published_markdown(summary) + card_markdown(card))
     written[3].write_text(_latex(summary, missing, name, manifest, n_seeds, transpose))
     written[4].write_text(_latex_paired(summary, name, manifest))
+    written[5].write_text(card_latex(card, name))
+    if summary["paper"].notna().any():
+        written.append(out / "published.tex")
+        written[-1].write_text(_latex_published(summary, name))
     written += fidelity.write_tables(summary, out, name, display_name(reference), confusable_k)
     written += ranking.write_ranking(ranked, out, name, display_name(reference))
     figures = ranking.plot_critical_difference(ranked, out / "figures" / "critical_difference")
@@ -267,7 +291,8 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
     written += figures
     written.append(write_html(out / "report.html", suite_dir, runs, summary, missing, manifest, n_seeds,
                               caption(name, manifest, n_seeds, summary, len(missing)), paired_caption(manifest),
-                              [f for f in figures if f.suffix == ".png"], ranked=ranked,
+                              [f for f in figures if f.suffix == ".png"], ranked=ranked, card=card,
+                              published_caption=PUBLISHED_CAPTION,
                               fidelity_caption=fidelity.caption(summary, display_name(reference), confusable_k)))
     return written
 
@@ -448,6 +473,39 @@ def _latex_paired(summary: pd.DataFrame, name: str, manifest: Manifest) -> str:
         body.insert(first_control, [f"\\multicolumn{{{len(header[0])}}}{{l}}{{\\textit{{Controls}}}}"])
         rules = [r + 1 if r >= first_control else r for r in rules]
     return latex_table(header, body, latex_escape(paired_caption(manifest)), f"tab:{name}-paired",
+                       "l" + "c" * (len(header[0]) - 1), rules)
+
+
+PUBLISHED_CAPTION = ("Ours against the published numbers, each on the papers' own rule: the best test epoch of "
+                     "each run (selected on test, so optimistic; the main table's number is not), mean ± std over "
+                     "seeds, then the published number and our difference to it. ‡: the published number lies "
+                     "outside the range of our seeds.")
+
+
+def published_text(row: pd.Series | None, tex: bool = False) -> str:
+    """A published-comparison cell: ``76.10 ± 0.21 vs 76.32 (−0.22)‡``; '–' without a number."""
+    if row is None or pd.isna(row["paper"]) or pd.isna(row["mean_best_test"]):
+        return "--" if tex else "–"
+    spread = "" if pd.isna(row["std_best_test"]) else (f"{{\\scriptsize$\\pm${row['std_best_test']:.2f}}}" if tex
+                                                       else f" ± {row['std_best_test']:.2f}")
+    mark = ("$^\\ddagger$" if tex else "‡") if _is_true(row["paper_outside_spread"]) else ""
+    return (f"{row['mean_best_test']:.2f}{spread} vs {row['paper']:.2f} "
+            f"({_signed(row['delta_paper'], tex)}){mark}")
+
+
+def _published_markdown(summary: pd.DataFrame) -> str:
+    quoted = summary[summary["paper"].notna()]
+    if quoted.empty:
+        return ""
+    header, body, _, _ = _grid(quoted, 0, False, tex=False, cell_text=published_text)
+    return (f"\n## Against the published numbers\n\n{PUBLISHED_CAPTION}\n\n"
+            + markdown_table([" ".join(part for part in parts if part) for parts in zip(*header)], body))
+
+
+def _latex_published(summary: pd.DataFrame, name: str) -> str:
+    header, body, rules, _ = _grid(summary[summary["paper"].notna()], 0, False, tex=True,
+                                   cell_text=lambda r: published_text(r, tex=True))
+    return latex_table(header, body, latex_escape(PUBLISHED_CAPTION), f"tab:{name}-published",
                        "l" + "c" * (len(header[0]) - 1), rules)
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -212,6 +213,12 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _accuracy(row: dict) -> str:
+    """A running job's last accuracy: on val, or on test where the run has no validation
+    split (a published protocol's, which selects nothing during training)."""
+    return f"test {row['test_top1']:.1f}" if math.isnan(row["val_top1"]) else f"val {row['val_top1']:.1f}"
+
+
 class SuiteProgress:
     """What the scheduler's cohorts have done, read from their runs' metrics files: it
     feeds ``TimeLeft`` and writes the progress report. The scheduler calls ``start`` when it
@@ -260,8 +267,7 @@ class SuiteProgress:
         lines = [f"[{self.name}] {done}/{self.total} done, {len(active)} running, {failed} failed, {left} waiting{eta}"]
         for job in active:
             rows = store.read_metrics(self.runs / job.run_id)
-            state = (f"epoch {rows[-1]['epoch']}/{job.spec.recipe.epochs} val {rows[-1]['val_top1']:.1f}"
-                     if rows else "starting")
+            state = f"epoch {rows[-1]['epoch']}/{job.spec.recipe.epochs} {_accuracy(rows[-1])}" if rows else "starting"
             lines.append(f"    {job.describe()} {state}")
         return "\n".join(lines)
 
