@@ -352,11 +352,12 @@ def describe(estimate: Estimate, threads: int | None = None) -> list[str]:
     where = f"{estimate.device}" + (f", {threads} threads" if threads and estimate.device == "cpu" else "")
     lines = [f"cost estimate: device-hours on this machine's {where} (step times measured here, one device, "
              "cohorts sharing each batch's teacher forward)"]
-    lines.append(f"  {'data set':<16} {'pair':<34} {'runs':>5} {'hours':>10} {'left':>10}")
+    width = max([34, *(len(x.pair) for x in estimate.lines)])
+    lines.append(f"  {'data set':<16} {'pair':<{width}} {'runs':>5} {'hours':>10} {'left':>10}")
     for line in sorted(estimate.lines, key=lambda x: (x.dataset, x.pair)):
-        lines.append(f"  {line.dataset:<16} {line.pair:<34} {line.runs:>5} {hours(line.seconds):>10} "
+        lines.append(f"  {line.dataset:<16} {line.pair:<{width}} {line.runs:>5} {hours(line.seconds):>10} "
                      f"{hours(line.left):>10}")
-    lines.append(f"  {'total':<51} {sum(x.runs for x in estimate.lines):>5} {hours(estimate.seconds):>10} "
+    lines.append(f"  {'total':<{width + 17}} {sum(x.runs for x in estimate.lines):>5} {hours(estimate.seconds):>10} "
                  f"{hours(estimate.left):>10}")
     if estimate.lines:
         saved = 1 - estimate.seconds / estimate.alone if estimate.alone else 0.0
