@@ -131,8 +131,7 @@ def _accuracy_cell(row: pd.Series | None) -> dict[str, Any]:
             "std": None if math.isnan(row["std"]) else f"{row['std']:.2f}",
             "rank": None if pd.isna(row["rank"]) else int(row["rank"]),
             "significant": not pd.isna(row["significant"]) and bool(row["significant"]),
-            "n": int(row["n"]) if row["role"] != "teacher" else None,
-            "paper": None if math.isnan(row["paper"]) else f"{row['paper']:.2f}"}
+            "n": int(row["n"]) if row["role"] != "teacher" else None}
 
 
 def _published_cell(row: pd.Series | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ then each other value with the pairs or labels that have it.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -73,7 +74,8 @@ def _recipe(row: pd.Series) -> Recipe:
 
 
 def _plain(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    """A flattened spec value as the spec held it (``load_results`` keeps lists as JSON text)."""
+    return json.loads(value) if isinstance(value, str) and value.startswith("[") else value
 
 
 def _missing(value: Any) -> bool:

@@ -24,8 +24,8 @@ Outputs, in ``out_dir`` (default ``<suite_dir>/report``):
   mean is bold and the second underlined (means rounded to the two printed decimals; ties
   share a rank; the teacher and the controls are not ranked); ``†`` marks a mean that
   differs from the reference's at p < 0.05; ``[n=k]`` marks a cell with fewer finished runs
-  than the suite's seeds; ``(x)`` is the published number where the manifest's ``paper`` has
-  one. The caption states the rule, the number of seeds and the test; the runs left out of
+  than the suite's seeds. Published numbers are not in it: they were selected on test, so
+  they are compared in ``published.tex``, on their rule. The caption states the rule, the number of seeds and the test; the runs left out of
   the means (failed, or not finished) are listed under the table with their reasons.
 - ``published.tex``: where the suite quotes published numbers, each beside ours selected
   as the papers selected (the best test epoch, so on test, and labelled so): ``ours ±std
@@ -316,7 +316,8 @@ def caption(name: str, manifest: Manifest, n_seeds: int, summary: pd.DataFrame, 
         text += (" Controls (not ranked), below the methods: "
                  + "; ".join(f"{display_name(label)}: {what}" for label, what in controlled.items()) + ".")
     if summary["paper"].notna().any():
-        text += " In parentheses: the published number."
+        text += (" The published numbers, selected on test as the papers did, are set against ours on that rule "
+                 "in their own table, not here.")
     if left:
         text += f" {left} run(s) failed or did not finish and are not in the means (listed below)."
     return text
@@ -378,8 +379,6 @@ def _cell(row: pd.Series | None, n_seeds: int, tex: bool) -> str:
     extras = [row["augment_note"]] if row["augment_note"] else []
     if row["role"] != "teacher" and row["n"] < n_seeds:
         extras.append(f"[n={row['n']}]")
-    if not math.isnan(row["paper"]):
-        extras.append(f"({row['paper']:.2f})")
     if extras:
         text += f" {{\\scriptsize {' '.join(extras)}}}" if tex else " " + " ".join(extras)
     return text
