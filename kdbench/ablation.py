@@ -154,6 +154,10 @@ def load_ablation(path: str | Path) -> Ablation:
     dataset = config.dataset or pair.datasets[0]
     if dataset not in pair.datasets:
         raise suite_error(suite, text, ["ablation", "dataset"], f"pair {config.pair} runs on {', '.join(pair.datasets)}, not '{dataset}'")
+    if suite.file.datasets[dataset].val_fraction == 0:
+        raise suite_error(suite, text, ["datasets", dataset, "val_fraction"],
+                          "is 0, but an ablation scores its trials on the validation split and never on test; hold "
+                          "one out (val_fraction: 0.1)")
     template = next(j for j in suite.jobs if j.label == config.method and j.pair == f"{pair.teacher}→{pair.student}"
                     and j.spec.dataset.name == dataset and j.spec.seed == suite.file.seeds[0])
     method = METHODS.get(template.spec.method)

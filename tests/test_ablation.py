@@ -216,3 +216,11 @@ def test_analysis_imports_nothing_that_trains():
             "('engine', 'runner', 'tuning')])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_an_ablation_without_a_validation_split_is_refused(tmp_path):
+    suite = TINY_ABLATION | {"selection": "last", "datasets": {"digits": {"val_fraction": 0, "options": {"image_size": 8}}}}
+    path = write_suite(tmp_path, suite)
+    with pytest.raises(ConfigError, match=r"'datasets.digits.val_fraction': is 0, but an ablation scores its trials "
+                                          r"on the validation split and never on test"):
+        load_ablation(path)
