@@ -13,7 +13,9 @@ Steps, each a subprocess with its own time limit and log file in OUT/logs/:
 3. ``kdbench bench`` (a) to (d) on the device: every method's step, the cohort and stacked
    cohort, the data paths (224-px prepared store cropped on the device among them), the
    harness's overhead;
-4. ``torchrun --nproc_per_node 2``: a teacher and its KD student trained data-parallel by
+4. (GPU only) ``kdbench bench`` (a) again in fp32 for five methods: set against step 3's
+   bf16 step times, what training in fp32 (every reference's precision) costs;
+5. ``torchrun --nproc_per_node 2``: a teacher and its KD student trained data-parallel by
    two processes on the one GPU (gloo: NCCL refuses two ranks on one device).
 
 OUT/summary.json holds each step's command, exit status, seconds, log and what it
@@ -67,10 +69,16 @@ def steps(out: Path, cpu: bool) -> list[dict]:
     bench = [sys.executable, "-c", "import json, sys; from kdbench.bench import run_bench; "
              f"json.dump(run_bench(**{bench_args!r}), open(sys.argv[1], 'w'), default=str)", str(out / "bench.json")]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", *train]
-    limits = [600] * 4 if cpu else [120, 200, 110, 50]  # the CPU form's: a shared machine may crawl
+    if cpu:
+        return [{"name": name, "command": command, "limit": 600}  # a shared machine may crawl
+                for name, command in zip(("doctor", "quick suite", "bench a-d", "torchrun 2 processes"),
+                                         (doctor, suite, bench, torchrun))]
+    # what fp32, every reference's precision, costs against bf16: (a) again at fp32, same methods
+    fp32 = [*KDBENCH, "bench", "--device", device, "--through", "a", "--rounds", "3", "--steps", "20",
+            "--precision", "fp32", "--methods", "kd", "dkd", "figkd", "crd", "reviewkd"]
     return [{"name": name, "command": command, "limit": limit} for name, command, limit in
-            zip(("doctor", "quick suite", "bench a-d", "torchrun 2 processes"), (doctor, suite, bench, torchrun),
-                limits)]
+            zip(("doctor", "quick suite", "bench a-d", "bench a fp32", "torchrun 2 processes"),
+                (doctor, suite, bench, fp32, torchrun), (120, 170, 110, 30, 50))]
 
 
 def run_step(step: dict, logs: Path, budget_end: float) -> dict:
