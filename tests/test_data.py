@@ -3,6 +3,7 @@ official on-disk layout written here (3 classes × 3 train + 2 test images each)
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -594,6 +595,14 @@ def test_glyphs_shapes_splits_and_determinism() -> None:
     more_test = create_dataset("glyphs", **{**GLYPHS, "test_per_class": 7})
     assert torch.equal(splits.train.images, more_test.train.images)
     assert not torch.equal(splits.train.images, create_dataset("glyphs", data_seed=1, **GLYPHS).train.images)
+
+
+def test_glyphs_bytes_are_pinned() -> None:
+    """The images' bytes, as this file's hash: the rendering uses no transcendental function,
+    so every machine (and a later torch) must make these very bytes."""
+    splits = create_dataset("glyphs", **GLYPHS)
+    pixels = splits.train.images.numpy().tobytes() + splits.test.images.numpy().tobytes()
+    assert hashlib.sha256(pixels).hexdigest() == "570b61eb93e6b68f414fa40636993d9efbd0729e824b902e9fc2050d26732058"
 
 
 def _ink(image: torch.Tensor) -> torch.Tensor:
