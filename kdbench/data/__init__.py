@@ -19,6 +19,9 @@ Built in, no files needed:
 - ``synthetic-fg``: procedurally generated fine-grained classes; see
   ``kdbench.data.synthetic.synthetic_fg`` for its options. The images depend only on
   ``data_seed`` (default 0), not on the training ``seed``.
+- ``glyphs``: generated look-alike classes (a group's colours and glyph; its variants differ
+  in a few cells), 12 px by default; see ``kdbench.data.glyphs.glyphs``. The same bytes on
+  every machine, from ``data_seed`` alone.
 
 Real sets are read from the data root: the ``root`` argument (``--data-root``), else the
 environment variable ``KDBENCH_DATA``, else ``~/.cache/kdbench/data``. Nothing is ever

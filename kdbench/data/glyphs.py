@@ -47,7 +47,11 @@ def glyphs(
 
     The images depend only on ``data_seed`` and the options, never on the training seed;
     changing ``test_per_class`` leaves the training images as they were. Augmentation:
-    RandomCrop(image_size, padding 1), no flip (a mirrored glyph is another glyph)."""
+    RandomCrop(image_size, padding 1), no flip (a mirrored glyph is another glyph).
+
+    The defaults are the regime measured for an offline suite (the README's paragraph "A
+    generated set: glyphs"): resnet20 reaches 97.5–98.1% in 40 epochs, and so does resnet8
+    in 30, so at convergence this set has no teacher-student gap to distil across."""
     cells = glyph_size * glyph_size
     if classes_per_group * detail_pixels > cells:
         raise ConfigError(
