@@ -23,7 +23,7 @@ A suite file::
                      control: "class order"}             # a control: reported apart, saying what it isolates
       mlkd_strong: {method: mlkd, recipe: {augment: strong}}  # the label's own recipe, applied last
     reference: kd                     # the label every other is compared with, paired by seed
-    paper:                            # published numbers, printed beside ours by reports
+    paper:                            # published numbers, set against ours on their rule by reports
       digits/resnet20/resnet8: {kd: 90.1, dkd: {value: 91.0, source: "a number's own source"}}
     sources: {kd: "Hinton et al. 2015, Table 1"}   # where each label's published numbers come from
     protocol_notes: ["crops from a 256-px copy"]    # departures from the published protocol
