@@ -266,7 +266,7 @@ def probe_of(suite, device: torch.device) -> Probe:
     """The suite's probe (the default pair without a suite); on the CPU a small one."""
     if device.type != "cuda":
         return Probe("synthetic-fg", "resnet20", "resnet8", 16, 8, 10,
-                     tuple(sorted({training_precision(j.spec.recipe) for j in suite.jobs})) if suite else ("bf16",))
+                     tuple(sorted({j.spec.recipe.precision for j in suite.jobs})) if suite else ("bf16",))
     if suite is None:
         return Probe("synthetic-fg", "resnet32x4", "resnet8x4", 32, 64, 100, ("bf16", "fp16"))
     from .runner.cost import data_shape
@@ -277,14 +277,7 @@ def probe_of(suite, device: torch.device) -> Probe:
     return Probe(job.spec.dataset.name, job.spec.teacher.model if job.spec.teacher else job.spec.student,
                  job.spec.student, shape.image_size if shape else 224, job.spec.recipe.batch_size,
                  shape.num_classes if shape else 100,
-                 tuple(sorted({training_precision(j.spec.recipe) for j in suite.jobs})))
-
-
-def training_precision(recipe) -> str:
-    """The precision a recipe trains at (``Recipe.precision``)."""
-    from .runner.cost import training_precision as of_recipe
-
-    return of_recipe(recipe)
+                 tuple(sorted({j.spec.recipe.precision for j in suite.jobs})))
 
 
 class KDStep:
@@ -585,7 +578,7 @@ def run_doctor(suite_path: str | None, out: str = "results", data_root: str | No
     device = resolve_device(device_name)
     probe = probe_of(suite, device)
     if precision is not None:
-        probe = replace(probe, precisions=(training_precision(Recipe(precision=precision)),))
+        probe = replace(probe, precisions=(Recipe(precision=precision).precision,))
     printer(f"\nfast paths on {device} ({probe.teacher}→{probe.student}, {probe.image_size} px, batch "
             f"{probe.batch_size})")
     smoked = fast_path_checks(probe, device, paths_on_cpu, compile_backend, skip)

@@ -81,14 +81,9 @@ def family(method: Method) -> str:
     return "features" if needs.stages or needs.teacher_stages else "logits"
 
 
-def training_precision(recipe: Recipe) -> str:
-    """The precision a run trains at: the recipe's (``Recipe.precision``)."""
-    return recipe.precision
-
-
 def autocast_for(recipe: Recipe, device: torch.device) -> Autocast:
     """The autocast contexts of the recipe's precision on ``device``."""
-    return autocast_factory(device, training_precision(recipe))[0]
+    return autocast_factory(device, recipe.precision)[0]
 
 
 @dataclass(frozen=True)
@@ -155,7 +150,7 @@ class Group:
 
 def _group_key(job: Job, shape: DataShape) -> tuple:
     recipe = job.spec.recipe
-    return shape.image_size, recipe.batch_size, training_precision(recipe)
+    return shape.image_size, recipe.batch_size, recipe.precision
 
 
 def _step_key(job: Job, method: Method) -> tuple[str, str | None, str]:
