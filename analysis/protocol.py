@@ -21,18 +21,12 @@ from typing import Any
 
 import pandas as pd
 
-from kdbench.spec import DataSpec, Recipe
+from kdbench.spec import SELECTED_EPOCH, DataSpec, Recipe
 from kdbench.store import Manifest
 
-from .runs import SELECTION_TEXT
 from .style import display_name
 from .tables import latex_escape, latex_table, markdown_table
 
-TEACHER_EPOCH = {
-    "last": "its last epoch",
-    "best_val": "its epoch with the best validation accuracy",
-    "best_test": "its epoch with the best test accuracy (selected on test, as the published protocol did)",
-}
 SELECTED_ON_TEST = ("Beside the published numbers: the best test epoch of each run (test_top1_max), the rule of "
                     "mdistiller and RepDistiller; selected on test, so optimistic, and never mixed with the suite's "
                     "number")
@@ -52,7 +46,7 @@ def protocol_card(runs: pd.DataFrame, manifest: Manifest) -> list[tuple[str, str
     for item in RECIPE_ITEMS:
         rows.append(("Students", item, _spread_text([(RECIPE_ITEMS[item](r), where) for r, where in recipes])))
     rows += _teacher_rows(students, teachers, manifest)
-    rows.append(("Numbers", "reported", f"test top-1 at {SELECTION_TEXT[manifest.selection]} "
+    rows.append(("Numbers", "reported", f"test top-1 at {SELECTED_EPOCH[manifest.selection]} "
                                          f"(selection: {manifest.selection}), mean ± std over seeds"))
     if manifest.paper:
         rows.append(("Numbers", "selected on test", SELECTED_ON_TEST))
@@ -132,8 +126,7 @@ def _places(places: list[tuple[str, str]], every: list[tuple[str, str]]) -> str:
     """Where a value applies, in the fewest words: whole pairs, else whole labels, else both."""
     pairs = sorted({p for p, _ in places}, key=str)
     labels = sorted({label for _, label in places}, key=str)
-    if all(p in pairs for p, _ in every if any(p == q for q, _ in places)) and \
-            all(where in places for where in every if where[0] in pairs):
+    if all(where in places for where in every if where[0] in pairs):
         return "pairs " + ", ".join(pairs)
     if all(where in places for where in every if where[1] in labels):
         return ", ".join(display_name(label) for label in labels)
@@ -151,18 +144,22 @@ def _teacher_rows(students: pd.DataFrame, teachers: pd.DataFrame, manifest: Mani
             value = f"published checkpoint {'/'.join(str(checkpoint).split('/')[-3:])}" + (
                 f" (sha256 {str(sha)[:12]}…)" if not _missing(sha) else "")
         else:
-            trained = teachers[(teachers["dataset"] == dataset) & (teachers["pair"] == pair)]
-            recipe = _recipe(trained.iloc[0]) if len(trained) else None
-            same = recipe is not None and all(RECIPE_ITEMS[i](recipe) == RECIPE_ITEMS[i](_recipe(first))
-                                              for i in RECIPE_ITEMS)
-            how = ("the students' recipe" if same else
-                   ", ".join(f"{item} {RECIPE_ITEMS[item](recipe)}" for item in ("epochs", "learning rate", "schedule"))
-                   if recipe is not None else "its run has no record yet")
             weights = first.get("spec.teacher.weights")
-            value = (f"trained here ({how}); students learn from "
-                     f"{TEACHER_EPOCH[weights if not _missing(weights) else manifest.teacher_weights]}")
+            value = (f"trained here ({_teacher_recipe(teachers, dataset, pair, _recipe(first))}); students learn from "
+                     f"{SELECTED_EPOCH[weights if not _missing(weights) else manifest.teacher_weights]}")
         rows.append(("Teacher", f"{dataset} {pair}", value))
     return rows
+
+
+def _teacher_recipe(teachers: pd.DataFrame, dataset: str, pair: str, students: Recipe) -> str:
+    """How the pair's teacher was trained, in words: as its students, or its own recipe."""
+    trained = teachers[(teachers["dataset"] == dataset) & (teachers["pair"] == pair)]
+    if trained.empty:
+        return "its run has no record yet"
+    recipe = _recipe(trained.iloc[0])
+    if all(describe(recipe) == describe(students) for describe in RECIPE_ITEMS.values()):
+        return "the students' recipe"
+    return ", ".join(f"{item} {RECIPE_ITEMS[item](recipe)}" for item in ("epochs", "learning rate", "schedule"))
 
 
 def card_markdown(rows: list[tuple[str, str, str]]) -> str:

@@ -20,17 +20,14 @@ import torch
 from kdbench import store
 from kdbench.checkpoints import safe_load
 from kdbench.errors import CheckpointError, ConfigError, KDBenchError
+from kdbench.spec import SELECTED_EPOCH
 from kdbench.store import ManifestJob, load_manifest, load_results, runs_dir
 
 # The rules an epoch is selected by, and the summary column each reads. A suite reports
 # best_val or last; best_test is the papers' rule (mdistiller, RepDistiller), selected on
 # test, so reports show it only beside published numbers, labelled.
 SELECTION_COLUMN = {"best_val": "test_top1_best_val", "last": "test_top1_last", "best_test": "test_top1_max"}
-SELECTION_TEXT = {
-    "best_val": "the epoch with the best validation accuracy",
-    "last": "the last epoch",
-    "best_test": "the epoch with the best test accuracy (selected on test)",
-}
+SELECTION_TEXT = SELECTED_EPOCH
 
 
 def suite_runs(suite_dir: str | Path) -> pd.DataFrame:

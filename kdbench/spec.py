@@ -44,6 +44,12 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # Which of a trained teacher's epochs its students learn from: the last, or the one with the
 # best validation (or, as some published protocols did, test) top-1.
 TeacherWeights = Literal["last", "best_val", "best_test"]
+# Each rule that selects an epoch, in words (a suite's selection, a teacher's weights).
+SELECTED_EPOCH = {
+    "best_val": "the epoch with the best validation accuracy",
+    "last": "the last epoch",
+    "best_test": "the epoch with the best test accuracy (selected on test)",
+}
 # Spellings of a precision that name the same thing (PyTorch Lightning's among them), so
 # that ``bf16``, ``bfloat16`` and ``bf16-mixed`` are one run id.
 PRECISION_SPELLINGS: dict[str, Precision] = {

@@ -100,7 +100,7 @@ def test_the_report_prints_the_protocol_card_and_the_published_comparison(tmp_pa
     table = (suite_dir / "report" / "table.md").read_text()
     protocol = table[table.index("## Protocol"):]
     for text in ("90% of the official training split (10% held out", "| fp32 |", "| 3 |",
-                 "trained here (the students' recipe); students learn from its last epoch",
+                 "trained here (the students' recipe); students learn from the last epoch",
                  "Hinton et al. (2015), Table 1", "the author's leaderboard", "crops from a 256-px copy",
                  "σ without Bessel's correction", "the epoch with the best validation accuracy (selection: best_val)"):
         assert text in protocol, text
@@ -131,10 +131,11 @@ def test_a_protocol_suites_dry_run_says_it_trains_on_the_whole_split_in_fp32(tmp
     said = []
     loaded = load_suite(Path(__file__).parents[1] / "suites" / f"{suite}.yaml")
     run_suite(loaded, RunnerOptions(out=tmp_path, dry_run=True, printer=said.append))
-    teacher = "best test epoch (selected on test)" if suite == "sdd_cub200" else "last epoch"
+    teacher = ("the epoch with the best test accuracy (selected on test)" if suite == "sdd_cub200"
+               else "the last epoch")
     for name in splits:
         assert (f"{name}: trains on the whole official training split (no validation split); precision fp32; "
-                f"reports the last epoch; a teacher trained here hands over its {teacher}") in said
+                f"reports the last epoch; a teacher trained here hands over {teacher}") in said
     assert {j.spec.dataset.val_fraction for j in loaded.jobs} == {0.0}
 
 

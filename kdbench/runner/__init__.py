@@ -32,6 +32,7 @@ from itertools import groupby
 from .. import store
 from ..engine import resolve_device
 from ..errors import ConfigError, DataError
+from ..spec import SELECTED_EPOCH
 from ..suite import Suite
 from .planning import (SMOKE_SAMPLES, RunnerOptions, check_data, check_methods, check_teachers, core_plan,
                        form_cohorts, select_jobs, suite_dir, write_manifest)
@@ -40,10 +41,6 @@ from .workers import execute_cohort
 
 __all__ = ["Outcome", "RunnerOptions", "Scheduler", "core_plan", "execute_cohort", "form_cohorts", "run_suite",
            "select_jobs"]
-
-
-EPOCH_WORDS = {"last": "last epoch", "best_val": "best validation epoch",
-               "best_test": "best test epoch (selected on test)"}
 
 
 def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
@@ -74,8 +71,8 @@ def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
                                       key=lambda s: s.dataset.name):
             specs = list(specs)
             say(f"{dataset}: trains on {'; '.join(sorted({s.dataset.training_split for s in specs}))}; precision "
-                f"{', '.join(sorted({s.recipe.precision for s in specs}))}; reports the {EPOCH_WORDS[suite.file.selection]}"
-                f"; a teacher trained here hands over its {EPOCH_WORDS[suite.file.teacher_weights]}")
+                f"{', '.join(sorted({s.recipe.precision for s in specs}))}; reports {SELECTED_EPOCH[suite.file.selection]}"
+                f"; a teacher trained here hands over {SELECTED_EPOCH[suite.file.teacher_weights]}")
         for problem in problems:
             say(f"missing: {problem}")
         return Outcome(missing=problems)
