@@ -30,16 +30,14 @@ current embedding, detached (``memory_s``/``memory_t`` then hold the queues). De
 ``warmup`` (default 0, none: RepDistiller and mdistiller have none) ramps w_crd linearly,
 min(epoch / warmup, 1), as DKD's and ReviewKD's losses are ramped. Short runs may want it:
 at initialisation the positive term is saturated and its gradient is ⟨memory row⟩/τ with
-τ = 0.07, so on the student backbone CRD's gradient is 3× that of CE at the first step and
-1.6× on average over the first epoch (quick suite, resnet20 → resnet8 on 16-px
-synthetic-fg, K 1024), while every memory row is still its random initialisation until the
-sample's first visit, i.e. for all of epoch 1. In a 4-epoch run that holds the student on
-synthetic-fg's coarse plateau (CE ≈ ln 5: groups learnt, stripe counts not) for one or two
-epochs: 44% test top-1 against 54-63% without KD; warmup 20 gives 52% (one seed each, an
-instrumented copy of the training loop). The queue mode, whose positives are the current
-embeddings rather than random rows, stays on the plateau (22%), so it is the gradient's
-size at the start, not the stale memory, that costs the budget. Over RepDistiller's 240
-epochs the first epoch is 0.4% of training.
+τ = 0.07, so on the student backbone CRD's gradient is larger than CE's over the first
+epoch, while every memory row is still its random initialisation until the sample's first
+visit, i.e. for all of epoch 1. In a run of a few epochs that can hold the student on a
+coarse plateau (synthetic-fg's: groups learnt, stripe counts not). The queue mode, whose
+positives are the current embeddings rather than random rows, stays on the plateau too,
+so it is the gradient's size at the start, not the stale memory, that costs the budget.
+Over RepDistiller's 240 epochs the first epoch is 0.4% of training. What was measured, and
+when: docs/methods.md ("CRD and FreeKD at the start of training").
 """
 
 import math

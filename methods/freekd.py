@@ -15,21 +15,21 @@ the levels are summed; the loss weight is their config's 1 (``loss_weight=1``). 
 projector is a plain 1×1 convolution: their configs name an ``align_module`` of type
 ``conv2d`` (student → teacher channels), whose definition the release does not include, so
 "plain" is our reading; no normalisation. (Version 1 of this method summed the orientations and put a BatchNorm after
-the convolution; measured on the quick suite's synthetic-fg that tripled the loss and forced
-the projected student map to unit variance per channel where the teacher's final post-ReLU
-map has a median channel std of 0.32: the loss at initialisation was 3.2× that of
-predicting zeros, 1.06× with the convolution alone.)
+the convolution; the BatchNorm forced the projected student map to unit variance per
+channel where the teacher's final post-ReLU map varies far less, so the loss at
+initialisation was several times that of predicting zeros: docs/methods.md has the figures.)
 
 ``warmup`` ramps μ linearly over the first epochs, as mdistiller does for feature losses
 (ReviewKD's WARMUP_EPOCHS 20, ``mdistiller/engine/cfg.py``) and DKD; FreeKD's detection
 configs have no such ramp (only a 1000-iteration learning-rate warm-up, which is the
-recipe's business). Why: at initialisation the L1 gradient on the student backbone is 1.5-2.5×
-that of CE, and it does not shrink with the residual (an L1 subgradient). Without the ramp
+recipe's business). Why: at initialisation the L1 gradient on the student backbone is larger
+than CE's, and it does not shrink with the residual (an L1 subgradient). Without the ramp
 the quick suite's resnet8 students stay on the coarse plateau of synthetic-fg (CE at
 ln 5 = 1.61: the 4 groups learnt, the 5 stripe counts within a group not) for the whole
-4-epoch run and end at 20-25% against 56% without KD; with μ 0.03 from the start they
-train normally. 20 epochs is 8% of the CIFAR-100 recipe; a run of a few epochs stays
-inside the ramp, which is how DKD and ReviewKD behave there too.
+4-epoch run, far below the student without KD; with a small μ from the start they train
+normally (docs/methods.md, "CRD and FreeKD at the start of training"). 20 epochs is 8% of
+the CIFAR-100 recipe; a run of a few epochs stays inside the ramp, which is how DKD and
+ReviewKD behave there too.
 
 ``mask: none`` is M = 1 (FreeKD-lite); ``teacher_energy`` stands in for FreeKD's learned
 frequency prompts with a pixel mask from the teacher's own high-frequency energy at that

@@ -277,11 +277,10 @@ def _short_openmp_spin() -> Any:
     A thread that finishes its part of a parallel region waits for the next one: libgomp
     (PyTorch's OpenMP on Linux) spins 300,000 times by default, which a machine with more
     runnable processes than cores pays for in stolen time slices, while sleeping at once
-    (``OMP_WAIT_POLICY=PASSIVE``) pays a wake-up per region. Measured on 2 cores, a
-    resnet20 step at 16 px and batch 32 on 2 threads, in ms: quiet, 22-29 by default, 47-53
-    passive, 23-31 at 10,000 spins; beside 3 busy processes, 294-326, 130-137 and 154-161.
-    One thread waits for no other, and how threads wait does not change what they
-    compute: records stay the same."""
+    (``OMP_WAIT_POLICY=PASSIVE``) pays a wake-up per region. A short spin costs about what
+    the default does on a quiet machine and about what sleeping does on a busy one (the
+    timings: docs/speed.md, "Cores"). One thread waits for no other, and how threads wait
+    does not change what they compute: records stay the same."""
     if {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
         return contextlib.nullcontext()
     return patch.dict(os.environ, {"GOMP_SPINCOUNT": "10000"})
