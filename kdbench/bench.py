@@ -6,11 +6,11 @@
     method back to back (a block of calls filling ROUND_SECONDS, its size fixed once after
     a warm-up, in an order rotated from round to round) and takes each method's ratio to
     KD in that round, so that the machine's drift between rounds cancels. Each block
-    follows another method's, as a cohort steps its students: ReviewKD's step so timed
-    is 5.6× KD's where it is 4.5–5.1× after its own (what the allocator holds, not the
-    method's arithmetic), and two runs agree within 2%; with an untimed call of its own
-    before each block they differed by 9%. Unlike ``torch.utils.benchmark``'s autorange,
-    no round spends time sizing its blocks again.
+    follows another method's, as a cohort steps its students: timed after a block of its
+    own, a step runs on what its own allocations left behind (ReviewKD's is then cheaper,
+    by what the allocator holds, not by its arithmetic) and two runs agree less well
+    (docs/speed.md has the figures). Unlike ``torch.utils.benchmark``'s autorange, no
+    round spends time sizing its blocks again.
     A ratio is the median of its rounds', given with that median's 95% confidence interval
     (distribution-free: two order statistics of the rounds' ratios) and the rounds'
     interquartile range. Rounds go on until every interval lies within RATIO_SPREAD / 2

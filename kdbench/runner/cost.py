@@ -28,8 +28,8 @@ batch: a CPU's time per image barely changes with the batch, and a 128-image ste
 ResNet-34 at 224 px takes tens of seconds there. Each call runs on one thread and its time
 is divided by torch's thread count: the runner spreads a suite's jobs over the cores, and
 on a busy machine two threads' short parallel regions wait on each other far longer than
-a whole job does (at load 16 on two cores, two threads timed 4.3 h for a suite that then
-trained in 0.67 h there). So on the CPU the figures are those of the machine to itself. Not counted: process start, data loading
+a whole job does (docs/before-a-long-run.md has the figures). So on the CPU the figures
+are those of the machine to itself. Not counted: process start, data loading
 (the device-held set and prepared stores keep it off the critical path on GPUs; a PIL
 loader at 224 px may not), checkpoint files, and other jobs sharing the device. Methods of
 one family differ in cost (ReviewKD's step is several times FitNet's): ``kdbench bench``
