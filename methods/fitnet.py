@@ -30,7 +30,7 @@ regressor, ``FitNet.__init__`` calls ``get_feat_shapes`` (``_common.py``), a for
 random image through the teacher under ``no_grad`` but in train mode (``.eval()`` comes
 later, from ``Distiller.train``), which updates every BN layer's running statistics with
 momentum 0.1 from that image: the teacher of every mdistiller FitNet run has moved
-statistics for the whole run (by up to 55% on a synthetic teacher, issue 22). kdbench keeps
+statistics for the whole run (how far, measured: docs/methods.md). kdbench keeps
 its teacher as trained (its probe runs in eval mode): a reader comparing with mdistiller's
 FitNet numbers should know.
 """

@@ -36,8 +36,7 @@ Differences from the released code:
   post-activation stage outputs (mdistiller's STU_PREACT false), as released; a ShuffleV2
   teacher's pre-activation map comes in its shuffled channel order (mdistiller leaves it
   unshuffled; the learned output convolution absorbs any channel order). Version 1 took the
-  teacher's post-activation maps: one SGD step then differed from mdistiller's by 16% of the
-  loss on VGG13→MobileNetV2.
+  teacher's post-activation maps, and its loss differed from mdistiller's (docs/methods.md).
 - Warm-up counts epochs from 1, as mdistiller; the authors' script counts from 0, so its
   first epoch has no ReviewKD term.
 - HCL skips k ≥ min(H, W) and resizing compares H×W; the releases look at H (skip) and W
