@@ -58,10 +58,9 @@ from .data import DataSplits
 from .method import Batch, TrainContext, create_method, list_methods
 from .models import create_model
 from .spec import DataSpec, Recipe, RunSpec, TeacherRef
-from .engine import (EngineOptions, EpochBatches, Indexed, ResidentTrainSet, RngStream, make_trainee, open_data,
-                     resolve_device)
+from .engine import (EngineOptions, EpochBatches, Execution, Indexed, ResidentTrainSet, RngStream, TraineeSetup,
+                     make_trainee, open_data, resolve_device)
 from .engine.batches import loader_batches, to_device
-from .engine.options import autocast_factory
 from .engine.step import cohort_step, student_stacks, trainee_step
 
 
@@ -230,12 +229,12 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
                      teacher=TeacherRef(model=teacher_name, checkpoint="random"), recipe=Recipe(precision=precision))
         batch_images, labels, index = next(resident.batches(sampler, RngStream(0, device)))
         context = partial(TrainContext, len(folder.classes), folder.train_labels, 200, 0)
-        trainee = make_trainee(kd, Path("."), create_method("kd"), len(folder.classes), teacher, batch_images[:2].cpu(),
-                               context, device, options)
+        execution = Execution.of(options, device, kd.recipe.precision)
+        trainee = make_trainee(kd, Path("."), create_method("kd"),
+                               TraineeSetup(len(folder.classes), teacher, batch_images[:2].cpu(), context, execution))
         trainee.rng = RngStream(0, device)
         batch = Batch(to_device(batch_images, device), labels.to(device), index.to(device))
-        autocast, _ = autocast_factory(device, precision)
-        step = interleaved({"kd": lambda: cohort_step(batch, teacher, [trainee], 1, 0.0, autocast)}, device,
+        step = interleaved({"kd": lambda: cohort_step(batch, teacher, [trainee], 1, 0.0, execution.autocast)}, device,
                            steps or 1, rounds)["kd"]
     step_rate = len(batch.labels) / step
     printer(f"    {image_size} px, {images} synthetic JPEGs (CUB-sized), RandomResizedCrop + flip, batch {batch_size}, "
@@ -262,7 +261,8 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     methods = methods or list_methods()
     options = EngineOptions(device=str(device), progress=False)
     precision = Recipe(precision=precision).precision  # any spelling, as a suite takes it
-    autocast, _ = autocast_factory(device, precision)
+    execution = Execution.of(options, device, precision)
+    autocast = execution.autocast
     torch.manual_seed(0)
     teacher = create_model(teacher_name, num_classes=num_classes).to(device).eval().requires_grad_(False)
     images = torch.randn(batch_size, 3, image_size, image_size)
@@ -278,12 +278,13 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     teacher.tap(sorted({stage for m in created.values() if m.needs.teacher for stage in m.needs.teacher_stages}))
     context = partial(TrainContext, num_classes, train_labels, 240, 0,
                       teacher_train_logits=torch.randn(num_samples, num_classes))
+    setup = TraineeSetup(num_classes, teacher, images[:2], context, execution)
     trainees = {}
     for name, method in created.items():
         spec = RunSpec(dataset=DataSpec(name=dataset, options={"image_size": image_size}), student=student_name,
                        method=name, teacher=teacher_ref if method.needs.teacher else None,
                        recipe=Recipe(epochs=240, precision=precision))
-        trainees[name] = make_trainee(spec, Path("."), method, num_classes, teacher, images[:2], context, device, options)
+        trainees[name] = make_trainee(spec, Path("."), method, setup)
         trainees[name].rng = RngStream(0, device)
 
     def teacher_forward() -> None:

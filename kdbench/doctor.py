@@ -286,34 +286,33 @@ class KDStep:
 
     def __init__(self, probe: Probe, device: torch.device, options, precision: str = "fp32", students: int = 1,
                  images: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
-        from .engine import RngStream, make_trainee
+        from .engine import Execution, RngStream, TraineeSetup, make_trainee
         from .engine.batches import to_device
-        from .engine.options import autocast_factory, uses_channels_last
         from .method import Batch, TrainContext, create_method
         from .models import create_model
         from .spec import DataSpec, Recipe, RunSpec, TeacherRef
 
         torch.manual_seed(0)
         self.device = device
+        recipe = Recipe(epochs=1, batch_size=probe.batch_size, precision=precision)
+        self.execution = Execution.of(options, device, recipe.precision)
         n, size = probe.batch_size, probe.image_size
         images = torch.randn(n, 3, size, size) if images is None else images
         labels = torch.randint(probe.num_classes, (len(images),)) if labels is None else labels
-        channels_last = uses_channels_last(options, device)
+        channels_last = self.execution.channels_last
         self.batch = Batch(to_device(images, device, channels_last), labels.to(device),
                            torch.arange(len(labels), device=device))
         self.teacher = create_model(probe.teacher, num_classes=probe.num_classes).to(device).eval()
         self.teacher.requires_grad_(False)
         if channels_last:
             self.teacher.to(memory_format=torch.channels_last)
-        recipe = Recipe(epochs=1, batch_size=n, precision=precision)
-        self.autocast, _ = autocast_factory(device, precision)
         context = partial(TrainContext, probe.num_classes, labels, 1, 0)
         spec = RunSpec(dataset=DataSpec(name="synthetic-fg", options={"image_size": 16}), student=probe.student,
                        method="kd", teacher=TeacherRef(model=probe.teacher, checkpoint="random"), recipe=recipe)
+        setup = TraineeSetup(probe.num_classes, self.teacher, images[:2], context, self.execution)
         self.trainees = []
         for seed in range(students):
-            trainee = make_trainee(spec.replace(seed=seed), Path("."), create_method("kd"), probe.num_classes,
-                                   self.teacher, images[:2], context, device, options)
+            trainee = make_trainee(spec.replace(seed=seed), Path("."), create_method("kd"), setup)
             trainee.rng = RngStream(seed, device)
             self.trainees.append(trainee)
         self.stacks: list = []
@@ -321,7 +320,7 @@ class KDStep:
     def __call__(self) -> None:
         from .engine.step import cohort_step
 
-        cohort_step(self.batch, self.teacher, self.trainees, 1, 0.0, self.autocast, stacks=self.stacks)
+        cohort_step(self.batch, self.teacher, self.trainees, 1, 0.0, self.execution.autocast, stacks=self.stacks)
         failed = next((t.error for t in self.trainees if t.error is not None), None)
         if failed is not None:
             raise failed
@@ -370,7 +369,6 @@ def smoke_device_data(probe: Probe, device: torch.device, options) -> list[Check
     from .data import create_dataset
     from .engine import EpochBatches, ResidentTrainSet, RngStream
     from .engine.batches import to_device
-    from .engine.options import uses_channels_last
 
     data = create_dataset("synthetic-fg", image_size=probe.image_size,
                           train_per_class=max(10, -(-probe.batch_size * 3 // 20)))  # 20 classes, 2 batches and more
@@ -385,7 +383,7 @@ def smoke_device_data(probe: Probe, device: torch.device, options) -> list[Check
 
     def augment_and_step() -> None:
         batch_images, _, _ = next(resident.batches(sampler, stream))
-        step.batch.images = to_device(batch_images, device, uses_channels_last(options, device))
+        step.batch.images = to_device(batch_images, device, step.execution.channels_last)
         step()
 
     seconds = timed(augment_and_step, device)

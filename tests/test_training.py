@@ -1,6 +1,8 @@
 import json
 import math
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,10 +11,10 @@ from kdbench import store
 from kdbench.errors import ConfigError
 from kdbench.runner.workers import ensure_run
 from kdbench.store import FAILED
-from kdbench.spec import Recipe
+from kdbench.spec import Recipe, RunSpec
 from kdbench.engine import EngineOptions, TrainingDiverged, learning_rate, train_run
 
-from conftest import TINY_RECIPE, student_spec
+from conftest import TINY_DIGITS, TINY_RECIPE, student_spec
 
 QUIET = EngineOptions(progress=False)
 
@@ -148,8 +150,7 @@ def test_device_resident_data_path_trains_reproducibly(teacher_out, tmp_path):
     to the loader path for sets that are not held in memory."""
     from dataclasses import replace
 
-    from kdbench.engine import ResidentTrainSet, open_data
-    from kdbench.engine.options import uses_device_data
+    from kdbench.engine import Execution, ResidentTrainSet, open_data
 
     out, teacher = teacher_out
     weights = out / teacher.run_id / store.WEIGHTS
@@ -158,9 +159,58 @@ def test_device_resident_data_path_trains_reproducibly(teacher_out, tmp_path):
     b = train_run(student_spec(teacher), tmp_path / "b", resident, weights)
     assert comparable(a) == comparable(b)
     assert a.summary.test_top1_last > 30
-    assert not uses_device_data(QUIET, torch.device("cpu"))
+    assert not Execution.of(QUIET, torch.device("cpu")).device_data
     smoke = open_data(student_spec(teacher), replace(QUIET, subset=64), augment=True)
     assert ResidentTrainSet.of(smoke, True, torch.device("cpu")) is None  # a subset view: loader path
+
+
+def test_execution_resolves_each_default_by_device():
+    """What "None: on CUDA only" comes to on each device (a CUDA device needs no GPU to be
+    named), and options that say otherwise win."""
+    from kdbench.engine import Execution
+
+    cpu = Execution.of(QUIET, torch.device("cpu"))
+    assert (cpu.channels_last, cpu.device_data, cpu.workers, cpu.pin_memory) == (False, False, 0, False)
+    cuda = Execution.of(QUIET, torch.device("cuda"))
+    assert (cuda.channels_last, cuda.device_data, cuda.pin_memory) == (True, True, True)
+    assert cuda.workers == min(8, os.cpu_count())
+    forced = Execution.of(replace(QUIET, channels_last=False, device_data=False, workers=3), torch.device("cuda"))
+    assert (forced.channels_last, forced.device_data, forced.workers) == (False, False, 3)
+    forced = Execution.of(replace(QUIET, channels_last=True, device_data=True, workers=2), torch.device("cpu"))
+    assert (forced.channels_last, forced.device_data, forced.workers) == (True, True, 2)
+
+
+def test_execution_resolves_the_recipes_precision(monkeypatch):
+    from kdbench.engine import Execution
+    from kdbench.errors import MachineError
+
+    cpu = torch.device("cpu")
+    fp32 = Execution.of(QUIET, cpu, "fp32")
+    with fp32.autocast():
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+    assert fp32.grad_scaler() is None
+    bf16 = Execution.of(QUIET, cpu, "bf16")
+    with bf16.autocast():
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    assert bf16.grad_scaler() is None
+    fp16 = Execution.of(QUIET, cpu, "fp16")
+    assert isinstance(fp16.grad_scaler(), torch.amp.GradScaler)
+    assert fp16.grad_scaler() is not fp16.grad_scaler()  # each trainee its own
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla V100")
+    with pytest.raises(MachineError, match="Tesla V100 does not support it"):
+        Execution.of(QUIET, torch.device("cuda"), "bf16")
+    assert Execution.of(QUIET, torch.device("cuda"), "fp16").scales_gradients
+
+
+def test_a_trainee_is_set_up_at_its_own_precision():
+    from kdbench.engine import Execution, TraineeSetup, make_trainee
+    from kdbench.method import create_method
+
+    spec = RunSpec(dataset=TINY_DIGITS, student="resnet8", method="none", recipe=TINY_RECIPE)
+    setup = TraineeSetup(10, None, torch.zeros(2, 3, 16, 16), None, Execution.of(QUIET, torch.device("cpu"), "bf16"))
+    with pytest.raises(ValueError, match="trains in fp32, but its trainee would be set up for bf16"):
+        make_trainee(spec, Path("."), create_method("none"), setup)
 
 
 def test_loader_processes_persist_and_stay_reproducible(teacher_out, tmp_path):

@@ -5,15 +5,19 @@ epoch, logs every term and checkpoints.
 
 One module per step of a run, in the order a run meets them:
 
-- ``options``: how runs are executed (device, mixed precision, memory layout, where the
-  training data lives); none of it is in a run's id.
+- ``options``: how runs are executed: what a caller asks for (``EngineOptions``: device,
+  memory layout, where the training data lives; none of it is in a run's id) and what it
+  comes to on the device at the recipe's precision (``Execution``: autocast, gradient
+  scaling, layout, loader processes), resolved once per cohort.
 - ``streams``: random streams, reseeded every epoch from (seed, epoch).
 - ``schedule``: the optimizer and the learning-rate schedule.
 - ``batches``: the data set's splits and each epoch's training batches (a loader, or the
   device-resident set; mixup / CutMix).
-- ``trainee``: one run's student, method and optimizer; the cohort's teacher.
+- ``trainee``: one run's student, method and optimizer (from the cohort's ``TraineeSetup``);
+  the cohort's teacher.
 - ``step``: one optimisation step (a cohort's, a trainee's, a stack of students').
-- ``epoch``: an epoch's steps, then evaluation, metrics and checkpoint per trainee.
+- ``epoch``: a cohort set up for its epochs (``Cohort``); an epoch's steps, then evaluation,
+  metrics and checkpoint per trainee.
 - ``evaluation``: accuracy and logits on a split.
 - ``checkpoint``: a trainee's epoch checkpoint, and resuming from it.
 - ``record``: the run's record, test logits and weights.
@@ -46,15 +50,15 @@ from .batches import EpochBatches, Indexed, ResidentTrainSet, TrainBatches, open
 from .cohort import cohort_key, train_cohort, train_run
 from .epoch import TrainingDiverged
 from .evaluation import evaluate, topk_correct
-from .options import EngineOptions, resolve_device
+from .options import EngineOptions, Execution, resolve_device
 from .record import count_parameters, summarise
 from .schedule import learning_rate
 from .streams import RngStream, epoch_seed, seed_everything
-from .trainee import Trainee, build_teacher, make_trainee
+from .trainee import Trainee, TraineeSetup, build_teacher, make_trainee
 
 __all__ = [
-    "EngineOptions", "EpochBatches", "Indexed", "ResidentTrainSet", "RngStream", "TrainBatches", "Trainee",
-    "TrainingDiverged", "build_teacher", "cohort_key", "count_parameters", "epoch_seed", "evaluate",
+    "EngineOptions", "EpochBatches", "Execution", "Indexed", "ResidentTrainSet", "RngStream", "TrainBatches",
+    "Trainee", "TraineeSetup", "TrainingDiverged", "build_teacher", "cohort_key", "count_parameters", "epoch_seed", "evaluate",
     "learning_rate", "make_trainee", "open_data", "resolve_device", "seed_everything", "summarise",
     "topk_correct", "train_cohort", "train_run",
 ]

@@ -24,7 +24,7 @@ from .. import distributed
 from ..data import DataSplits, create_dataset
 from ..data.base import Augment, BatchCrop, BatchResizedCrop, ImageDataset, RaggedImages
 from ..spec import Recipe, RunSpec
-from .options import EngineOptions, uses_device_data
+from .options import EngineOptions, Execution
 from .streams import RngStream
 
 SPLIT_SEED = 0  # one validation split for every training seed, so model selection is comparable
@@ -62,9 +62,9 @@ def shard(dataset: Dataset) -> Dataset:
     return Subset(dataset, range(rank * n // world, (rank + 1) * n // world))
 
 
-def eval_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+def eval_loader(dataset: Dataset, batch_size: int, execution: Execution) -> DataLoader:
     """An evaluation loader: in order, no augmentation beyond the split's transform."""
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    return DataLoader(dataset, batch_size=batch_size, num_workers=execution.workers, pin_memory=execution.pin_memory)
 
 
 def to_device(images: Tensor, device: torch.device, channels_last: bool | None = None) -> Tensor:
@@ -228,17 +228,16 @@ class TrainBatches:
     loader: DataLoader | None
 
     @classmethod
-    def of(cls, data: DataSplits, recipe: Recipe, weak_view: bool, device: torch.device, options: EngineOptions,
-           workers: int) -> TrainBatches:
+    def of(cls, data: DataSplits, recipe: Recipe, weak_view: bool, execution: Execution) -> TrainBatches:
         """``weak_view``: every batch also carries the standard recipe's view of its images."""
         train_set = Indexed(data.train, weak_view_of(data, recipe.augment) if weak_view else None)
-        resident = (ResidentTrainSet.of(data, recipe.augment, device, weak_view) if uses_device_data(options, device)
+        resident = (ResidentTrainSet.of(data, recipe.augment, execution.device, weak_view) if execution.device_data
                     else None)
         mixer = make_mixer(recipe, data.num_classes)
         sampler = EpochBatches(len(train_set), recipe.batch_size, 0, distributed.rank(), distributed.world())
         loader = None if resident is not None else DataLoader(
-            train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-            persistent_workers=workers > 0)
+            train_set, batch_sampler=sampler, num_workers=execution.workers, pin_memory=execution.pin_memory,
+            persistent_workers=execution.workers > 0)
         return cls(sampler, mixer, resident, loader)
 
     def epoch(self, shuffle_seed: int, stream: RngStream) -> Iterator[tuple[Any, Tensor, Tensor, Tensor | None]]:

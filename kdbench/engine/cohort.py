@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from .. import distributed, store
 from ..data import DataSplits
@@ -29,13 +27,13 @@ from ..spec import RunSpec
 from ..store import RunRecord
 from .batches import TrainBatches, eval_loader, open_data, shard
 from .checkpoint import resume
-from .epoch import end_epoch, train_epoch
+from .epoch import Cohort, end_epoch, train_epoch
 from .evaluation import evaluate, predict
-from .options import EngineOptions, autocast_factory, loader_workers, resolve_device, uses_channels_last
+from .options import EngineOptions, Execution, resolve_device
 from .record import finish_run, teacher_outputs
-from .step import Autocast, StudentStack, student_stacks
+from .step import student_stacks
 from .streams import RngStream, epoch_seed, seed_everything
-from .trainee import Trainee, build_teacher, make_trainee
+from .trainee import Trainee, TraineeSetup, build_teacher, make_trainee
 
 
 def cohort_key(spec: RunSpec) -> str:
@@ -67,60 +65,43 @@ def train_cohort(specs: Sequence[RunSpec], run_dirs: Sequence[Path], options: En
 
     trainees = list(cohort.trainees.values())
     weak_view = any(t.method.needs.weak_view for t in trainees)
-    batches = TrainBatches.of(cohort.data, lead.recipe, weak_view, device, options, cohort.workers)
+    batches = TrainBatches.of(cohort.data, lead.recipe, weak_view, cohort.execution)
     started = time.time()
     for epoch in range(min((t.next_epoch for t in trainees), default=lead.recipe.epochs + 1), lead.recipe.epochs + 1):
-        _epoch(cohort, batches, epoch, options)
+        _epoch(cohort, batches, epoch)
 
     results = _records(cohort, len(specs), started)
     distributed.barrier()  # the other ranks read rank 0's files (a teacher's weights) only once they are written
     return results
 
 
-@dataclass
-class Cohort:
-    """A cohort set up for its epochs."""
-
-    lead: RunSpec  # a run with the cohort's teacher, if it has one: its data, seed and recipe are all runs'
-    device: torch.device
-    workers: int
-    data: DataSplits
-    teacher: Backbone | None
-    teacher_test: float | None  # the teacher's test top-1
-    trainees: dict[int, Trainee]  # by position in the cohort's specs
-    failures: dict[int, Exception]  # the runs whose method, set-up or resume failed
-    eval_batch: int
-    val_loader: DataLoader | None
-    test_loader: DataLoader  # this rank's shard
-    autocast: Autocast
-    stacks: list[StudentStack]
-
-
 def _set_up(specs: Sequence[RunSpec], run_dirs: list[Path], lead: RunSpec, device: torch.device,
             options: EngineOptions, teacher_weights: Path | None) -> Cohort:
-    """Data, teacher, evaluation loaders and each run's trainee (resumed from its
-    checkpoint), in this order: it fixes every random draw before the first epoch."""
+    """The options resolved (``Execution``), then data, teacher, evaluation loaders and each
+    run's trainee (resumed from its checkpoint), in this order: it fixes every random draw
+    before the first epoch."""
     recipe = lead.recipe
     if recipe.batch_size % distributed.world():
         raise ConfigError(f"batch size {recipe.batch_size} does not divide among {distributed.world()} processes")
-    workers = loader_workers(options, device)
     for spec, run_dir in zip(specs, run_dirs) if distributed.is_main() else ():
         store.write_spec(run_dir, spec)
+    execution = Execution.of(options, device, recipe.precision)
 
     seed_everything(lead.seed)
     data = open_data(lead, options, augment=recipe.augment)
     methods, failures = _create_methods(specs)
-    teacher = _teacher(lead, data.num_classes, methods, teacher_weights, device, options)
+    teacher = _teacher(lead, data.num_classes, methods, teacher_weights, execution)
     eval_batch = max(recipe.batch_size, 256)
-    val_loader = eval_loader(shard(data.val), eval_batch, workers, device) if len(data.val) else None
-    test_loader = eval_loader(shard(data.test), eval_batch, workers, device)
-    autocast, _ = autocast_factory(device, recipe.precision)
-    context = _context(lead, data, teacher, methods, eval_batch, workers, device, options)
-    trainees = _trainees(specs, run_dirs, methods, data, teacher, context, device, options, failures)
+    val_loader = eval_loader(shard(data.val), eval_batch, execution) if len(data.val) else None
+    test_loader = eval_loader(shard(data.test), eval_batch, execution)
+    context = _context(lead, data, teacher, methods, eval_batch, execution)
+    probe = torch.stack([data.train[i][0] for i in range(2)])  # shapes for the methods' setup
+    trainees = _trainees(specs, run_dirs, methods, TraineeSetup(data.num_classes, teacher, probe, context, execution),
+                         failures)
     stacks = student_stacks(list(trainees.values()), data.num_classes, options)
     teacher_test = evaluate(teacher, test_loader, device, reduce=True)["top1"] if teacher is not None else None
-    return Cohort(lead, device, workers, data, teacher, teacher_test, trainees, failures, eval_batch, val_loader,
-                  test_loader, autocast, stacks)
+    return Cohort(lead, execution, data, teacher, teacher_test, trainees, failures, eval_batch, val_loader,
+                  test_loader, stacks)
 
 
 def _create_methods(specs: Sequence[RunSpec]) -> tuple[dict[int, Method], dict[int, Exception]]:
@@ -136,44 +117,40 @@ def _create_methods(specs: Sequence[RunSpec]) -> tuple[dict[int, Method], dict[i
 
 
 def _teacher(lead: RunSpec, num_classes: int, methods: dict[int, Method], weights: Path | None,
-             device: torch.device, options: EngineOptions) -> Backbone | None:
+             execution: Execution) -> Backbone | None:
     """The cohort's teacher, tapped at every stage its runs' methods read."""
-    teacher = build_teacher(lead, num_classes, weights, device)
+    teacher = build_teacher(lead, num_classes, weights, execution.device)
     if teacher is not None:
         teacher.tap(sorted({stage for m in methods.values() if m.needs.teacher for stage in m.needs.teacher_stages}))
-        if uses_channels_last(options, device):
+        if execution.channels_last:
             teacher.to(memory_format=torch.channels_last)
     return teacher
 
 
 def _context(lead: RunSpec, data: DataSplits, teacher: Backbone | None, methods: dict[int, Method],
-             eval_batch: int, workers: int, device: torch.device, options: EngineOptions
-             ) -> Callable[..., TrainContext]:
+             eval_batch: int, execution: Execution) -> Callable[..., TrainContext]:
     """The TrainContext of the cohort's methods, to be completed with each run's probe
     outputs; the teacher's logits on every training sample when a method needs them."""
     recipe = lead.recipe
     teacher_train_logits = None
     if teacher is not None and any(m.needs.teacher_train_logits for m in methods.values()):
-        plain = eval_loader(open_data(lead, options, augment=False).train, eval_batch, workers, device)
-        teacher_train_logits = predict(teacher, plain, device)
+        plain = eval_loader(open_data(lead, execution.options, augment=False).train, eval_batch, execution)
+        teacher_train_logits = predict(teacher, plain, execution.device)
     return partial(TrainContext, data.num_classes, torch.as_tensor(data.train_labels, dtype=torch.long),
                    recipe.epochs, lead.seed, teacher_train_logits=teacher_train_logits,
                    gather=distributed.all_gather_cat)
 
 
-def _trainees(specs: Sequence[RunSpec], run_dirs: list[Path], methods: dict[int, Method], data: DataSplits,
-              teacher: Backbone | None, context: Callable[..., TrainContext], device: torch.device,
-              options: EngineOptions, failures: dict[int, Exception]) -> dict[int, Trainee]:
+def _trainees(specs: Sequence[RunSpec], run_dirs: list[Path], methods: dict[int, Method], setup: TraineeSetup,
+              failures: dict[int, Exception]) -> dict[int, Trainee]:
     """Each run's trainee, resumed, and under torchrun in DistributedDataParallel, which
     copies rank 0's state to every rank; a run whose set-up or resume fails is added to
     ``failures``."""
     ready: dict[int, Trainee] = {}
-    probe = torch.stack([data.train[i][0] for i in range(2)])  # shapes for the methods' setup
     for i, method in methods.items():
         try:
-            trainee = make_trainee(specs[i], run_dirs[i], method, data.num_classes, teacher, probe, context,
-                                   device, options)
-            resume(trainee, device)
+            trainee = make_trainee(specs[i], run_dirs[i], method, setup)
+            resume(trainee, setup.execution.device)
             trainee.network = distributed.data_parallel(trainee.network)
         except torch.OutOfMemoryError:
             raise  # the cohort's, not the run's: it may fit in smaller ones (runner.workers)
@@ -184,40 +161,38 @@ def _trainees(specs: Sequence[RunSpec], run_dirs: list[Path], methods: dict[int,
     return ready
 
 
-def _epoch(cohort: Cohort, batches: TrainBatches, epoch: int, options: EngineOptions) -> None:
+def _epoch(cohort: Cohort, batches: TrainBatches, epoch: int) -> None:
     """One epoch of the trainees that have not failed and have not trained it yet (a
     resumed run may be ahead of the rest of its cohort)."""
     active = [t for t in cohort.trainees.values() if t.error is None and t.next_epoch == epoch]
     if not active:
         return
-    seed, device = cohort.lead.seed, cohort.device
+    seed, device = cohort.lead.seed, cohort.execution.device
     for trainee in active:
         trainee.rng = RngStream(distributed.rank_seed(epoch_seed(seed, epoch, 2)), device)
         trainee.sums, trainee.seen = {}, 0
     data_stream = RngStream(distributed.rank_seed(epoch_seed(seed, epoch, 1)), device)
     epoch_batches = batches.epoch(epoch_seed(seed, epoch, 0), data_stream)
     epoch_start = time.perf_counter()
-    train_epoch(epoch, epoch_batches, batches.sampler, cohort.teacher, active, cohort.stacks, cohort.autocast,
-                device, options.progress and distributed.is_main(), uses_channels_last(options, device))
+    train_epoch(cohort, active, epoch, epoch_batches, batches.sampler)
     epoch_seconds = time.perf_counter() - epoch_start
     for trainee in active:
         if trainee.error is None:
-            end_epoch(trainee, epoch, epoch_seconds / len(active), cohort.val_loader, cohort.test_loader, device,
-                      options)
+            end_epoch(cohort, trainee, epoch, epoch_seconds / len(active))
 
 
 def _records(cohort: Cohort, count: int, started: float) -> list[RunRecord | BaseException]:
     """Each run's record, or the exception that ended it; rank 0 evaluates on the whole
     test set and writes the finished runs' files."""
-    final_loader = (eval_loader(cohort.data.test, cohort.eval_batch, cohort.workers, cohort.device)
-                    if distributed.is_main() else None)
+    execution = cohort.execution
+    final_loader = eval_loader(cohort.data.test, cohort.eval_batch, execution) if distributed.is_main() else None
     teacher_logits = None
     if final_loader is not None and cohort.teacher is not None and any(
             t.error is None and t.method.needs.teacher for t in cohort.trainees.values()):
         splits = {"test": final_loader}
         if len(cohort.data.val):
-            splits["val"] = eval_loader(cohort.data.val, cohort.eval_batch, cohort.workers, cohort.device)
-        teacher_logits = teacher_outputs(cohort.teacher, splits, cohort.device)
+            splits["val"] = eval_loader(cohort.data.val, cohort.eval_batch, execution)
+        teacher_logits = teacher_outputs(cohort.teacher, splits, execution.device)
     results: list[RunRecord | BaseException] = []
     for i in range(count):
         trainee = cohort.trainees.get(i)
@@ -228,6 +203,6 @@ def _records(cohort: Cohort, count: int, started: float) -> list[RunRecord | Bas
         else:
             teacher, teacher_test = ((cohort.teacher, cohort.teacher_test) if trainee.method.needs.teacher
                                      else (None, None))
-            results.append(finish_run(trainee, teacher, teacher_test, final_loader, cohort.device, started,
+            results.append(finish_run(trainee, teacher, teacher_test, final_loader, execution.device, started,
                                       teacher_logits))
     return results

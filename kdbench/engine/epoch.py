@@ -1,11 +1,13 @@
-"""One epoch of a cohort: its steps over the epoch's batches, a check every ``CHECK_EVERY``
-steps that the loss is finite, then, per trainee, evaluation on val and test, the epoch's
-metrics row, the checkpoint and the metrics file (rank 0), and the ``on_epoch`` hook."""
+"""One epoch of a cohort (``Cohort``: what ``cohort`` sets up for the epochs): its steps over
+the epoch's batches, a check every ``CHECK_EVERY`` steps that the loss is finite, then, per
+trainee, evaluation on val and test, the epoch's metrics row, the checkpoint and the
+metrics file (rank 0), and the ``on_epoch`` hook."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,16 +15,18 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .. import distributed, store
+from ..data import DataSplits
 from ..errors import KDBenchError
 from ..method import Batch
 from ..models import Backbone
+from ..spec import RunSpec
 from ..tracking import log_epoch
 from .batches import EpochBatches, to_device
 from .checkpoint import save_checkpoint
 from .evaluation import evaluate
-from .options import EngineOptions
+from .options import Execution
 from .schedule import learning_rate
-from .step import Autocast, StudentStack, cohort_step
+from .step import StudentStack, cohort_step
 from .trainee import Trainee
 
 CHECK_EVERY = 50  # steps between host syncs (non-finite loss check, progress display)
@@ -32,17 +36,35 @@ class TrainingDiverged(KDBenchError):
     """The loss became NaN or infinite."""
 
 
-def train_epoch(epoch: int, batches: Iterator[tuple[Any, Tensor, Tensor, Tensor | None]], sampler: EpochBatches,
-                teacher: Backbone | None, trainees: list[Trainee], stacks: Sequence[StudentStack],
-                autocast: Autocast, device: torch.device, show_progress: bool,
-                channels_last: bool | None = None) -> None:
-    """Step ``trainees`` over the epoch's batches; a trainee whose loss is not finite stops
-    with ``TrainingDiverged``, and the epoch ends early once every trainee has stopped."""
+@dataclass
+class Cohort:
+    """A cohort set up for its epochs."""
+
+    lead: RunSpec  # a run with the cohort's teacher, if it has one: its data, seed and recipe are all runs'
+    execution: Execution
+    data: DataSplits
+    teacher: Backbone | None
+    teacher_test: float | None  # the teacher's test top-1
+    trainees: dict[int, Trainee]  # by position in the cohort's specs
+    failures: dict[int, Exception]  # the runs whose method, set-up or resume failed
+    eval_batch: int
+    val_loader: DataLoader | None
+    test_loader: DataLoader  # this rank's shard
+    stacks: list[StudentStack]
+
+
+def train_epoch(cohort: Cohort, trainees: list[Trainee], epoch: int,
+                batches: Iterator[tuple[Any, Tensor, Tensor, Tensor | None]], sampler: EpochBatches) -> None:
+    """Step ``trainees`` over the epoch's batches (``sampler`` cut them); a trainee whose loss
+    is not finite stops with ``TrainingDiverged``, and the epoch ends early once every
+    trainee has stopped."""
     for trainee in trainees:
         trainee.model.train()
         trainee.method.train()
+    execution = cohort.execution
+    device, channels_last = execution.device, execution.channels_last
     steps = len(sampler)
-    bar = _progress(batches, steps, f"{trainees[0].spec.describe()} epoch {epoch}", show_progress)
+    bar = _progress(batches, steps, f"{trainees[0].spec.describe()} epoch {epoch}", execution.show_progress)
     for step, (images, labels, index, mixed_targets) in enumerate(bar):
         images, weak_images = images if isinstance(images, (tuple, list)) else (images, None)
         batch = Batch(to_device(images, device, channels_last), labels.to(device, non_blocking=True),
@@ -51,7 +73,7 @@ def train_epoch(epoch: int, batches: Iterator[tuple[Any, Tensor, Tensor, Tensor 
                       weak_images=None if weak_images is None else to_device(weak_images, device, channels_last))
         check = (step + 1) % CHECK_EVERY == 0 or step + 1 == steps
         share = len(labels) / sampler.global_size(step) if distributed.active() else 1.0
-        cohort_step(batch, teacher, trainees, epoch, step / steps, autocast, share, stacks)
+        cohort_step(batch, cohort.teacher, trainees, epoch, step / steps, execution.autocast, share, cohort.stacks)
         for trainee in trainees:
             if check and trainee.error is None:
                 try:
@@ -60,16 +82,16 @@ def train_epoch(epoch: int, batches: Iterator[tuple[Any, Tensor, Tensor, Tensor 
                     trainee.error = exc
         if all(t.error is not None for t in trainees):
             return
-        if check and show_progress:
+        if check and execution.show_progress:
             bar.set_postfix({k: f"{float(v) / t.seen:.3f}" for t in trainees[:1] for k, v in t.sums.items()}, refresh=False)
 
 
-def end_epoch(trainee: Trainee, epoch: int, seconds: float, val_loader: DataLoader | None, test_loader: DataLoader,
-              device: torch.device, options: EngineOptions) -> None:
+def end_epoch(cohort: Cohort, trainee: Trainee, epoch: int, seconds: float) -> None:
     """Evaluate the trainee, append the epoch's metrics row, checkpoint, and call ``on_epoch``."""
-    val = (evaluate(trainee.model, val_loader, device, reduce=True) if val_loader is not None
+    device, options = cohort.execution.device, cohort.execution.options
+    val = (evaluate(trainee.model, cohort.val_loader, device, reduce=True) if cohort.val_loader is not None
            else {"top1": math.nan, "top5": math.nan})
-    test = evaluate(trainee.model, test_loader, device, reduce=True)
+    test = evaluate(trainee.model, cohort.test_loader, device, reduce=True)
     sums, seen = epoch_sums(trainee)
     trainee.history.append({
         "epoch": epoch,
@@ -91,7 +113,7 @@ def end_epoch(trainee: Trainee, epoch: int, seconds: float, val_loader: DataLoad
             options.on_epoch(epoch, trainee.history[-1])
     except Exception as exc:  # e.g. optuna.TrialPruned: this run stops, the cohort goes on
         trainee.error = exc
-    if options.progress and distributed.is_main():
+    if cohort.execution.show_progress:
         print(f"  {trainee.spec.method} epoch {epoch}/{trainee.spec.recipe.epochs}: "
               f"val {val['top1']:.2f}  test {test['top1']:.2f}", flush=True)
 

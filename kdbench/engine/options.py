@@ -1,7 +1,10 @@
 """How runs are executed: the device, memory layout, where the training data lives. None of
 this changes what a run computes, so none of it is in a run's id; the training precision
-does, so it is the recipe's (``Recipe.precision``), and ``autocast_factory`` turns it into
-autocast contexts here."""
+does, so it is the recipe's (``Recipe.precision``).
+
+``EngineOptions`` is what a caller asks for; ``Execution`` is what it comes to on a device
+at a precision (autocast, gradient scaling, memory layout, device-held data, loader
+processes), resolved once, when a cohort is set up, and carried by the cohort."""
 
 from __future__ import annotations
 
@@ -13,8 +16,12 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..errors import MachineError
+from ..spec import Precision
 from ..tracking import Tracking
+
+Autocast = Callable[[], contextlib.AbstractContextManager]  # a factory of autocast contexts
 
 
 @dataclass
@@ -53,32 +60,51 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def loader_workers(options: EngineOptions, device: torch.device) -> int:
-    """Data-loader processes: the options', else none on the CPU and up to 8 on CUDA."""
-    if options.workers is not None:
-        return options.workers
-    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+@dataclass(frozen=True)
+class Execution:
+    """The options resolved on a device at a recipe's precision: what every part of the
+    engine reads, so that each default ("on CUDA only") is decided here, once."""
 
+    options: EngineOptions  # the rest of what was asked for: data root, subset, hooks, compile, stacking
+    device: torch.device
+    precision: Precision
+    autocast: Autocast  # the precision's autocast contexts (fp32: none)
+    scales_gradients: bool  # fp16: each trainee's gradients go through a GradScaler
+    channels_last: bool  # NHWC models and training batches: the options', else on CUDA only
+    device_data: bool  # a training set held as pixels stays on the device: the options', else on CUDA only
+    workers: int  # data-loader processes: the options', else none on the CPU and up to 8 on CUDA
 
-def autocast_factory(device: torch.device, precision: str
-                     ) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
-    """A factory of autocast contexts for a recipe's ``precision`` (fp32: none), and whether
-    fp16 gradients need a GradScaler. A GPU without bf16 is refused rather than given fp16,
-    which would be another run."""
-    if precision == "fp32":
-        return contextlib.nullcontext, False
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise MachineError(f"the recipe asks for bf16 but {torch.cuda.get_device_name(device)} does not support it; "
-                           "set the suite's recipe precision to fp16 or fp32 (each is a different run)")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return (lambda: torch.autocast(device.type, dtype=dtype)), dtype == torch.float16
+    @classmethod
+    def of(cls, options: EngineOptions, device: torch.device, precision: Precision = "fp32") -> Execution:
+        """``options`` on ``device`` (resolved already: see ``resolve_device``) at
+        ``precision``. A GPU without bf16 is refused rather than given fp16, which would be
+        another run."""
+        cuda = device.type == "cuda"
+        if precision == "fp32":
+            autocast, scales = contextlib.nullcontext, False
+        else:
+            if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+                raise MachineError(f"the recipe asks for bf16 but {torch.cuda.get_device_name(device)} does not "
+                                   "support it; set the suite's recipe precision to fp16 or fp32 (each is a different run)")
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+            autocast, scales = (lambda: torch.autocast(device.type, dtype=dtype)), dtype == torch.float16
+        return cls(
+            options, device, precision, autocast, scales,
+            channels_last=cuda if options.channels_last is None else options.channels_last,
+            device_data=cuda if options.device_data is None else options.device_data,
+            workers=(min(8, os.cpu_count() or 1) if cuda else 0) if options.workers is None else options.workers,
+        )
 
+    @property
+    def pin_memory(self) -> bool:
+        """Loaders pin their batches in host memory for the copies to a GPU."""
+        return self.device.type == "cuda"
 
-def uses_channels_last(options: EngineOptions, device: torch.device) -> bool:
-    """Whether models and batches are NHWC: the options', else on CUDA only."""
-    return device.type == "cuda" if options.channels_last is None else options.channels_last
+    @property
+    def show_progress(self) -> bool:
+        """Progress is shown by rank 0 only, when the options ask for it."""
+        return self.options.progress and distributed.is_main()
 
-
-def uses_device_data(options: EngineOptions, device: torch.device) -> bool:
-    """Whether a training set held as pixels stays on the device: the options', else on CUDA only."""
-    return options.device_data if options.device_data is not None else device.type == "cuda"
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """A new trainee's gradient scaler (fp16), or None."""
+        return torch.amp.GradScaler(self.device.type) if self.scales_gradients else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,11 +24,9 @@ from ..errors import KDBenchError
 from ..method import Batch
 from ..models import Backbone, ModelOutput
 from ..models.stacked import StackedForward
-from .options import EngineOptions
+from .options import Autocast, EngineOptions
 from .schedule import set_learning_rate
 from .trainee import Trainee, loss_terms
-
-Autocast = Callable[[], contextlib.AbstractContextManager]
 
 
 def cohort_step(batch: Batch, teacher: Backbone | None, trainees: Sequence[Trainee], epoch: int, fraction: float,

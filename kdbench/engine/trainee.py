@@ -18,7 +18,7 @@ from ..method import Batch, Method, TrainContext, ViewOutputs
 from ..models import Backbone, ModelOutput, create_model
 from ..spec import RunSpec
 from .batches import to_device
-from .options import EngineOptions, autocast_factory, uses_channels_last
+from .options import Execution
 from .schedule import make_optimizer
 from .streams import RngStream, seed_everything
 
@@ -79,37 +79,49 @@ class Trainee:
         return len(self.history) + 1
 
 
-def make_trainee(spec: RunSpec, run_dir: Path, method: Method, num_classes: int, teacher: Backbone | None,
-                 probe: Tensor, context: Callable[..., TrainContext], device: torch.device,
-                 options: EngineOptions) -> Trainee:
-    """A run's student, its method set up from probe outputs, and its optimizer. ``context``
-    completes a TrainContext given the probe outputs of student and teacher."""
+@dataclass(frozen=True)
+class TraineeSetup:
+    """What every trainee of a cohort is built from, beside its own spec and method."""
+
+    num_classes: int
+    teacher: Backbone | None
+    probe: Tensor  # a few training images, whose outputs give the methods' set-up their shapes
+    context: Callable[..., TrainContext]  # completes a TrainContext given the probe outputs of student and teacher
+    execution: Execution
+
+
+def make_trainee(spec: RunSpec, run_dir: Path, method: Method, setup: TraineeSetup) -> Trainee:
+    """A run's student, its method set up from probe outputs, and its optimizer."""
+    teacher, execution = setup.teacher, setup.execution
+    device = execution.device
+    if spec.recipe.precision != execution.precision:
+        raise ValueError(f"run '{spec.describe()}' trains in {spec.recipe.precision}, "
+                         f"but its trainee would be set up for {execution.precision}")
     if method.needs.teacher and teacher is None:
         raise ConfigError(f"method '{spec.method}' distils from a teacher, but run '{spec.describe()}' has none")
     if method.needs.weak_view and spec.recipe.mixes:
         raise ConfigError(f"method '{spec.method}' trains on two views of each image, which kdbench does not mix: "
                           f"set the recipe's mixup_alpha and cutmix_alpha to 0 for run '{spec.describe()}'")
     seed_everything(spec.seed)  # each run's initialisation as if it were trained alone
-    model = distributed.sync_batchnorm(create_model(spec.student, num_classes=num_classes), device).to(device)
-    if uses_channels_last(options, device):
+    model = distributed.sync_batchnorm(create_model(spec.student, num_classes=setup.num_classes), device).to(device)
+    if execution.channels_last:
         model.to(memory_format=torch.channels_last)
     model.tap(method.needs.stages)
-    probe = to_device(probe, device)
+    probe = to_device(setup.probe, device)
     with torch.no_grad():
         student_probe = model.eval()(probe).detach()
         teacher_probe = teacher(probe).detach() if teacher is not None and method.needs.teacher else None
     model.train()
-    full = context(student=student_probe, teacher=teacher_probe)
+    full = setup.context(student=student_probe, teacher=teacher_probe)
     if not method.needs.teacher_train_logits:
         full.teacher_train_logits = None
     method.setup(full)
     distributed.sync_batchnorm(method, device)
     method.to(device)
-    if options.compile:
+    if execution.options.compile:
         model.compile()
     optimizer = make_optimizer(spec.recipe, list(model.parameters()) + list(method.parameters()))
-    scaler = torch.amp.GradScaler(device.type) if autocast_factory(device, spec.recipe.precision)[1] else None
-    return Trainee(spec, run_dir, model, method, optimizer, scaler)
+    return Trainee(spec, run_dir, model, method, optimizer, execution.grad_scaler())
 
 
 def build_teacher(spec: RunSpec, num_classes: int, weights: Path | None, device: torch.device) -> Backbone | None:

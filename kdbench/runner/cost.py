@@ -50,9 +50,8 @@ import torch
 from .. import store
 from ..data import create_dataset
 from ..data.prepared import OFFICIAL_COUNTS
-from ..engine import EngineOptions, RngStream, make_trainee, resolve_device
+from ..engine import EngineOptions, Execution, RngStream, TraineeSetup, make_trainee, resolve_device
 from ..engine.batches import to_device
-from ..engine.options import autocast_factory, uses_channels_last
 from ..engine.step import Autocast, trainee_step
 from ..errors import DataError
 from ..method import Batch, Method, TrainContext, create_method
@@ -79,11 +78,6 @@ def family(method: Method) -> str:
     if needs.weak_view:
         return "two views"
     return "features" if needs.stages or needs.teacher_stages else "logits"
-
-
-def autocast_for(recipe: Recipe, device: torch.device) -> Autocast:
-    """The autocast contexts of the recipe's precision on ``device``."""
-    return autocast_factory(device, recipe.precision)[0]
 
 
 @dataclass(frozen=True)
@@ -170,8 +164,8 @@ def measure(groups: list[Group], device: torch.device, options: EngineOptions,
         rates.batch[group.key] = n
         say(f"  timing {len(group.steps)} step(s) at {shape.image_size} px ({', '.join(group.datasets)}), {n} images "
             "per call …")
-        channels_last = uses_channels_last(options, device)
-        autocast = autocast_for(group.recipe, device)
+        execution = Execution.of(options, device, group.recipe.precision)
+        channels_last, autocast = execution.channels_last, execution.autocast
         torch.manual_seed(0)
         images = to_device(torch.randn(n, 3, shape.image_size, shape.image_size), device, channels_last)
         labels = torch.randint(shape.num_classes, (n,), device=device)
@@ -195,8 +189,8 @@ def measure(groups: list[Group], device: torch.device, options: EngineOptions,
             student, teacher_name, _ = key
             method = create_method(job.spec.method, **job.spec.hparams)
             teacher = teachers.get(teacher_name) if teacher_name else None
-            trainee = make_trainee(job.spec, Path("."), method, shape.num_classes, teacher, images[:2].cpu(), context,
-                                   device, options)
+            trainee = make_trainee(job.spec, Path("."), method,
+                                   TraineeSetup(shape.num_classes, teacher, images[:2].cpu(), context, execution))
             trainee.rng = RngStream(0, device)
             teacher_out, teacher_weak = outputs.get(teacher_name, (None, None))
             step_batch = two_views if method.needs.weak_view else batch
