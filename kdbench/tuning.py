@@ -55,7 +55,7 @@ from .errors import KDBenchError, MachineError, RunStopped
 from .locking import exclusive_lock
 from .runner import core_plan, execute_cohort
 from .runner.executors import WorkerPool
-from .runner.workers import WorkerOutcome
+from .runner.workers import WorkerAnswer, WorkerOutcome
 from .spec import RunSpec
 from .store import RUNS, RunFolder, RunRecord, finished_record, read_metrics
 
@@ -85,9 +85,9 @@ def run_ablation(suite_path: str | Path, out: str | Path = "results", trials: in
     for teacher in ablation.teachers:
         printer(f"teacher: {teacher.describe()} [{teacher.run_id}]")
         result = train(ablation, teacher.spec, runs, replace(engine, threads=shares[teacher.run_id]))
-        if result["status"] not in DONE:
+        if result.status not in DONE:
             raise KDBenchError(f"teacher run {teacher.run_id} ({teacher.describe()}) did not finish: "
-                               f"{result['reason']}")
+                               f"{result.reason}")
     optuna.create_study(study_name=ablation.study_name, storage=_storage(url), direction="maximize",
                         load_if_exists=True)
     printer(f"study '{ablation.study_name}' in {url}: {trials} more trial(s) on {workers} worker(s)")
@@ -120,16 +120,16 @@ def thread_shares(ablation: Ablation, workers: int, engine: EngineOptions) -> di
     return {run_id: threads if on_cpu else None for run_id, threads in plan.items()}
 
 
-def train(ablation: Ablation, spec: RunSpec, runs: Path, engine: EngineOptions) -> dict[str, str]:
+def train(ablation: Ablation, spec: RunSpec, runs: Path, engine: EngineOptions) -> WorkerAnswer:
     """The runner's worker on one run in this process: execute_cohort's answer (status, a
     ``WorkerOutcome``, and reason). While another process holds the run's lock (it trains
     the run), wait for the lock and ask again: the run is then finished, or resumes here."""
     files = [str(p) for p in ablation.suite.method_files()]
     while True:
         result = execute_cohort([spec.model_dump(mode="json")], str(runs), engine, files)[spec.run_id]
-        if result["status"] == WorkerOutcome.MACHINE:
-            raise MachineError(result["reason"])
-        if result["status"] != WorkerOutcome.BUSY:
+        if result.status == WorkerOutcome.MACHINE:
+            raise MachineError(result.reason)
+        if result.status != WorkerOutcome.BUSY:
             return result
         with exclusive_lock(RunFolder.of(runs, spec.run_id).lock):
             pass
@@ -184,11 +184,11 @@ def objective(trial: optuna.Trial, ablation: Ablation, runs: Path, engine: Engin
     trial.set_user_attr("run_id", spec.run_id)
     reporter = _EpochReporter(trial, RunFolder.of(runs, spec.run_id).path)
     result = train(ablation, spec, runs, replace(engine, on_epoch=reporter))
-    if result["status"] == WorkerOutcome.STOPPED:
+    if result.status == WorkerOutcome.STOPPED:
         raise optuna.TrialPruned(reporter.pruned)
-    if result["status"] not in DONE:
-        trial.set_user_attr("error", result["reason"])
-        raise TrialFailed(result["reason"])
+    if result.status not in DONE:
+        trial.set_user_attr("error", result.reason)
+        raise TrialFailed(result.reason)
     record = finished_record(runs, spec.run_id)
     try:
         reporter.report([row.dump() for row in record.metrics])  # a run found finished: its epochs, as if trained now
@@ -210,5 +210,5 @@ def retrain_best(ablation: Ablation, study: optuna.Study, runs: Path, engine: En
         spec = ablation.spec(study.best_trial.params, seed)
         printer(f"best configuration, seed {seed}: {spec.describe()} [{spec.run_id}]")
         result = train(ablation, spec, runs, engine)
-        if result["status"] not in DONE:
-            printer(f"  failed: {result['reason']}")
+        if result.status not in DONE:
+            printer(f"  failed: {result.reason}")

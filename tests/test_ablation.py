@@ -103,7 +103,7 @@ def test_ablation_prunes_and_a_pruned_run_resumes(tmp_path):
     ablation = load_ablation(write_suite(tmp_path, TINY_ABLATION | {"ablation": {
         "method": "figkd", "space": {"wavelet": ["haar"], "level": [1]}}}))
     runs, engine = tmp_path / "runs", EngineOptions(progress=False)
-    assert train(ablation, ablation.teachers[0].spec, runs, engine)["status"] == "finished"
+    assert train(ablation, ablation.teachers[0].spec, runs, engine).status == "finished"
 
     def optimize(pruner: optuna.pruners.BasePruner) -> optuna.trial.FrozenTrial:
         study = optuna.create_study(direction="maximize", pruner=pruner)
@@ -183,7 +183,7 @@ def test_a_trial_is_trained_by_the_runners_worker_under_its_lock(tmp_path):
     ablation = load_ablation(write_suite(tmp_path, TINY_ABLATION | {"ablation": {
         "method": "figkd", "space": {"wavelet": ["haar"], "level": [1]}}}))
     runs, engine = tmp_path / "runs", EngineOptions(progress=False)
-    assert train(ablation, ablation.teachers[0].spec, runs, engine)["status"] == "finished"
+    assert train(ablation, ablation.teachers[0].spec, runs, engine).status == "finished"
     run_id = ablation.spec({"wavelet": "haar", "level": 1}).run_id
     study = optuna.create_study(direction="maximize")
     with run_lock(runs, run_id) as held:

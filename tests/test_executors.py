@@ -20,7 +20,7 @@ from kdbench.errors import ConfigError
 from kdbench.runner import RunnerOptions, run_suite
 from kdbench.runner.executors import Slot, WorkerPool
 from kdbench.runner.scheduler import Scheduler
-from kdbench.runner.workers import CohortTask, WorkerOutcome, execute_cohort
+from kdbench.runner.workers import CohortTask, WorkerAnswer, WorkerOutcome, execute_cohort
 from kdbench.suite import load_suite
 
 SUITE = {"name": "tiny", "seeds": [0], "recipe": {"epochs": 1, "batch_size": 128},
@@ -87,7 +87,7 @@ class OtherIds(InProcess):
     """Answers as a Slurm job that started after kdbench changed how it computes run ids."""
 
     def submit(self, slot: Slot, cohort: CohortTask) -> Answered:
-        return Answered({"0123456789abcdef": {"status": WorkerOutcome.FINISHED, "reason": ""}})
+        return Answered({"0123456789abcdef": WorkerAnswer(WorkerOutcome.FINISHED)})
 
 
 def test_a_job_answering_for_other_runs_stops_the_suite(tmp_path: Path, monkeypatch) -> None:
@@ -100,9 +100,9 @@ def test_a_job_answering_for_other_runs_stops_the_suite(tmp_path: Path, monkeypa
                                        engine=EngineOptions(progress=False)))
 
 
-def test_a_worker_outcome_crosses_processes_as_its_string() -> None:
-    answer = {"abc": {"status": WorkerOutcome.SPLIT, "reason": "out of memory"}}
-    assert pickle.loads(pickle.dumps(answer)) == {"abc": {"status": "split", "reason": "out of memory"}}
+def test_a_worker_answer_crosses_processes_with_its_outcome_as_its_string() -> None:
+    [(run_id, answer)] = pickle.loads(pickle.dumps({"abc": WorkerAnswer(WorkerOutcome.SPLIT, "out of memory")})).items()
+    assert (run_id, answer.status, answer.reason) == ("abc", "split", "out of memory")
 
 
 def _worker_state() -> tuple[str | None, str | None, bool]:

@@ -29,7 +29,7 @@ from kdbench.errors import CheckpointError, ConfigError, MachineError
 from kdbench.method import load_method_files
 from kdbench.runner import RunnerOptions, Scheduler, execute_cohort, run_suite, select_jobs
 from kdbench.runner.planning import write_manifest
-from kdbench.runner.workers import CohortJob, ensure_run, ensure_runs
+from kdbench.runner.workers import CohortJob, WorkerAnswer, WorkerOutcome, ensure_run, ensure_runs
 from kdbench.spec import RunSpec
 from kdbench.store import CorruptResultsFile, ManifestJob, load_manifest, load_results, read_run_file, run_folder, status_of
 from kdbench.suite import UniqueKeyLoader, load_suite
@@ -247,7 +247,7 @@ def test_a_device_the_machine_lacks_stops_before_anything_is_written(tmp_path: P
     # in a worker (the runner's check passed on a login node): the machine's failure, not the run's
     answer = execute_cohort([suite.jobs[0].spec.model_dump(mode="json")], str(tmp_path / "runs"),
                             EngineOptions(device="cuda", progress=False), [])
-    assert answer[suite.jobs[0].run_id]["status"] == "machine"
+    assert answer[suite.jobs[0].run_id].status == "machine"
     assert not list((tmp_path / "runs").glob("*/failed.json"))
 
 
@@ -270,7 +270,7 @@ def test_a_full_disk_is_no_failure_of_the_run(teacher_out, tmp_path: Path, monke
             return True
 
         def result(self):
-            return {job.run_id: {"status": "machine", "reason": "MachineError: the machine failed, not the run"}}
+            return {job.run_id: WorkerAnswer(WorkerOutcome.MACHINE, "MachineError: the machine failed, not the run")}
 
     with pytest.raises(MachineError, match=r"stopped at .*the machine failed, not the run"):
         scheduler._finish((job,), Answered())

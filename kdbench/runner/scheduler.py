@@ -26,7 +26,7 @@ from ..store import RunFolder, RunStatus, status_of
 from ..suite import Job, Suite
 from .executors import Executor, Handle, JobEnded, LocalExecutor, Slot, SlurmExecutor, make_slots, slurm_cpus
 from .planning import MAX_LOADER_WORKERS, RunnerOptions, core_plan, form_cohorts, select_jobs
-from .workers import CohortTask, WorkerOutcome, as_machine_error
+from .workers import CohortTask, WorkerAnswer, WorkerOutcome, as_machine_error
 
 POLL_SECONDS = 1.0
 REPORT_SECONDS = 10.0  # between progress reports
@@ -214,7 +214,7 @@ class Scheduler:
             if isinstance(as_machine_error(exc), MachineError):
                 raise as_machine_error(exc) from exc
             reason = f"worker died: {type(exc).__name__}: {exc}"
-            results = {j.run_id: {"status": WorkerOutcome.FAILED, "reason": reason} for j in unit}
+            results = {j.run_id: WorkerAnswer(WorkerOutcome.FAILED, reason) for j in unit}
         if set(results) != {job.run_id for job in unit}:  # the job's kdbench computes other run ids
             raise ConfigError(f"[{self.suite.name}] a job answered for runs {', '.join(sorted(results))} where it "
                               f"was given {', '.join(j.run_id for j in unit)}: kdbench changed between the job's "
@@ -223,23 +223,23 @@ class Scheduler:
         elsewhere, split = [], []
         for job in unit:
             result = results[job.run_id]
-            if result["status"] == WorkerOutcome.MACHINE:
-                raise MachineError(f"[{self.suite.name}] stopped at {job.describe()}: {result['reason']}; the runs "
+            if result.status == WorkerOutcome.MACHINE:
+                raise MachineError(f"[{self.suite.name}] stopped at {job.describe()}: {result.reason}; the runs "
                                    "finished so far are kept, the others resume from their last epochs")
-            if result["status"] == WorkerOutcome.BUSY:
+            if result.status == WorkerOutcome.BUSY:
                 elsewhere.append(job)
                 self.elsewhere.add(job.run_id)
-            elif result["status"] == WorkerOutcome.SPLIT:
+            elif result.status == WorkerOutcome.SPLIT:
                 split.append(job)
-            elif result["status"] == WorkerOutcome.SKIPPED:
+            elif result.status == WorkerOutcome.SKIPPED:
                 self.outcome.skipped.append(job.run_id)
-            elif result["status"] == WorkerOutcome.FINISHED:
+            elif result.status == WorkerOutcome.FINISHED:
                 self.outcome.finished.append(job.run_id)
             else:
-                self.outcome.failed[job.run_id] = result["reason"]
+                self.outcome.failed[job.run_id] = result.reason
                 if not RunFolder.of(self.runs, job.run_id).failure.exists():
-                    self._record_failure(job, result["reason"])
-                self.say(f"FAILED {job.describe()}: {result['reason']}")
+                    self._record_failure(job, result.reason)
+                self.say(f"FAILED {job.describe()}: {result.reason}")
         if split:
             half = (len(split) + 1) // 2
             self.say(f"[{self.suite.name}] a cohort of {len(split)} runs ran out of device memory; "

@@ -1,9 +1,9 @@
 """The worker side: what a process started by an executor does with a cohort.
 
 ``execute_cohort`` trains a cohort's runs in this process, each under its run lock, and
-answers per run with a ``WorkerOutcome``; ``launch_cohort`` starts it in one process per
-device (torchrun's launcher) for a data-parallel job; ``CohortJob`` is it as a Slurm job
-that submitit requeues. ``ensure_runs`` is the run-level step they share with ``kdbench
+answers per run with a ``WorkerAnswer`` (a ``WorkerOutcome`` and why); ``launch_cohort``
+starts it in one process per device (torchrun's launcher) for a data-parallel job;
+``CohortJob`` is it as a Slurm job that submitit requeues. ``ensure_runs`` is the run-level step they share with ``kdbench
 train`` and the ablations: read a finished run's record, else train (resuming any
 checkpoint), and book a failure in the store.
 """
@@ -38,6 +38,15 @@ class WorkerOutcome(StrEnum):
     SPLIT = "split"  # its cohort ran out of device memory: train it in smaller ones
     MACHINE = "machine"  # the machine failed, not the run
     STOPPED = "stopped"  # its options.on_epoch stopped it (RunStopped): kept to resume
+
+
+@dataclass(frozen=True)
+class WorkerAnswer:
+    """A worker's answer for one run, as it comes back to the scheduler (pickled, from a
+    process or a Slurm job): what it did, and why unless the run finished."""
+
+    status: WorkerOutcome
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,9 +150,9 @@ def ensure_runs(specs: list[RunSpec], out: Path, options: EngineOptions | None =
 
 
 def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: EngineOptions,
-                   method_files: list[str]) -> dict[str, dict[str, str]]:
+                   method_files: list[str]) -> dict[str, WorkerAnswer]:
     """Train runs together in this process, each under its own lock. Returns, per run id,
-    {"status": a WorkerOutcome, "reason": why, unless it finished}.
+    its ``WorkerAnswer``.
 
     As one of several processes of a data-parallel job (``launch_cohort``, or a Slurm job
     with several tasks) it joins the others; the first takes the locks and decides."""
@@ -156,7 +165,7 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
         distributed.setup(resolve_device(options.device))
     runs = Path(runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
-    outcome: dict[str, dict[str, str]] = {}
+    outcome: dict[str, WorkerAnswer] = {}
     with contextlib.ExitStack() as locks:
         if options.threads:  # the caller's own count comes back after (tuning calls this in its process)
             locks.callback(torch.set_num_threads, torch.get_num_threads())
@@ -164,14 +173,14 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
         todo = []
         for spec in (RunSpec(**s) for s in spec_jsons) if distributed.is_main() else ():
             if not locks.enter_context(store.run_lock(runs, spec.run_id)):
-                outcome[spec.run_id] = _answer(WorkerOutcome.BUSY, "running in another kdbench process")
+                outcome[spec.run_id] = WorkerAnswer(WorkerOutcome.BUSY, "running in another kdbench process")
                 continue
             failure = store.RunFolder.of(runs, spec.run_id).failure
             if store.finished_record(runs, spec.run_id) is not None:  # a corrupt one is set aside
-                outcome[spec.run_id] = _answer(WorkerOutcome.SKIPPED, "finished by another kdbench process")
+                outcome[spec.run_id] = WorkerAnswer(WorkerOutcome.SKIPPED, "finished by another kdbench process")
             elif failure.exists():  # the scheduler cleared it before starting
                 error = store.read_run_file(failure).error
-                outcome[spec.run_id] = _answer(WorkerOutcome.FAILED, f"in another kdbench process: {error}")
+                outcome[spec.run_id] = WorkerAnswer(WorkerOutcome.FAILED, f"in another kdbench process: {error}")
             else:
                 todo.append(spec)
         outcome, todo = distributed.broadcast_object((outcome, todo))
@@ -180,20 +189,16 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
                       WorkerOutcome.MACHINE if isinstance(result, MachineError) else
                       WorkerOutcome.STOPPED if isinstance(result, RunStopped) else
                       WorkerOutcome.FAILED if isinstance(result, BaseException) else WorkerOutcome.FINISHED)
-            outcome[spec.run_id] = _answer(status, f"{type(result).__name__}: {result}"
-                                           if status != WorkerOutcome.FINISHED else "")
+            outcome[spec.run_id] = WorkerAnswer(status, f"{type(result).__name__}: {result}"
+                                                if status != WorkerOutcome.FINISHED else "")
     if torch.cuda.is_initialized():
         gc.collect()  # a failed run's error holds its frames, and through them its tensors
         torch.cuda.empty_cache()  # the next job on this GPU may run in another worker process
     return outcome
 
 
-def _answer(status: WorkerOutcome, reason: str) -> dict[str, str]:
-    return {"status": status, "reason": reason}
-
-
 def launch_cohort(devices: tuple[str, ...], spec_jsons: list[dict[str, Any]], runs_dir: str, options: EngineOptions,
-                  method_files: list[str]) -> dict[str, dict[str, str]]:
+                  method_files: list[str]) -> dict[str, WorkerAnswer]:
     """``execute_cohort`` in one process per device, data-parallel (torchrun's launcher,
     with a rendezvous on a free local port); rank 0's answer."""
     import uuid
@@ -269,7 +274,7 @@ class CohortJob:
     needs saving). This is ``submitit.helpers.Checkpointable``'s behaviour, without
     importing submitit where it is not used."""
 
-    def __call__(self, *args: Any) -> dict[str, dict[str, str]]:
+    def __call__(self, *args: Any) -> dict[str, WorkerAnswer]:
         _train_on_past_the_last_requeue()
         return execute_cohort(*args)
 
