@@ -120,7 +120,7 @@ def _nccl() -> str:
 def suite_checks(suite, out: Path, data_root: str | None) -> list[Check]:
     """Data sets, teacher checkpoints, prepared stores, results folder, tracking sinks."""
     from .data import create_dataset, resolve_data_root
-    from .data.base import resized_short_side
+    from .data.batch_crops import resized_short_side
     from .data.prepared import store_root
     from .errors import DataError
     from .runner.cost import OFFICIAL_TRAIN_TEST

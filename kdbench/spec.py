@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
                       ValidationInfo, field_validator)
 
-from .data.base import Augment
+from .data.transforms import Augment
 from .errors import KDBenchError
 
 
@@ -75,7 +75,7 @@ class Recipe(Strict):
     milestones: tuple[PositiveInt, ...] | None = None
     gamma: PositiveFloat = 0.1
     warmup_epochs: NonNegativeInt = 0  # linear learning-rate warm-up
-    # Training-image augmentation (kdbench.data.base.AUGMENTATIONS): "none" (the eval
+    # Training-image augmentation (kdbench.data.transforms.AUGMENTATIONS): "none" (the eval
     # transform), "standard" (the set's crop + flip), "strong" (MLKD's: standard, then
     # RandAugment and Cutout). The old booleans still load: true is standard, false none.
     augment: Augment = "standard"

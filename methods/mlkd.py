@@ -39,7 +39,7 @@ Differences from the released code, and what kdbench does:
 - The paper's own text could not be read for this implementation: the formula is the
   released code's, with the one slip above corrected.
 - The code's RandAugment draws from Python's and numpy's generators in loader processes;
-  kdbench's (``kdbench.data.base.StrongAugment``) draws from torch's, in the data stream.
+  kdbench's (``kdbench.data.strong_augment.StrongAugment``) draws from torch's, in the data stream.
 - Mixed precision: the Gram matrices are computed in at least float32 (float64 inputs stay
   float64, as in the other methods).
 

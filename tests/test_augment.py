@@ -11,7 +11,8 @@ from torchvision.transforms import v2
 
 from kdbench import store
 from kdbench.data import create_dataset
-from kdbench.data.base import CUTOUT_FILL, STRONG_OPS, StrongAugment, cutout, padded_crop_transforms
+from kdbench.data.strong_augment import CUTOUT_FILL, STRONG_OPS, StrongAugment, cutout
+from kdbench.data.transforms import padded_crop_transforms
 from kdbench.errors import ConfigError
 from kdbench.spec import Recipe, RunSpec
 from kdbench.engine import EngineOptions, ResidentTrainSet, RngStream, batches, open_data, train_cohort, train_run
@@ -96,8 +97,8 @@ def test_strong_augment_applies_two_drawn_ops_then_cutout(monkeypatch):
         return record
 
     fake = tuple((name, low, high, recorder(name)) for name, low, high, _ in STRONG_OPS)
-    monkeypatch.setattr("kdbench.data.base.STRONG_OPS", fake)
-    monkeypatch.setattr("kdbench.data.base.cutout", lambda image, f: calls.append(("cutout", f)) or image)
+    monkeypatch.setattr("kdbench.data.strong_augment.STRONG_OPS", fake)
+    monkeypatch.setattr("kdbench.data.strong_augment.cutout", lambda image, f: calls.append(("cutout", f)) or image)
     for seed in range(20):
         torch.manual_seed(seed)
         StrongAugment()(random_image())

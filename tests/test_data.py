@@ -556,7 +556,7 @@ def test_synthetic_fg_groups_look_alike() -> None:
 
 
 def test_batch_crop_matches_the_per_image_transforms():
-    from kdbench.data.base import padded_crop_transforms
+    from kdbench.data.transforms import padded_crop_transforms
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 import kdbench
 from kdbench.data import create_dataset, dataset_options, list_datasets
-from kdbench.data.base import IMAGENET_MEAN, IMAGENET_STD
+from kdbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kdbench.errors import ConfigError, DataError
 from kdbench.models import create_model
 
@@ -119,7 +119,7 @@ def test_the_training_crop_leaves_evaluation_unchanged(tmp_path: Path) -> None:
 
 
 # The trees the fine-grained self-distillation repositories train from (see
-# kdbench.data.real.PREPARED_TREES for where each name comes from).
+# kdbench.data.folders.REPOSITORY_TREES for where each name comes from).
 CLASS_FOLDERS = {
     "cub200": CUB_CLASSES,
     "stanford-dogs": DOG_CLASSES,

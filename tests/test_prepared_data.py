@@ -1,5 +1,5 @@
 """Prepared stores (kdbench.data.prepared) and the batch RandomResizedCrop
-(kdbench.data.base.BatchResizedCrop), on the miniature layouts of test_data with their images
+(kdbench.data.batch_crops.BatchResizedCrop), on the miniature layouts of test_data with their images
 redrawn as noise of assorted sizes, so that every resize and crop shows in the pixels."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from torchvision.transforms.v2 import functional as TF
 from kdbench import cli
 from kdbench.data import create_dataset
 from kdbench.data import prepared as prepared_module
-from kdbench.data.base import IMAGENET_MEAN, IMAGENET_STD, BatchResizedCrop, RaggedImages
+from kdbench.data.batch_crops import BatchResizedCrop, RaggedImages
+from kdbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kdbench.data.prepared import INDEX, Listing, PreparedImageDataset, store_root, verify
 from kdbench.errors import DataError
 from kdbench.spec import DataSpec, Recipe, RunSpec

@@ -7,7 +7,7 @@ transform), with ``num_classes``, ``input_size``, ``classes`` and ``train_labels
 ``seed`` gives the same validation split; hyperparameter search scores on ``val`` and never
 looks at ``test``. ``augment`` is the training images' augmentation: "standard" (the set's
 transforms, below), "strong" (those, then MLKD's RandAugment + Cutout:
-``base.StrongAugment``) or "none", which gives ``train`` with the eval transform in the same
+``strong_augment.StrongAugment``) or "none", which gives ``train`` with the eval transform in the same
 order (for computing the teacher's logits on every training sample); True and False mean
 "standard" and "none".
 
@@ -17,10 +17,10 @@ Built in, no files needed:
   ``image_size`` (default 32) with 3 channels. Its test split is a fixed stratified 20%
   holdout (seed 0, whatever the training seed). Augmentation: padded random crop, no flip.
 - ``synthetic-fg``: procedurally generated fine-grained classes; see
-  ``kdbench.data.synthetic.synthetic_fg`` for its options. The images depend only on
+  ``kdbench.data.synthetic.SyntheticFGOptions`` for its options. The images depend only on
   ``data_seed`` (default 0), not on the training ``seed``.
 - ``glyphs``: generated look-alike classes (a group's colours and glyph; its variants differ
-  in a few cells), 12 px by default; see ``kdbench.data.glyphs.glyphs``. The same bytes on
+  in a few cells), 12 px by default; see ``kdbench.data.glyphs.GlyphsOptions``. The same bytes on
   every machine, from ``data_seed`` alone.
 
 Real sets are read from the data root: the ``root`` argument (``--data-root``), else the
@@ -49,54 +49,81 @@ name                expected under the data root
 
 Transforms: ``cifar100`` RandomCrop(32, padding 4) + flip, its own mean/std;
 ``tiny-imagenet`` 64 px, RandomCrop(64, padding 8) + flip, ImageNet mean/std; the other
-real sets Resize(256) + RandomCrop(224) + flip for training and Resize(256) +
-CenterCrop(224) for evaluation, ImageNet mean/std, scaled by their option ``image_size``
+real sets (their options: ``options.LargeImageOptions``) Resize(256) + RandomCrop(224) +
+flip for training and Resize(256) + CenterCrop(224) for evaluation, ImageNet mean/std,
+scaled by their option ``image_size``
 (default 224); their option ``train_crop: random_resized`` trains with
 RandomResizedCrop(224, ``crop_scale``, ``crop_ratio``) + flip instead (torchvision's
 defaults [0.08, 1] and [3/4, 4/3]). ``cub200``, ``stanford-dogs``, ``mit67`` and
 ``stanford40`` are also read from the ``{train,valid}`` / ``{train,test}`` ImageFolder
-trees prepared for FRSKD, CS-KD or L2T-ww (``kdbench.data.real.REPOSITORY_TREES``) where
+trees prepared for FRSKD, CS-KD or L2T-ww (``kdbench.data.folders.REPOSITORY_TREES``) where
 their official split files are absent. Their option ``prepared: true`` reads the images
 from the set's prepared store instead of decoding JPEGs every epoch: decoded and resized
 once (short side 256 at 224 px), made on first use or by ``kdbench data prepare NAME``, and
 on CUDA cropped, flipped and normalised a batch at a time on the GPU
 (``kdbench.data.prepared`` documents the format and where stores live). A missing set raises ``DataError`` naming the missing file and where to put
 it; a malformed split file names the file and line; an unreadable image names its path.
-Register a new set with ``@register_dataset("name")`` on a factory
-``(root: Path, splitter: Splitter, *, <options>) -> DataSplits``; its keyword-only
-parameters are its options, validated against their type hints.
+Register a new set with ``@register_dataset("name", Options)`` on a loader
+``(root: Path, splitter: Splitter, options: Options) -> DataSplits``, ``Options`` being a
+pydantic model derived from ``DatasetOptions`` (``options.py``; leave it out for a set
+without options): it validates the options and its fields, with their defaults, are what a
+run spec records.
+
+Modules: ``datasets`` (the data-set classes), ``splitting`` (the validation split),
+``transforms`` (the recipes), ``batch_crops`` (the same crops a batch at a time on the
+device), ``strong_augment`` (MLKD's), ``split_files`` (reading split files), ``options``;
+the loaders in ``synthetic``, ``glyphs``, ``low_resolution``, ``fine_grained`` and
+``folders``; ``prepared`` (the prepared stores).
 """
 
 from __future__ import annotations
 
-import inspect
+import functools
 import os
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pydantic
 
-from ..errors import ConfigError, did_you_mean, explain_validation
+from ..errors import ConfigError, ValidationProblem, did_you_mean, explain_validation
 from ..registry import Registry
-from .base import AUGMENTATIONS, Augment, DataSplits, ImageFileDataset, Splitter, TensorImageDataset
+from .datasets import DataSplits, ImageFileDataset, TensorImageDataset
+from .options import DatasetOptions
+from .splitting import Splitter
+from .transforms import AUGMENTATIONS, Augment
 
-Factory = Callable[..., DataSplits]
+Loader = Callable[[Path, Splitter, Any], DataSplits]
+
+
+class Dataset:
+    """A registered set: its loader ``(root, splitter, options) -> DataSplits`` and the
+    pydantic model of its options. Wraps the loader (``functools.update_wrapper``), so the
+    registry names the loader's module when a name is registered twice."""
+
+    def __init__(self, load: Loader, options: type[DatasetOptions]) -> None:
+        functools.update_wrapper(self, load)
+        self.load = load
+        self.options = options
+
+    def __call__(self, root: Path, splitter: Splitter, options: DatasetOptions) -> DataSplits:
+        return self.load(root, splitter, options)
 
 
 def _import_loaders() -> None:
-    from . import glyphs, real, synthetic  # noqa: F401  (their decorators register the sets)
+    from . import fine_grained, folders, glyphs, low_resolution, synthetic  # noqa: F401  (their decorators register the sets)
 
 
-DATASETS: Registry[Factory] = Registry("dataset", discover=_import_loaders)
+DATASETS: Registry[Dataset] = Registry("dataset", discover=_import_loaders)
 
 
-def register_dataset(name: str) -> Callable[[Factory], Factory]:
-    """Register a dataset factory ``(root, splitter, *, <options>) -> DataSplits``."""
+def register_dataset(name: str, options: type[DatasetOptions] = DatasetOptions) -> Callable[[Loader], Loader]:
+    """Register a loader ``(root, splitter, options) -> DataSplits`` whose options are the
+    pydantic model ``options`` (a ``DatasetOptions``; the base itself for a set without any)."""
 
-    def decorate(factory: Factory) -> Factory:
-        return DATASETS.register(name, factory)
+    def decorate(load: Loader) -> Loader:
+        DATASETS.register(name, Dataset(load, options))
+        return load
 
     return decorate
 
@@ -124,15 +151,15 @@ def create_dataset(
     """Train / val / test splits of the registered set ``name`` (see the module docstring).
 
     Unknown option keys and values of the wrong type are a ``ConfigError``."""
-    factory = DATASETS.get(name)
+    dataset = DATASETS.get(name)
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"dataset '{name}': val_fraction must be in [0, 1), got {val_fraction}")
     if isinstance(augment, bool):
         augment = "standard" if augment else "none"
     if augment not in AUGMENTATIONS:
         raise ConfigError(f"dataset '{name}': augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
-    checked = _checked_options(name, factory, options)
-    return factory(resolve_data_root(root), Splitter(name, seed, val_fraction, augment), **checked)
+    checked = parse_options(name, options)
+    return dataset(resolve_data_root(root), Splitter(name, seed, val_fraction, augment), checked)
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
@@ -141,52 +168,46 @@ def list_datasets(pattern: str = "*") -> list[str]:
 
 def dataset_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Every option of the set ``name``: ``options`` validated, the others at their defaults,
-    as JSON values (what a run spec records and hashes)."""
-    factory = DATASETS.get(name)
-    checked = _checked_options(name, factory, options)
-    hints = typing.get_type_hints(factory, include_extras=True)
-    complete = {}
-    for p in inspect.signature(factory).parameters.values():
-        if p.kind is not p.KEYWORD_ONLY:
-            continue
-        value = checked[p.name] if p.name in checked else p.default
-        if value is p.empty:
-            raise ConfigError(f"dataset '{name}' needs option '{p.name}'")
-        complete[p.name] = pydantic.TypeAdapter(hints[p.name]).dump_python(value, mode="json")
-    return complete
+    as JSON values in the model's field order (what a run spec records and hashes)."""
+    return parse_options(name, options).model_dump(mode="json")
 
 
-def _checked_options(name: str, factory: Factory, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` validated against the keyword-only parameters of ``factory``."""
-    hints = typing.get_type_hints(factory, include_extras=True)
-    allowed = [
-        p.name for p in inspect.signature(factory).parameters.values() if p.kind is p.KEYWORD_ONLY
-    ]
-    checked = {}
-    for key, value in options.items():
-        if key not in allowed:
-            known = ", ".join(allowed) or "none"
-            raise ConfigError(
-                f"dataset '{name}' has no option '{key}' (its options: {known}){did_you_mean(key, allowed)}"
-            )
-        try:
-            checked[key] = pydantic.TypeAdapter(hints[key]).validate_python(value)
-        except pydantic.ValidationError as e:
-            raise ConfigError(explain_validation(
-                e, line=lambda problem: f"dataset '{name}' option '{key}': {problem.message} (got {value!r})", separator="; "
-            )) from None
-    return checked
+def parse_options(name: str, options: dict[str, Any]) -> DatasetOptions:
+    """``options`` validated against the registered model of the set ``name``; a ConfigError
+    names the set, each key at fault and what is wrong with it."""
+    model = DATASETS.get(name).options
+    try:
+        return model.model_validate(options)
+    except pydantic.ValidationError as e:
+        raise ConfigError(explain_validation(
+            e, line=lambda problem: _option_problem(name, model, options, problem), separator="; "
+        )) from None
+
+
+def _option_problem(name: str, model: type[DatasetOptions], options: dict[str, Any], problem: ValidationProblem) -> str:
+    key = str(problem.loc[0]) if problem.loc else ""
+    allowed = list(model.model_fields)
+    whole_option = len(problem.loc) == 1  # not an item of one (a crop range's bound)
+    if problem.kind == "unknown" and whole_option:
+        known = ", ".join(allowed) or "none"
+        return f"dataset '{name}' has no option '{key}' (its options: {known}){did_you_mean(key, allowed)}"
+    if problem.kind == "missing" and whole_option:
+        return f"dataset '{name}' needs option '{key}'"
+    return f"dataset '{name}' option '{key}': {problem.message} (got {options.get(key)!r})"
 
 
 __all__ = [
     "DATASETS",
     "DataSplits",
+    "Dataset",
+    "DatasetOptions",
     "ImageFileDataset",
     "Splitter",
     "TensorImageDataset",
     "create_dataset",
     "dataset_options",
     "list_datasets",
+    "parse_options",
     "register_dataset",
     "resolve_data_root",
 ]

@@ -11,27 +11,27 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from . import register_dataset
-from .base import DataSplits, Splitter, TensorImageDataset, padded_crop_transforms
+from .datasets import DataSplits, TensorImageDataset
+from .options import DatasetOptions
+from .splitting import Splitter
+from .transforms import HALF, padded_crop_transforms
 
-HALF = (0.5, 0.5, 0.5)  # mean and std that map [0, 1] to [-1, 1]
+
+class GlyphsOptions(DatasetOptions):
+    num_groups: PositiveInt = 10
+    classes_per_group: PositiveInt = 5
+    glyph_size: PositiveInt = 5
+    detail_pixels: PositiveInt = 3
+    clutter_pixels: NonNegativeInt = 2
+    noise: NonNegativeFloat = 0.05
+    train_per_class: PositiveInt = 80
+    test_per_class: PositiveInt = 60
+    image_size: PositiveInt = 12
+    data_seed: NonNegativeInt = 0
 
 
-@register_dataset("glyphs")
-def glyphs(
-    root: Path,
-    splitter: Splitter,
-    *,
-    num_groups: PositiveInt = 10,
-    classes_per_group: PositiveInt = 5,
-    glyph_size: PositiveInt = 5,
-    detail_pixels: PositiveInt = 3,
-    clutter_pixels: NonNegativeInt = 2,
-    noise: NonNegativeFloat = 0.05,
-    train_per_class: PositiveInt = 80,
-    test_per_class: PositiveInt = 60,
-    image_size: PositiveInt = 12,
-    data_seed: NonNegativeInt = 0,
-) -> DataSplits:
+@register_dataset("glyphs", GlyphsOptions)
+def glyphs(root: Path, splitter: Splitter, options: GlyphsOptions) -> DataSplits:
     """``num_groups × classes_per_group`` classes of small glyphs; class
     ``g·classes_per_group + k`` is variant ``k`` of group ``g``.
 
@@ -52,6 +52,8 @@ def glyphs(
     The defaults are the regime measured for an offline suite (the README's paragraph "A
     generated set: glyphs"): resnet20 reaches 97.5–98.1% in 40 epochs, and so does resnet8
     in 30, so at convergence this set has no teacher-student gap to distil across."""
+    num_groups, classes_per_group, glyph_size = options.num_groups, options.classes_per_group, options.glyph_size
+    detail_pixels, image_size, data_seed = options.detail_pixels, options.image_size, options.data_seed
     cells = glyph_size * glyph_size
     if classes_per_group * detail_pixels > cells:
         raise ConfigError(
@@ -66,13 +68,13 @@ def glyphs(
 
     def generate(per_class: int, stream: int) -> TensorImageDataset:
         labels = torch.arange(num_classes).repeat_interleave(per_class)
-        images = _render(style, labels, image_size, clutter_pixels, noise, _generator(data_seed, stream))
+        images = _render(style, labels, image_size, options.clutter_pixels, options.noise, _generator(data_seed, stream))
         return TensorImageDataset(images, labels)
 
     classes = [f"group{g}-variant{k}" for g in range(num_groups) for k in range(classes_per_group)]
     transforms = padded_crop_transforms(image_size, 1, flip=False, mean=HALF, std=HALF)
     return splitter.make(
-        generate(train_per_class, 1), generate(test_per_class, 2), classes, image_size, transforms
+        generate(options.train_per_class, 1), generate(options.test_per_class, 2), classes, image_size, transforms
     )
 
 

@@ -53,10 +53,11 @@ from torchvision.transforms import v2
 
 from ..errors import DataError
 from ..locking import exclusive_lock
-from .base import DataSplits, ImageDataset, ImageFileDataset, RaggedImages, load_rgb, resized_short_side
+from .batch_crops import RaggedImages, resized_short_side
+from .datasets import DataSplits, ImageDataset, ImageFileDataset, load_rgb
 
 FORMAT = 1
-# Official (train, test) image counts, from each loader's docstring in kdbench.data.real
+# Official (train, test) image counts, from each loader's docstring in kdbench.data.fine_grained
 OFFICIAL_COUNTS: dict[str, tuple[int, int]] = {
     "cub200": (5994, 5794),
     "stanford-dogs": (12000, 8580),

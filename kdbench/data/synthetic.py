@@ -1,4 +1,4 @@
-"""The built-in sets that need no files: ``digits`` and ``synthetic-fg``."""
+"""Two built-in sets that need no files: ``digits`` and ``synthetic-fg``."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor
 
 from . import register_dataset
-from .base import DataSplits, Splitter, TensorImageDataset, padded_crop_transforms, stratified_split
+from .datasets import DataSplits, TensorImageDataset
+from .options import DatasetOptions
+from .splitting import Splitter, stratified_split
+from .transforms import HALF, padded_crop_transforms
 
-HALF = (0.5, 0.5, 0.5)  # mean and std that map [0, 1] to [-1, 1]
+
+class DigitsOptions(DatasetOptions):
+    image_size: PositiveInt = 32
 
 
-@register_dataset("digits")
-def digits(root: Path, splitter: Splitter, *, image_size: PositiveInt = 32) -> DataSplits:
+@register_dataset("digits", DigitsOptions)
+def digits(root: Path, splitter: Splitter, options: DigitsOptions) -> DataSplits:
     """scikit-learn's bundled 8×8 handwritten digits (1797 images, 10 classes, no download),
     upsampled bilinearly to ``image_size`` and repeated to 3 channels so CIFAR models fit.
     The official test split is a fixed stratified 20% holdout (seed 0, whatever the training
@@ -25,6 +30,7 @@ def digits(root: Path, splitter: Splitter, *, image_size: PositiveInt = 32) -> D
     not mirror-symmetric)."""
     from sklearn.datasets import load_digits
 
+    image_size = options.image_size
     bunch = load_digits()
     pixels = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16
     pixels = F.interpolate(pixels, size=image_size, mode="bilinear", align_corners=False)
@@ -39,18 +45,17 @@ def digits(root: Path, splitter: Splitter, *, image_size: PositiveInt = 32) -> D
     )
 
 
-@register_dataset("synthetic-fg")
-def synthetic_fg(
-    root: Path,
-    splitter: Splitter,
-    *,
-    num_groups: PositiveInt = 4,
-    classes_per_group: PositiveInt = 5,
-    train_per_class: PositiveInt = 60,
-    test_per_class: PositiveInt = 20,
-    image_size: PositiveInt = 32,
-    data_seed: NonNegativeInt = 0,
-) -> DataSplits:
+class SyntheticFGOptions(DatasetOptions):
+    num_groups: PositiveInt = 4
+    classes_per_group: PositiveInt = 5
+    train_per_class: PositiveInt = 60
+    test_per_class: PositiveInt = 20
+    image_size: PositiveInt = 32
+    data_seed: NonNegativeInt = 0
+
+
+@register_dataset("synthetic-fg", SyntheticFGOptions)
+def synthetic_fg(root: Path, splitter: Splitter, options: SyntheticFGOptions) -> DataSplits:
     """A procedurally generated fine-grained set of ``num_groups × classes_per_group``
     classes; class ``g·classes_per_group + k`` is detail ``k`` of group ``g``.
 
@@ -69,20 +74,21 @@ def synthetic_fg(
     runs with different seeds see the same data (and only a different validation split).
     Augmentation: RandomCrop(image_size, padding image_size/8) + horizontal flip (stripe
     counts are mirror-invariant)."""
-    num_classes = num_groups * classes_per_group
-    style = _GroupStyle(_generator(data_seed, 0), num_groups)
+    o = options
+    num_classes = o.num_groups * o.classes_per_group
+    style = _GroupStyle(_generator(o.data_seed, 0), o.num_groups)
 
     def generate(per_class: int, stream: int) -> TensorImageDataset:
         labels = torch.arange(num_classes).repeat_interleave(per_class)
         images = _render(
-            style, labels, classes_per_group, image_size, _generator(data_seed, stream)
+            style, labels, o.classes_per_group, o.image_size, _generator(o.data_seed, stream)
         )
         return TensorImageDataset(images, labels)
 
-    classes = [f"group{g}-class{k}" for g in range(num_groups) for k in range(classes_per_group)]
-    transforms = padded_crop_transforms(image_size, image_size // 8, flip=True, mean=HALF, std=HALF)
+    classes = [f"group{g}-class{k}" for g in range(o.num_groups) for k in range(o.classes_per_group)]
+    transforms = padded_crop_transforms(o.image_size, o.image_size // 8, flip=True, mean=HALF, std=HALF)
     return splitter.make(
-        generate(train_per_class, 1), generate(test_per_class, 2), classes, image_size, transforms
+        generate(o.train_per_class, 1), generate(o.test_per_class, 2), classes, o.image_size, transforms
     )
 
 

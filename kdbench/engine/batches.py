@@ -22,7 +22,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .. import distributed
 from ..data import DataSplits, create_dataset
-from ..data.base import Augment, BatchCrop, BatchResizedCrop, ImageDataset, RaggedImages
+from ..data.batch_crops import BatchCrop, BatchResizedCrop, RaggedImages
+from ..data.datasets import ImageDataset
+from ..data.transforms import Augment
 from ..spec import Recipe, RunSpec
 from .options import EngineOptions, Execution
 from .streams import RngStream
