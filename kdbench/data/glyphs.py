@@ -18,16 +18,18 @@ from .transforms import HALF, padded_crop_transforms
 
 
 class GlyphsOptions(DatasetOptions):
-    num_groups: PositiveInt = 10
-    classes_per_group: PositiveInt = 5
-    glyph_size: PositiveInt = 5
-    detail_pixels: PositiveInt = 3
-    clutter_pixels: NonNegativeInt = 2
-    noise: NonNegativeFloat = 0.05
+    """The defaults are the regime measured for an offline suite (see ``glyphs``)."""
+
+    num_groups: PositiveInt = 10  # a group: ink and paper colours and a glyph
+    classes_per_group: PositiveInt = 5  # its variants, each with its own cells flipped
+    glyph_size: PositiveInt = 5  # the glyph is glyph_size² cells
+    detail_pixels: PositiveInt = 3  # cells a variant flips
+    clutter_pixels: NonNegativeInt = 2  # stray ink pixels per image
+    noise: NonNegativeFloat = 0.05  # standard deviation of the pixel noise
     train_per_class: PositiveInt = 80
-    test_per_class: PositiveInt = 60
+    test_per_class: PositiveInt = 60  # changing it leaves the training images as they are
     image_size: PositiveInt = 12
-    data_seed: NonNegativeInt = 0
+    data_seed: NonNegativeInt = 0  # the images' only source of randomness
 
 
 @register_dataset("glyphs", GlyphsOptions)

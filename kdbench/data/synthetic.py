@@ -46,12 +46,12 @@ def digits(root: Path, splitter: Splitter, options: DigitsOptions) -> DataSplits
 
 
 class SyntheticFGOptions(DatasetOptions):
-    num_groups: PositiveInt = 4
-    classes_per_group: PositiveInt = 5
+    num_groups: PositiveInt = 4  # coarse looks: shape, colours, background
+    classes_per_group: PositiveInt = 5  # stripe counts within a look
     train_per_class: PositiveInt = 60
     test_per_class: PositiveInt = 20
     image_size: PositiveInt = 32
-    data_seed: NonNegativeInt = 0
+    data_seed: NonNegativeInt = 0  # not the training seed: every run sees the same images
 
 
 @register_dataset("synthetic-fg", SyntheticFGOptions)
