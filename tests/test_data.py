@@ -15,7 +15,21 @@ import torch
 from PIL import Image
 from scipy.io import savemat
 
-from kdbench.data import DataSplits, create_dataset, list_datasets, resolve_data_root
+from pydantic import PositiveInt
+
+from kdbench.data import (
+    DATASETS,
+    DatasetOptions,
+    DataSplits,
+    Splitter,
+    TensorImageDataset,
+    create_dataset,
+    dataset_options,
+    list_datasets,
+    register_dataset,
+    resolve_data_root,
+)
+from kdbench.data.transforms import HALF, padded_crop_transforms
 from kdbench.errors import ConfigError, DataError, UnknownNameError
 
 SIZE = 16  # the image_size option given to the 224-px sets
@@ -450,6 +464,65 @@ def test_unknown_option_is_named_with_a_suggestion() -> None:
 def test_option_of_the_wrong_type() -> None:
     with pytest.raises(ConfigError, match="dataset 'synthetic-fg' option 'num_groups'"):
         create_dataset("synthetic-fg", num_groups=0)
+
+
+def test_an_item_of_an_option_names_the_option_and_the_value_given() -> None:
+    with pytest.raises(ConfigError) as info:
+        dataset_options("cub200", {"crop_ratio": [1.0]})
+    assert str(info.value) == "dataset 'cub200' option 'crop_ratio': Field required (got [1.0])"
+
+
+def test_options_are_recorded_whole_in_their_model_order() -> None:
+    # what a run spec records for the set, so the run ids of imagefolder runs: path first
+    options = dataset_options("imagefolder", {"prepared": "yes", "path": Path("trees/birds")})
+    assert list(options.items()) == [
+        ("path", "trees/birds"),
+        ("image_size", 224),
+        ("train_crop", "resize_crop"),
+        ("crop_scale", [0.08, 1.0]),
+        ("crop_ratio", [0.75, 4 / 3]),
+        ("prepared", True),
+    ]
+
+
+class CheckerOptions(DatasetOptions):
+    side: PositiveInt = 4
+
+
+def checker(root: Path, splitter: Splitter, options: CheckerOptions) -> DataSplits:
+    """Two classes of options.side-px images, all black or all white, four of each split."""
+    labels = torch.tensor([0, 1] * 4)
+    images = (labels * 255).to(torch.uint8)[:, None, None, None].expand(-1, 3, options.side, options.side)
+    data = TensorImageDataset(images.contiguous(), labels)
+    transforms = padded_crop_transforms(options.side, 0, flip=False, mean=HALF, std=HALF)
+    return splitter.make(data, data, ["black", "white"], options.side, transforms)
+
+
+@pytest.fixture
+def registry_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sets registered by a test are forgotten after it."""
+    list_datasets()  # the built-in sets registered first
+    monkeypatch.setattr(DATASETS, "_entries", dict(DATASETS._entries))
+
+
+def test_a_registered_set_gets_its_options_validated(registry_copy: None) -> None:
+    register_dataset("checker", CheckerOptions)(checker)
+    splits = create_dataset("checker", side="6", val_fraction=0.25)
+    assert splits.input_size == 6 and splits.test[1][0].shape == (3, 6, 6)
+    assert splits.test[1][0].min().item() == 1.0  # white, normalised by HALF
+    assert dataset_options("checker", {}) == {"side": 4}
+    with pytest.raises(ConfigError, match=r"dataset 'checker' has no option 'size' \(its options: side\)"):
+        create_dataset("checker", size=6)
+
+
+def test_a_second_loader_under_a_taken_name_is_refused(registry_copy: None) -> None:
+    with pytest.raises(ValueError, match=r"dataset 'digits' is registered twice: by kdbench\.data\.synthetic\.digits "
+                                         r"and by test_data\.checker"):
+        register_dataset("digits", CheckerOptions)(checker)
+
+
+def test_a_set_without_options_takes_none() -> None:
+    assert dataset_options("cifar100", {}) == {}
 
 
 def test_val_fraction_out_of_range() -> None:
