@@ -96,7 +96,7 @@ from .transforms import AUGMENTATIONS, Augment
 Loader = Callable[[Path, Splitter, Any], DataSplits]
 
 
-class Dataset:
+class RegisteredDataset:
     """A registered set: its loader ``(root, splitter, options) -> DataSplits`` and the
     pydantic model of its options. Wraps the loader (``functools.update_wrapper``), so the
     registry names the loader's module when a name is registered twice."""
@@ -114,7 +114,7 @@ def _import_loaders() -> None:
     from . import fine_grained, folders, glyphs, low_resolution, synthetic  # noqa: F401  (their decorators register the sets)
 
 
-DATASETS: Registry[Dataset] = Registry("dataset", discover=_import_loaders)
+DATASETS: Registry[RegisteredDataset] = Registry("dataset", discover=_import_loaders)
 
 
 def register_dataset(name: str, options: type[DatasetOptions] = DatasetOptions) -> Callable[[Loader], Loader]:
@@ -122,7 +122,7 @@ def register_dataset(name: str, options: type[DatasetOptions] = DatasetOptions) 
     pydantic model ``options`` (a ``DatasetOptions``; the base itself for a set without any)."""
 
     def decorate(load: Loader) -> Loader:
-        DATASETS.register(name, Dataset(load, options))
+        DATASETS.register(name, RegisteredDataset(load, options))
         return load
 
     return decorate
@@ -199,9 +199,9 @@ def _option_problem(name: str, model: type[DatasetOptions], options: dict[str, A
 __all__ = [
     "DATASETS",
     "DataSplits",
-    "Dataset",
     "DatasetOptions",
     "ImageFileDataset",
+    "RegisteredDataset",
     "Splitter",
     "TensorImageDataset",
     "create_dataset",
