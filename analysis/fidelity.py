@@ -52,10 +52,11 @@ from kdbench.errors import CheckpointError, ConfigError, KDBenchError
 from kdbench.store import runs_dir
 
 from .runs import columns, read_test_logits
-from .stats import NOT_COMPUTABLE, paired_difference
 from . import style
+from .cells import paired_cell
+from .stats import paired_difference
 from .style import display_name
-from .tables import latex_escape, latex_table, markdown_table
+from .tables import MARKDOWN, Grid, latex_escape, latex_table, markdown_table
 
 DEFAULT_K = 3
 ECE_BINS = 15
@@ -342,15 +343,7 @@ def value_text(metric: Metric, row: pd.Series | None) -> str:
 
 def paired_text(metric: Metric, row: pd.Series | None) -> str:
     """``Δ [low, high], p (n)`` against the reference, as the accuracy's paired cells."""
-    if row is None or pd.isna(row[f"{metric.key}_paired_n"]):
-        return "–"
-    if pd.isna(row[f"{metric.key}_diff_mean"]):
-        return NOT_COMPUTABLE
-    d = metric.decimals
-    p_value = row[f"{metric.key}_p_value"]
-    p_text = "p<0.001" if p_value < 0.001 else f"p={p_value:.3f}"
-    return (f"{row[f'{metric.key}_diff_mean']:+.{d}f} [{row[f'{metric.key}_diff_ci_low']:+.{d}f}, "
-            f"{row[f'{metric.key}_diff_ci_high']:+.{d}f}], {p_text} (n={row[f'{metric.key}_paired_n']})")
+    return paired_cell(row, f"{metric.key}_", metric.decimals).written(MARKDOWN)
 
 
 def markdown(summary: pd.DataFrame, reference_name: str, k: int) -> str:
@@ -358,13 +351,13 @@ def markdown(summary: pd.DataFrame, reference_name: str, k: int) -> str:
     text = f"# Fidelity, calibration and confusable classes\n\n{caption(summary, reference_name, k)}\n"
     for metric in METRICS:
         cols, rows = _grid(summary, lambda row: value_text(metric, row))
-        text += f"\n## {metric.heading}\n\n" + markdown_table(["Method", *(f"{d} {p}" for d, p in cols)],
-                                                               [[name, *cells] for name, cells in rows])
+        text += f"\n## {metric.heading}\n\n" + markdown_table(Grid([["Method", *(f"{d} {p}" for d, p in cols)]],
+                                                                    [[name, *cells] for name, cells in rows]))
         tested = summary[summary[f"{metric.key}_paired_n"].notna()]
         if len(tested):
             cols, rows = _grid(tested, lambda row: paired_text(metric, row))
             text += (f"\n### {metric.heading}: paired difference to {reference_name}\n\n"
-                     + markdown_table(["Method", *(f"{d} {p}" for d, p in cols)], [[n, *c] for n, c in rows]))
+                     + markdown_table(Grid([["Method", *(f"{d} {p}" for d, p in cols)]], [[n, *c] for n, c in rows])))
     return text
 
 
@@ -385,7 +378,7 @@ def latex(summary: pd.DataFrame, name: str, reference_name: str, k: int) -> str:
         body = [[latex_escape(label), *(stacked(v, p) for v, p in zip(cells, paired_cells))]
                 for (label, cells), (_, paired_cells) in zip(values, paired)]
         text = latex_escape(f"{metric.heading}. {caption(summary, reference_name, k)}")
-        tables.append(latex_table(header, body, text, f"tab:{name}-{metric.key}", "l" + "c" * len(cols)))
+        tables.append(latex_table(Grid(header, body), text, f"tab:{name}-{metric.key}", "l" + "c" * len(cols)))
     return "\n".join(tables)
 
 

@@ -22,18 +22,22 @@ import base64
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import pandas as pd
 
 from kdbench import store
-from kdbench.store import FAILED, Manifest, runs_dir
+from kdbench.store import FAILED, runs_dir
 
-from . import fidelity, ranking, style
+from . import fidelity, ranking, report_tables, style
+from .cells import Published, accuracy_cell, paired_cell, published_cell
 from .ranking import Ranking
-from .stats import NOT_COMPUTABLE
 from .style import color, display_name
+from .tables import MARKDOWN
+
+if TYPE_CHECKING:
+    from .report import Report
 
 TEMPLATES = Path(__file__).parent / "templates"
 SVG_WIDTH, SVG_HEIGHT, SVG_MARGIN = 370, 150, 40
@@ -41,39 +45,35 @@ SVG_WIDTH, SVG_HEIGHT, SVG_MARGIN = 370, 150, 40
 SCREEN_DPI = 144
 
 
-def write_html(path: Path, suite_dir: Path, runs: pd.DataFrame, summary: pd.DataFrame, missing: pd.DataFrame,
-               manifest: Manifest, n_seeds: int, caption: str, paired_caption: str, figures: list[Path],
-               ranked: Ranking | None = None, fidelity_caption: str = "",
-               card: list[tuple[str, str, str]] = (), published_caption: str = "") -> Path:
+def write_html(path: Path, report: Report, figures: list[Path]) -> Path:
     """Render ``report.html`` at ``path``; ``figures`` are the PNG files to embed (the
-    critical-difference diagram goes with the ``ranked`` section); the fidelity section
-    needs ``summary``'s fidelity columns (``analysis.fidelity.summarise``); ``card`` is the
-    protocol card (``analysis.protocol``), ``published_caption`` the published comparison's."""
+    critical-difference diagram goes with the ranking section)."""
     diagram = next((f for f in figures if f.stem == "critical_difference"), None)
     figures = [f for f in figures if f != diagram]
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    summary = report.summary
     columns = list(dict.fromkeys(zip(summary["dataset"], summary["pair"])))
     page = environment.get_template("report.html.j2").render(
-        suite=manifest.suite or Path(suite_dir).name,
-        description=manifest.description or "",
-        reference=display_name(manifest.reference or "kd"),
-        n_seeds=n_seeds,
-        caption=caption,
-        paired_caption=paired_caption,
+        suite=report.name,
+        description=report.manifest.description or "",
+        reference=report.reference_name,
+        n_seeds=report.n_seeds,
+        caption=report_tables.caption(report),
+        paired_caption=report_tables.paired_caption(report),
         columns=[{"dataset": d, "pair": p} for d, p in columns],
-        blocks=_blocks(summary, columns, _accuracy_cell),
-        paired_blocks=_blocks(summary[summary["paired_n"].notna()], columns, _paired_cell),
+        blocks=_blocks(summary, columns, accuracy_cell),
+        paired_blocks=_blocks(summary[summary["paired_n"].notna()], columns, paired_cell),
         missing=[{"run_id": r.run_id, "dataset": r.dataset, "pair": r.pair, "label": r.label, "seed": _seed(r.seed),
-                  "status": r.status, "error": r.error} for r in missing.itertuples()],
+                  "status": r.status, "error": r.error} for r in report.missing.itertuples()],
         figures=[_figure(f) for f in figures],
-        fidelity_caption=fidelity_caption,
-        fidelity=_fidelity(summary, columns) if fidelity_caption else [],
-        ranking=_ranking(ranked, display_name(manifest.reference or "kd"), diagram),
-        card=[{"section": section, "item": item, "value": value} for section, item, value in card],
-        published_caption=published_caption,
-        published=_blocks(summary[summary["paper"].notna()], columns, _published_cell),
-        runs=[_run(suite_dir, run) for run in runs[runs["run_id"] != "checkpoint"].itertuples()],
+        fidelity_caption=fidelity.caption(summary, report.reference_name, report.confusable_k),
+        fidelity=_fidelity(summary, columns),
+        ranking=_ranking(report.ranked, report.reference_name, diagram),
+        card=[{"section": section, "item": item, "value": value} for section, item, value in report.card],
+        published_caption=report_tables.PUBLISHED_CAPTION,
+        published=_blocks(summary[summary["paper"].notna()], columns, lambda row: _published(published_cell(row))),
+        runs=[_run(report.suite_dir, run) for run in report.runs[report.runs["run_id"] != "checkpoint"].itertuples()],
     )
     path.write_text(page)
     return path
@@ -124,36 +124,12 @@ def _ranking(ranked: Ranking | None, reference: str, diagram: Path | None) -> di
             "figure": _figure(diagram) if diagram is not None else None}
 
 
-def _accuracy_cell(row: pd.Series | None) -> dict[str, Any]:
-    if row is None or not row["n"]:
-        return {"text": "–", "sort": None}
-    return {"text": f"{row['mean']:.2f}", "sort": row["mean"],
-            "std": None if math.isnan(row["std"]) else f"{row['std']:.2f}",
-            "rank": None if pd.isna(row["rank"]) else int(row["rank"]),
-            "significant": not pd.isna(row["significant"]) and bool(row["significant"]),
-            "n": int(row["n"]) if row["role"] != "teacher" else None}
-
-
-def _published_cell(row: pd.Series | None) -> dict[str, Any]:
+def _published(cell: Published) -> dict[str, Any]:
     """Ours on the papers' rule, with the published number and our difference under it."""
-    if row is None or pd.isna(row["paper"]) or pd.isna(row["mean_best_test"]):
+    if cell.sort is None:
         return {"text": "–", "sort": None, "paired": ""}
-    std = "" if pd.isna(row["std_best_test"]) else f" ± {row['std_best_test']:.2f}"
-    mark = " ‡" if not pd.isna(row["paper_outside_spread"]) and row["paper_outside_spread"] else ""
-    return {"text": f"{row['mean_best_test']:.2f}{std}", "sort": row["delta_paper"],
-            "paired": f"published {row['paper']:.2f} ({row['delta_paper']:+.2f}){mark}"}
-
-
-def _paired_cell(row: pd.Series | None) -> dict[str, Any]:
-    if row is None or pd.isna(row["paired_n"]):
-        return {"text": "–", "sort": None}
-    if pd.isna(row["diff_mean"]):
-        return {"text": NOT_COMPUTABLE, "sort": None}
-    p_value = row["p_value"]
-    return {"text": f"{row['diff_mean']:+.2f}", "sort": row["diff_mean"],
-            "ci": f"[{row['diff_ci_low']:+.2f}, {row['diff_ci_high']:+.2f}]",
-            "p": "p<0.001" if p_value < 0.001 else f"p={p_value:.3f}", "n": int(row["paired_n"]),
-            "significant": bool(row["significant"])}
+    return {"text": cell.ours + (MARKDOWN.spread(cell.std) if cell.std is not None else ""), "sort": cell.sort,
+            "paired": f"published {cell.paper} ({MARKDOWN.signed(cell.sort)})" + (" ‡" if cell.outside else "")}
 
 
 def _run(suite_dir: Path, run: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from kdbench.spec import SELECTED_EPOCH, DataSpec, Recipe
 from kdbench.store import Manifest
 
 from .style import display_name
-from .tables import latex_escape, latex_table, markdown_table
+from .tables import Grid, latex_escape, latex_table, markdown_table
 
 SELECTED_ON_TEST = ("Beside the published numbers: the best test epoch of each run (test_top1_max), the rule of "
                     "mdistiller and RepDistiller; selected on test, so optimistic, and never mixed with the suite's "
@@ -166,16 +166,16 @@ def card_markdown(rows: list[tuple[str, str, str]]) -> str:
     """The card as a Markdown section."""
     if not rows:
         return ""
-    return "\n## Protocol\n\n" + markdown_table(["", "Setting", "Value"], _grouped(rows)) + "\n"
+    return "\n## Protocol\n\n" + markdown_table(Grid([["", "Setting", "Value"]], _grouped(rows))) + "\n"
 
 
 def card_latex(rows: list[tuple[str, str, str]], name: str) -> str:
     """The card as a booktabs table (``protocol.tex``) to print beside the results table."""
     body = [[latex_escape(c) for c in row] for row in _grouped(rows)]
     width = "p{0.55\\linewidth}"
-    return latex_table([["", "Setting", "Value"]], body, latex_escape(f"Protocol of suite {name}: how each number "
-                                                                      "of its tables was obtained."),
-                       f"tab:{name}-protocol", "ll" + width, [])
+    return latex_table(Grid([["", "Setting", "Value"]], body), latex_escape(f"Protocol of suite {name}: how each "
+                                                                             "number of its tables was obtained."),
+                       f"tab:{name}-protocol", "ll" + width)
 
 
 def _grouped(rows: list[tuple[str, str, str]]) -> list[list[str]]:

@@ -36,7 +36,7 @@ from scipy import stats
 
 from . import style
 from .stats import NOT_COMPUTABLE, paired_difference
-from .tables import latex_escape, latex_table, markdown_table
+from .tables import Grid, latex_escape, latex_table, markdown_table
 
 ALPHA = 0.05
 MIN_CELLS = 2
@@ -161,7 +161,8 @@ def markdown(ranking: Ranking, reference_name: str) -> str:
     """``ranking.md``: the caption and, where the ranking exists, its table."""
     text = f"# Ranking across cells\n\n{caption(ranking, reference_name)}\n"
     if ranking.exists:
-        text += "\n" + markdown_table(*rows(ranking, reference_name))
+        header, body = rows(ranking, reference_name)
+        text += "\n" + markdown_table(Grid([header], body))
     return text
 
 
@@ -170,7 +171,7 @@ def latex(ranking: Ranking, name: str, reference_name: str) -> str:
     if not ranking.exists:
         return f"% No ranking across cells in suite {name}: {ranking.reason}\n"
     header, body = rows(ranking, reference_name)
-    return latex_table([[latex_escape(h) for h in header]], [[latex_escape(c) for c in row] for row in body],
+    return latex_table(Grid([[latex_escape(h) for h in header]], [[latex_escape(c) for c in row] for row in body]),
                        latex_escape(caption(ranking, reference_name)), f"tab:{name}-ranking", "lcccc")
 
 

@@ -15,6 +15,12 @@ seed saw the same batches in the same order. Labels the manifest lists under ``c
 as a separate block under the methods, labelled by what they control, are not ranked, and
 still get their paired statistics.
 
+This module computes; others write. ``build_report`` reads the suite folder once into a
+``Report`` (the runs, the per-cell summary with its statistics, the runs left out, the
+ranking and the protocol card); ``write_report`` hands it to the writers:
+``analysis.report_tables`` (Markdown and LaTeX, through one ``tables.Markup``),
+``analysis.html``, ``analysis.fidelity``, ``analysis.ranking`` and ``analysis.curves``.
+
 Outputs, in ``out_dir`` (default ``<suite_dir>/report``):
 
 - ``table.tex``: a booktabs ``table`` to ``\\input`` (needs only ``booktabs``): methods as
@@ -70,6 +76,7 @@ Outputs, in ``out_dir`` (default ``<suite_dir>/report``):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,22 +85,16 @@ import pandas as pd
 from kdbench.store import Manifest, load_manifest
 
 from . import curves, fidelity, ranking
-from .protocol import card_latex, card_markdown, protocol_card
-from .runs import (
-    SELECTION_COLUMN,
-    SELECTION_TEXT,
-    columns,
-    labels,
-    paper_key,
-    suite_runs,
-)
-from .stats import MIN_PAIRS, NOT_COMPUTABLE, SIGNIFICANCE, TEST_NAME, paired_difference
+from .html import write_html
+from .protocol import protocol_card
+from .ranking import Ranking
+from .report_tables import write_tables
+from .runs import SELECTION_COLUMN, columns, labels, paper_key, suite_runs
+from .stats import paired_difference
 from .style import display_name
-from .tables import latex_escape, latex_table, markdown_table
 
 DEFAULT_REFERENCE = "kd"
 RULES = tuple(SELECTION_COLUMN)  # best_val, last, best_test
-DAGGER = {"tex": "$^\\dagger$", "md": "†"}
 SUMMARY_COLUMNS = ["dataset", "pair", "label", "role", "control", "mean", "std", "n",
                    *(f"{stat}_{rule}" for rule in RULES for stat in ("mean", "std")),
                    "seeds", "failed", "missing", "paper", "delta_paper", "paper_outside_spread", "augment", "augment_note", "reference",
@@ -243,6 +244,43 @@ def left_out(runs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+@dataclass(frozen=True)
+class Report:
+    """A suite's report, computed once: every number its tables, figures and page show.
+    The writers (``report_tables``, ``html``, ``fidelity``, ``ranking``, ``curves``) only
+    format it."""
+
+    suite_dir: Path
+    name: str  # the suite's name
+    manifest: Manifest
+    reference: str  # the label paired statistics compare against
+    runs: pd.DataFrame  # run_table's columns and the fidelity measures of each run
+    summary: pd.DataFrame  # one row per cell: summarise's columns and the fidelity summary
+    missing: pd.DataFrame  # the runs left out of the means, with their reason
+    n_seeds: int
+    ranked: Ranking
+    card: list[tuple[str, str, str]]  # the protocol card: (section, item, value)
+    confusable_k: int
+
+    @property
+    def reference_name(self) -> str:
+        return display_name(self.reference)
+
+
+def build_report(suite_dir: str | Path, confusable_k: int = fidelity.DEFAULT_K) -> Report:
+    """Read a suite's results folder and compute its report: runs, per-cell statistics,
+    fidelity, the ranking across cells and the protocol card."""
+    suite_dir = Path(suite_dir)
+    every = suite_runs(suite_dir)
+    runs, manifest = run_table(suite_dir, every)
+    runs = pd.concat([runs, fidelity.fidelity_columns(suite_dir, runs, confusable_k)], axis=1)
+    reference = reference_label(manifest)
+    summary = fidelity.summarise(runs, summarise(runs, manifest), reference, confusable_k)
+    return Report(suite_dir, manifest.suite or suite_dir.name, manifest, reference, runs, summary, left_out(runs),
+                  seed_count(runs), ranking.rank_methods(summary, runs, reference), protocol_card(every, manifest),
+                  confusable_k)
+
+
 def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, transpose: bool = False,
                  confusable_k: int = fidelity.DEFAULT_K) -> list[Path]:
     """Write the tables and figures of a suite's results folder; returns the files written.
@@ -250,266 +288,23 @@ def write_report(suite_dir: str | Path, out_dir: str | Path | None = None, trans
     See the module docstring for what each file contains; ``confusable_k``: how many of
     each class's most confused classes make its confusable pairs (``analysis.fidelity``).
     """
-    suite_dir = Path(suite_dir)
-    every = suite_runs(suite_dir)
-    runs, manifest = run_table(suite_dir, every)
-    card = protocol_card(every, manifest)
-    runs = pd.concat([runs, fidelity.fidelity_columns(suite_dir, runs, confusable_k)], axis=1)
-    out = Path(out_dir) if out_dir is not None else suite_dir / "report"
+    report = build_report(suite_dir, confusable_k)
+    out = Path(out_dir) if out_dir is not None else report.suite_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    reference = reference_label(manifest)
-    summary = fidelity.summarise(runs, summarise(runs, manifest), reference, confusable_k)
-    ranked = ranking.rank_methods(summary, runs, reference)
-    name = manifest.suite or suite_dir.name
-    n_seeds = seed_count(runs)
-    missing = left_out(runs)
-
-    written = [out / "summary.csv", out / "runs.csv", out / "table.md", out / "table.tex", out / "paired.tex",
-               out / "protocol.tex"]
-    summary.to_csv(written[0], index=False)
-    runs.to_csv(written[1], index=False)
-    written[2].write_text(_markdown(summary, missing, name, manifest, n_seeds, transpose)
-                          + _published_markdown(summary) + card_markdown(card))
-    written[3].write_text(_latex(summary, missing, name, manifest, n_seeds, transpose))
-    written[4].write_text(_latex_paired(summary, name, manifest))
-    written[5].write_text(card_latex(card, name))
-    if summary["paper"].notna().any():
-        written.append(out / "published.tex")
-        written[-1].write_text(_latex_published(summary, name))
-    written += fidelity.write_tables(summary, out, name, display_name(reference), confusable_k)
-    written += ranking.write_ranking(ranked, out, name, display_name(reference))
-    figures = ranking.plot_critical_difference(ranked, out / "figures" / "critical_difference")
-    figures += fidelity.plot_fidelity(summary, out / "figures")
-    figures += curves.plot_training_curves(suite_dir, runs, out / "figures")
-    figures += curves.plot_teacher_gap(summary, out / "figures" / "teacher_gap")
-    if (runs["status"] == "finished").any():  # runs keep their test logits: the spectra come with the report
+    written = [out / "summary.csv", out / "runs.csv"]
+    report.summary.to_csv(written[0], index=False)
+    report.runs.to_csv(written[1], index=False)
+    written += write_tables(report, out, transpose)
+    written += fidelity.write_tables(report.summary, out, report.name, report.reference_name, confusable_k)
+    written += ranking.write_ranking(report.ranked, out, report.name, report.reference_name)
+    figures = ranking.plot_critical_difference(report.ranked, out / "figures" / "critical_difference")
+    figures += fidelity.plot_fidelity(report.summary, out / "figures")
+    figures += curves.plot_training_curves(report.suite_dir, report.runs, out / "figures")
+    figures += curves.plot_teacher_gap(report.summary, out / "figures" / "teacher_gap")
+    if (report.runs["status"] == "finished").any():  # runs keep their test logits: the spectra come with the report
         from .spectra import write_spectra
 
-        figures += write_spectra(suite_dir, out)
-    from .html import write_html
-
+        figures += write_spectra(report.suite_dir, out)
     written += figures
-    written.append(write_html(out / "report.html", suite_dir, runs, summary, missing, manifest, n_seeds,
-                              caption(name, manifest, n_seeds, summary, len(missing)), paired_caption(manifest),
-                              [f for f in figures if f.suffix == ".png"], ranked=ranked, card=card,
-                              published_caption=PUBLISHED_CAPTION,
-                              fidelity_caption=fidelity.caption(summary, display_name(reference), confusable_k)))
+    written.append(write_html(out / "report.html", report, [f for f in figures if f.suffix == ".png"]))
     return written
-
-
-def caption(name: str, manifest: Manifest, n_seeds: int, summary: pd.DataFrame, left: int) -> str:
-    """The main table's caption, as plain text."""
-    rule = manifest.selection
-    text = (f"Test top-1 accuracy (%) on suite {name}: mean ± std over {n_seeds} seeds, each run taken at "
-            f"{SELECTION_TEXT[rule]} (selection rule: {rule}). The teacher row is the teacher the students learned "
-            f"from. For each dataset and pair the best method is bold and the second underlined. "
-            f"[n=k]: only k of {n_seeds} runs finished.")
-    text += " " + _significance_text(manifest, summary)
-    notes = summary.loc[summary["augment_note"] != "", "augment_note"]
-    usual = summary.loc[(summary["role"] != "teacher") & (summary["augment_note"] == "") & (summary["augment"] != ""),
-                        "augment"]
-    if len(usual):
-        text += (f" Training augmentation: {usual.iloc[0]}"
-                 + (", except where a cell says [aug: …]." if len(notes) else " for every run."))
-    controlled = controls(manifest)
-    if controlled:
-        text += (" Controls (not ranked), below the methods: "
-                 + "; ".join(f"{display_name(label)}: {what}" for label, what in controlled.items()) + ".")
-    if summary["paper"].notna().any():
-        text += (" The published numbers, selected on test as the papers did, are set against ours on that rule "
-                 "in their own table, not here.")
-    if left:
-        text += f" {left} run(s) failed or did not finish and are not in the means (listed below)."
-    return text
-
-
-def _significance_text(manifest: Manifest, summary: pd.DataFrame) -> str:
-    reference = display_name(reference_label(manifest))
-    if not summary["paired_n"].notna().any():
-        return f"No paired comparison: the reference {reference} has no finished run in this suite."
-    text = f"†: differs from {reference} at p < {SIGNIFICANCE} ({TEST_NAME} over seeds)."
-    if not (summary["paired_n"].dropna() >= MIN_PAIRS).any():
-        text += f" No cell has {MIN_PAIRS} paired seeds, so none is tested."
-    return text
-
-
-def paired_caption(manifest: Manifest) -> str:
-    """The caption of the paired differences, as plain text."""
-    reference = display_name(reference_label(manifest))
-    rule = manifest.selection
-    return (f"Paired difference to {reference} in test top-1 (percentage points, selection rule: {rule}): mean "
-            f"over the seeds where both finished (runs of one seed saw the same batches), its 95% confidence "
-            f"interval and p from the {TEST_NAME} (t distribution, n − 1 degrees of freedom); "
-            f"{NOT_COMPUTABLE} with fewer than {MIN_PAIRS} paired seeds.")
-
-
-def paired_text(row: pd.Series | None, tex: bool = False) -> str:
-    """A paired-difference cell: ``+1.23 [+0.45, +2.01], p=0.012 (n=3)``."""
-    if row is None or pd.isna(row["paired_n"]):
-        return "--" if tex else "–"
-    if pd.isna(row["diff_mean"]):
-        return NOT_COMPUTABLE.replace("<", "$<$") if tex else NOT_COMPUTABLE
-    p_value = row["p_value"]
-    p_text = ("p$<$0.001" if tex else "p<0.001") if p_value < 0.001 else f"p={p_value:.3f}"
-    low, mean, high = (_signed(row[k], tex) for k in ("diff_ci_low", "diff_mean", "diff_ci_high"))
-    return f"{mean} [{low}, {high}], {p_text} (n={row['paired_n']})"
-
-
-def _signed(value: float, tex: bool) -> str:
-    text = f"{value:+.2f}"
-    return text.replace("-", "$-$").replace("+", "$+$") if tex else text
-
-
-def _cell(row: pd.Series | None, n_seeds: int, tex: bool) -> str:
-    """A cell's text in LaTeX (``tex``) or Markdown."""
-    if row is None:
-        return "--" if tex else "–"
-    text = "--" if tex else "–"
-    if row["n"]:
-        text = f"{row['mean']:.2f}"
-        rank = 0 if pd.isna(row["rank"]) else row["rank"]
-        if rank == 1:
-            text = f"\\textbf{{{text}}}" if tex else f"**{text}**"
-        elif rank == 2:
-            text = f"\\underline{{{text}}}" if tex else f"<u>{text}</u>"
-        if not math.isnan(row["std"]):
-            text += f"{{\\scriptsize$\\pm${row['std']:.2f}}}" if tex else f" ± {row['std']:.2f}"
-        if _is_true(row["significant"]):
-            text += DAGGER["tex" if tex else "md"]
-    extras = [row["augment_note"]] if row["augment_note"] else []
-    if row["role"] != "teacher" and row["n"] < n_seeds:
-        extras.append(f"[n={row['n']}]")
-    if extras:
-        text += f" {{\\scriptsize {' '.join(extras)}}}" if tex else " " + " ".join(extras)
-    return text
-
-
-def _is_true(value: Any) -> bool:
-    return not pd.isna(value) and bool(value)
-
-
-def _row_name(label: str, control: str, tex: bool) -> str:
-    """A row's label: the method's display name, and for a control what it controls."""
-    if not control:
-        return latex_escape(display_name(label)) if tex else display_name(label)
-    if tex:
-        return f"{latex_escape(display_name(label))} {{\\scriptsize ({latex_escape(control)})}}"
-    return f"{display_name(label)} ({control})"
-
-
-def _grid(summary: pd.DataFrame, n_seeds: int, transpose: bool, tex: bool,
-          cell_text=None) -> tuple[list[list[str]], list[list[str]], list[int], int | None]:
-    """Header rows, body rows, the body rows followed by a rule, and the index of the first
-    control row (None without controls), as cell text. ``cell_text(row)`` formats a cell
-    (default: the accuracy cell)."""
-    escape = latex_escape if tex else str
-    cell_text = cell_text or (lambda row: _cell(row, n_seeds, tex))
-    cols = list(dict.fromkeys(zip(summary["dataset"], summary["pair"])))
-    methods = list(dict.fromkeys(summary["label"]))
-    control_of = dict(zip(summary["label"], summary["control"]))
-    cells = {(r["dataset"], r["pair"], r["label"]): r for _, r in summary.iterrows()}
-    first_control = next((i for i, m in enumerate(methods) if control_of[m]), None)
-
-    def cell(column: tuple[str, str], label: str) -> str:
-        return cell_text(cells.get((*column, label)))
-
-    if transpose:
-        names = [escape(display_name(m)) + (escape(" (control)") if control_of[m] else "") for m in methods]
-        header = [["Dataset", "Pair", *names]]
-        body = [[escape(d), escape(p), *(cell((d, p), m) for m in methods)] for d, p in cols]
-        return header, body, [], None
-    header = [["Method", *(escape(d) for d, _ in cols)], ["", *(escape(p) for _, p in cols)]]
-    body = [[_row_name(m, control_of[m], tex), *(cell(c, m) for c in cols)] for m in methods]
-    rules = [0] if methods[:1] == ["teacher"] else []
-    if first_control is not None and first_control > 0:
-        rules.append(first_control - 1)
-    return header, body, rules, first_control
-
-
-def _markdown(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest: Manifest, n_seeds: int,
-              transpose: bool) -> str:
-    header, body, _, first_control = _grid(summary, n_seeds, transpose, tex=False)
-    merged = [" ".join(part for part in parts if part) for parts in zip(*header)]
-    if first_control is not None:
-        body.insert(first_control, ["*Controls*"] + [""] * (len(merged) - 1))
-    text = (f"# {name}\n\n{caption(name, manifest, n_seeds, summary, len(missing))}\n\n"
-            f"{markdown_table(merged, body)}")
-    students = summary[summary["role"] != "teacher"]
-    if students["paired_n"].notna().any():
-        header, body, _, first_control = _grid(students[students["paired_n"].notna()], n_seeds, False, tex=False,
-                                               cell_text=paired_text)
-        if first_control is not None:
-            body.insert(first_control, ["*Controls*"] + [""] * (len(body[0]) - 1))
-        text += (f"\n## Paired differences to {display_name(reference_label(manifest))}\n\n{paired_caption(manifest)}\n\n"
-                 + markdown_table([" ".join(part for part in parts if part) for parts in zip(*header)], body))
-    if len(missing):
-        text += "\n## Runs not in the means\n\n" + markdown_table(
-            ["Run", "Dataset", "Pair", "Method", "Seed", "Status", "Reason"],
-            [[r.run_id, _text(r.dataset), r.pair, r.label, _text(r.seed), r.status, r.error] for r in missing.itertuples()])
-    return text
-
-
-def _latex(summary: pd.DataFrame, missing: pd.DataFrame, name: str, manifest: Manifest, n_seeds: int,
-           transpose: bool) -> str:
-    header, body, rules, first_control = _grid(summary, n_seeds, transpose, tex=True)
-    leading = 2 if transpose else 1
-    if first_control is not None:
-        body.insert(first_control, [f"\\multicolumn{{{len(header[0])}}}{{l}}{{\\textit{{Controls}}}}"])
-        rules = [r + 1 if r >= first_control else r for r in rules]
-    notes = [latex_escape(f"Not in the means: {r.label}, {_text(r.dataset)}, {r.pair}, seed {_text(r.seed)}, "
-                          f"run {r.run_id}: {r.status}" + (f" ({r.error})" if r.error else ""))
-             for r in missing.itertuples()]
-    return latex_table(header, body, latex_escape(caption(name, manifest, n_seeds, summary, len(missing))),
-                       f"tab:{name}", "l" * leading + "c" * (len(header[0]) - leading), rules, notes)
-
-
-def _latex_paired(summary: pd.DataFrame, name: str, manifest: Manifest) -> str:
-    compared = summary[summary["paired_n"].notna()]
-    if compared.empty:
-        return f"% No paired comparison in suite {name}: the reference {reference_label(manifest)} has no finished run.\n"
-    header, body, rules, first_control = _grid(compared, 0, False, tex=True, cell_text=lambda r: paired_text(r, tex=True))
-    if first_control is not None:
-        body.insert(first_control, [f"\\multicolumn{{{len(header[0])}}}{{l}}{{\\textit{{Controls}}}}"])
-        rules = [r + 1 if r >= first_control else r for r in rules]
-    return latex_table(header, body, latex_escape(paired_caption(manifest)), f"tab:{name}-paired",
-                       "l" + "c" * (len(header[0]) - 1), rules)
-
-
-PUBLISHED_CAPTION = ("Ours against the published numbers, each on the papers' own rule: the best test epoch of "
-                     "each run (selected on test, so optimistic; the main table's number is not), mean ± std over "
-                     "seeds, then the published number and our difference to it. ‡: the published number lies "
-                     "outside the range of our seeds.")
-
-
-def published_text(row: pd.Series | None, tex: bool = False) -> str:
-    """A published-comparison cell: ``76.10 ± 0.21 vs 76.32 (−0.22)‡``; '–' without a number."""
-    if row is None or pd.isna(row["paper"]) or pd.isna(row["mean_best_test"]):
-        return "--" if tex else "–"
-    spread = "" if pd.isna(row["std_best_test"]) else (f"{{\\scriptsize$\\pm${row['std_best_test']:.2f}}}" if tex
-                                                       else f" ± {row['std_best_test']:.2f}")
-    mark = ("$^\\ddagger$" if tex else "‡") if _is_true(row["paper_outside_spread"]) else ""
-    return (f"{row['mean_best_test']:.2f}{spread} vs {row['paper']:.2f} "
-            f"({_signed(row['delta_paper'], tex)}){mark}")
-
-
-def _published_markdown(summary: pd.DataFrame) -> str:
-    quoted = summary[summary["paper"].notna()]
-    if quoted.empty:
-        return ""
-    header, body, _, _ = _grid(quoted, 0, False, tex=False, cell_text=published_text)
-    return (f"\n## Against the published numbers\n\n{PUBLISHED_CAPTION}\n\n"
-            + markdown_table([" ".join(part for part in parts if part) for parts in zip(*header)], body))
-
-
-def _latex_published(summary: pd.DataFrame, name: str) -> str:
-    header, body, rules, _ = _grid(summary[summary["paper"].notna()], 0, False, tex=True,
-                                   cell_text=lambda r: published_text(r, tex=True))
-    return latex_table(header, body, latex_escape(PUBLISHED_CAPTION), f"tab:{name}-published",
-                       "l" + "c" * (len(header[0]) - 1), rules)
-
-
-def _text(value: Any) -> str:
-    """A value for a table cell: '?' when unknown, whole numbers without '.0'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "?"
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
