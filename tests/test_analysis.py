@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import math
 import re
 import shutil
 import statistics
@@ -529,6 +530,65 @@ def test_report_html_controls_block(results, tmp_path):
     (controls,) = table.find_all("tbody", class_="rows controls")
     assert [r.attrs["data-label"] for r in controls.find_all("tr")] == ["figkd"]
     assert "controls: the wavelet & <order>" in controls.text  # escaped in the page, read back as written
+
+
+# --- cells and the table writers --------------------------------------------------------------
+
+def _summary_row(**changes) -> "pd.Series":
+    import pandas as pd
+
+    row = {"role": "student", "n": 2, "mean": 97.404, "std": 0.8512, "rank": 1, "significant": True,
+           "augment_note": "", "paired_n": 3, "diff_mean": -1.234, "diff_ci_low": -4.5678, "diff_ci_high": 2.1,
+           "p_value": 0.0004, "paper": 97.0, "mean_best_test": 97.68, "std_best_test": 0.58, "delta_paper": 0.68,
+           "paper_outside_spread": True}
+    return pd.Series(row | changes)
+
+
+def test_a_cell_is_written_alike_in_markdown_and_latex():
+    """One cell formatter, two markups: the same marks in each language."""
+    from kdbench.analysis.cells import accuracy_cell, paired_cell, published_cell
+    from kdbench.analysis.tables import LATEX, MARKDOWN
+
+    best = accuracy_cell(_summary_row())
+    assert best.written(MARKDOWN, 3) == "**97.40** ± 0.85† [n=2]"
+    assert best.written(LATEX, 3) == "\\textbf{97.40}{\\scriptsize$\\pm$0.85}$^\\dagger$ {\\scriptsize [n=2]}"
+    assert best.written(MARKDOWN, 2) == "**97.40** ± 0.85†"  # every seed finished
+    second = accuracy_cell(_summary_row(rank=2, significant=False, std=math.nan, role="teacher"))
+    assert second.written(MARKDOWN, 3) == "<u>97.40</u>" and second.written(LATEX, 3) == "\\underline{97.40}"
+    unfinished = accuracy_cell(_summary_row(n=0, augment_note="[aug: strong]"))
+    assert unfinished.written(MARKDOWN, 3) == "– [aug: strong] [n=0]"
+    assert accuracy_cell(None).written(LATEX, 3) == "--"
+
+    paired = paired_cell(_summary_row())
+    assert paired.written(MARKDOWN) == "-1.23 [-4.57, +2.10], p<0.001 (n=3)"
+    assert paired.written(LATEX) == "$-$1.23 [$-$4.57, $+$2.10], p$<$0.001 (n=3)"
+    assert paired_cell(_summary_row(diff_mean=math.nan)).written(LATEX) == "n$<$3: cannot be computed"
+    assert paired_cell(_summary_row(paired_n=math.nan)).written(MARKDOWN) == "–"
+    assert paired_cell(_summary_row(kl_paired_n=3, kl_diff_mean=0.01234, kl_diff_ci_low=0.001, kl_diff_ci_high=0.02,
+                                    kl_p_value=0.04, kl_significant=True), "kl_", 3).written(MARKDOWN) \
+        == "+0.012 [+0.001, +0.020], p=0.040 (n=3)"
+
+    published = published_cell(_summary_row())
+    assert published.written(MARKDOWN) == "97.68 ± 0.58 vs 97.00 (+0.68)‡"
+    assert published.written(LATEX) == "97.68{\\scriptsize$\\pm$0.58} vs 97.00 ($+$0.68)$^\\ddagger$"
+    assert published_cell(_summary_row(paper=math.nan)).written(MARKDOWN) == "–"
+
+
+def test_a_grid_as_booktabs_latex_and_as_markdown():
+    from kdbench.analysis.tables import Grid, latex_table, markdown_table
+
+    grid = Grid([["Method", "digits", "digits"], ["", "a", "b"]],
+                [["Teacher", "1", "2"], ["KD", "3", "4"], ["Ctl", "5", "6"]], [0, 1], (2, "\\textit{Controls}"))
+    assert latex_table(grid, "Cap \\%", "tab:x", "lcc", ["note 1", "note 2"]) == (
+        "% Needs \\usepackage{booktabs}; include with \\input{this file}.\n"
+        "\\begin{table}[t]\n\\centering\n\\caption{Cap \\%}\n\\label{tab:x}\n\\begin{tabular}{lcc}\n\\toprule\n"
+        "Method & digits & digits \\\\\n & a & b \\\\\n\\midrule\n"
+        "Teacher & 1 & 2 \\\\\n\\midrule\nKD & 3 & 4 \\\\\n\\midrule\n\\multicolumn{3}{l}{\\textit{Controls}} \\\\\n"
+        "Ctl & 5 & 6 \\\\\n\\bottomrule\n\\end{tabular}\n\\par\\smallskip{\\footnotesize note 1\\\\\nnote 2\\par}\n"
+        "\\end{table}\n")
+    assert markdown_table(Grid(grid.header, grid.body, block=(2, "*Controls*"))) == (
+        "| Method | digits a | digits b |\n| :--- | ---: | ---: |\n| Teacher | 1 | 2 |\n| KD | 3 | 4 |\n"
+        "| *Controls* |  |  |\n| Ctl | 5 | 6 |\n")
 
 
 # --- style --------------------------------------------------------------------------------

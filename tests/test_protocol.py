@@ -19,7 +19,7 @@ from kdbench.runner.workers import ensure_run, teacher_weights
 from kdbench.spec import DataSpec, Recipe, RunSpec, TeacherRef
 from kdbench.suite import load_suite
 
-from test_analysis import PAPER, SEEDS, make_results
+from test_analysis import PAPER, SEEDS, make_results, parse_html, table_rows
 
 NO_VAL = DataSpec(name="digits", val_fraction=0.0, options={"image_size": 8})
 SUITE = {"name": "protocol", "seeds": [0], "recipe": {"epochs": 1},
@@ -106,13 +106,16 @@ def test_the_report_prints_the_protocol_card_and_the_published_comparison(tmp_pa
         assert text in protocol, text
     # ours on the papers' rule, from the records, beside each published number
     published = table[table.index("## Against the published numbers"):table.index("## Protocol")]
-    for label in ("kd", "figkd"):
+    page = table_rows(parse_html((suite_dir / "report" / "report.html").read_text()).find("table", id="published-table"))
+    for label, name in (("kd", "KD"), ("figkd", "FiGKD")):
         best = [json.loads(p.read_text())["summary"]["test_top1_max"] for p in (suite_dir / "runs").glob("*/record.json")
                 if _is(json.loads(p.read_text()), label)]
         paper = PAPER["digits/resnet20/resnet8"][label]
         mean, low, high = sum(best) / len(best), min(best), max(best)
-        cell = f"{mean:.2f} ± {torch.tensor(best).std().item():.2f} vs {paper:.2f} ({mean - paper:+.2f})"
-        assert cell + ("‡" if not low <= paper <= high else "") in published, (label, cell)
+        ours, delta = f"{mean:.2f} ± {torch.tensor(best).std().item():.2f}", f"{paper:.2f} ({mean - paper:+.2f})"
+        outside = not low <= paper <= high
+        assert f"{ours} vs {delta}" + ("‡" if outside else "") in published, (label, ours)
+        assert page[name][0] == f"{ours}published {delta}" + (" ‡" if outside else "")  # the page: one cell, two lines
     assert suite_dir / "report" / "published.tex" in written and suite_dir / "report" / "protocol.tex" in written
 
 
