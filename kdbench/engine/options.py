@@ -77,17 +77,9 @@ class Execution:
     @classmethod
     def of(cls, options: EngineOptions, device: torch.device, precision: Precision = "fp32") -> Execution:
         """``options`` on ``device`` (resolved already: see ``resolve_device``) at
-        ``precision``. A GPU without bf16 is refused rather than given fp16, which would be
-        another run."""
+        ``precision``."""
         cuda = device.type == "cuda"
-        if precision == "fp32":
-            autocast, scales = contextlib.nullcontext, False
-        else:
-            if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-                raise MachineError(f"the recipe asks for bf16 but {torch.cuda.get_device_name(device)} does not "
-                                   "support it; set the suite's recipe precision to fp16 or fp32 (each is a different run)")
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-            autocast, scales = (lambda: torch.autocast(device.type, dtype=dtype)), dtype == torch.float16
+        autocast, scales = _autocast(device, precision)
         return cls(
             options, device, precision, autocast, scales,
             channels_last=cuda if options.channels_last is None else options.channels_last,
@@ -108,3 +100,16 @@ class Execution:
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """A new trainee's gradient scaler (fp16), or None."""
         return torch.amp.GradScaler(self.device.type) if self.scales_gradients else None
+
+
+def _autocast(device: torch.device, precision: Precision) -> tuple[Autocast, bool]:
+    """The autocast contexts of ``precision`` on ``device`` (fp32: none), and whether fp16
+    gradients need a GradScaler. A GPU without bf16 is refused rather than given fp16,
+    which would be another run."""
+    if precision == "fp32":
+        return contextlib.nullcontext, False
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise MachineError(f"the recipe asks for bf16 but {torch.cuda.get_device_name(device)} does not support it; "
+                           "set the suite's recipe precision to fp16 or fp32 (each is a different run)")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return (lambda: torch.autocast(device.type, dtype=dtype)), dtype == torch.float16
