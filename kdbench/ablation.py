@@ -137,86 +137,85 @@ class Ablation:
 def load_ablation(path: str | Path) -> Ablation:
     """Read a suite and validate its ``ablation:`` block; ConfigError names file, key and line."""
     suite = load_suite(path)
-    text = suite.path.read_text()
     if suite.file.ablation is None:
         raise ConfigError(f"{suite.path}: no 'ablation:' block; see `kdbench ablate --help` for its keys")
     try:
         config = AblationConfig(**suite.file.ablation)
     except pydantic.ValidationError as exc:
-        raise _invalid(suite, text, ["ablation"], exc, AblationConfig) from None
+        raise _invalid(suite, ["ablation"], exc, AblationConfig) from None
     methods = suite.file.methods
     if config.method not in methods:
-        raise suite_error(suite, text, ["ablation", "method"], f"no method labelled '{config.method}' in 'methods'"
+        raise suite_error(suite, ["ablation", "method"], f"no method labelled '{config.method}' in 'methods'"
                     f"{did_you_mean(config.method, methods) or '; labels: ' + ', '.join(methods)}")
     if config.pair >= len(suite.file.pairs):
-        raise suite_error(suite, text, ["ablation", "pair"], f"the suite has {len(suite.file.pairs)} pair(s); use 0 to {len(suite.file.pairs) - 1}")
+        raise suite_error(suite, ["ablation", "pair"], f"the suite has {len(suite.file.pairs)} pair(s); use 0 to {len(suite.file.pairs) - 1}")
     pair = suite.file.pairs[config.pair]
     dataset = config.dataset or pair.datasets[0]
     if dataset not in pair.datasets:
-        raise suite_error(suite, text, ["ablation", "dataset"], f"pair {config.pair} runs on {', '.join(pair.datasets)}, not '{dataset}'")
+        raise suite_error(suite, ["ablation", "dataset"], f"pair {config.pair} runs on {', '.join(pair.datasets)}, not '{dataset}'")
     if suite.file.datasets[dataset].val_fraction == 0:
-        raise suite_error(suite, text, ["datasets", dataset, "val_fraction"],
+        raise suite_error(suite, ["datasets", dataset, "val_fraction"],
                           "is 0, but an ablation scores its trials on the validation split and never on test; hold "
                           "one out (val_fraction: 0.1)")
     template = next(j for j in suite.jobs if j.label == config.method and j.pair == f"{pair.teacher}→{pair.student}"
                     and j.spec.dataset.name == dataset and j.spec.seed == suite.file.seeds[0])
     method = METHODS.get(template.spec.method)
-    space = [_param(suite, text, method, template.spec.hparams, name, entry) for name, entry in config.space.items()]
+    space = [_param(suite, method, template.spec.hparams, name, entry) for name, entry in config.space.items()]
     for axis in config.heatmap or ():
         if axis not in config.space:
-            raise suite_error(suite, text, ["ablation", "heatmap"], f"'{axis}' is not searched: a heat-map axis must "
+            raise suite_error(suite, ["ablation", "heatmap"], f"'{axis}' is not searched: a heat-map axis must "
                               f"be a key of 'space' ({', '.join(config.space)})")
     return Ablation(suite, config, space, template)
 
 
-def _invalid(suite: Suite, text: str, loc: list, exc: pydantic.ValidationError,
+def _invalid(suite: Suite, loc: list, exc: pydantic.ValidationError,
              model: type[pydantic.BaseModel]) -> ConfigError:
     """A ConfigError with one line per problem of ``exc``, each naming the suite file, key and line."""
     return ConfigError(explain_validation(
-        exc, model, line=lambda problem: str(suite_error(suite, text, [*loc, *problem.loc], problem.detail))))
+        exc, model, line=lambda problem: str(suite_error(suite, [*loc, *problem.loc], problem.detail))))
 
 
-def _param(suite: Suite, text: str, method: type[Method], base: dict[str, Any], name: str, entry: Any) -> Param:
+def _param(suite: Suite, method: type[Method], base: dict[str, Any], name: str, entry: Any) -> Param:
     """A validated ``space`` entry."""
     loc = ["ablation", "space", name]
     fields = method.HParams.model_fields
     if name not in fields:
-        raise suite_error(suite, text, loc, f"method '{method.name}' has no hyperparameter '{name}'"
+        raise suite_error(suite, loc, f"method '{method.name}' has no hyperparameter '{name}'"
                     f"{did_you_mean(name, fields) or '; it has ' + ', '.join(fields)}")
 
     def check(value: Any) -> None:
         try:
             parse_hparams(method, {**base, name: value})
         except ConfigError as exc:
-            raise suite_error(suite, text, loc, f"{value!r} is not a valid value: {exc}") from None
+            raise suite_error(suite, loc, f"{value!r} is not a valid value: {exc}") from None
 
     if isinstance(entry, list):
         if not entry:
-            raise suite_error(suite, text, loc, "the list of choices is empty")
+            raise suite_error(suite, loc, "the list of choices is empty")
         for choice in entry:
             if not isinstance(choice, (str, int, float, bool, type(None))):
-                raise suite_error(suite, text, loc, f"choice {choice!r}: a choice must be a single value (string, number, bool, null)")
+                raise suite_error(suite, loc, f"choice {choice!r}: a choice must be a single value (string, number, bool, null)")
             check(choice)
         return Param(name, choices=tuple(entry))
     if not isinstance(entry, dict):
-        raise suite_error(suite, text, loc, f"give a list of choices or a range {{low, high[, log][, step]}}, not {entry!r}")
+        raise suite_error(suite, loc, f"give a list of choices or a range {{low, high[, log][, step]}}, not {entry!r}")
     try:
         rng = Range(**entry)
     except pydantic.ValidationError as exc:
-        raise _invalid(suite, text, loc, exc, Range) from None
+        raise _invalid(suite, loc, exc, Range) from None
     kind = fields[name].annotation
     if kind not in (int, float):
-        raise suite_error(suite, text, loc, f"a range needs a numeric hyperparameter; '{name}' is {getattr(kind, '__name__', kind)}: "
+        raise suite_error(suite, loc, f"a range needs a numeric hyperparameter; '{name}' is {getattr(kind, '__name__', kind)}: "
                     "give a list of choices")
     ends = [rng.low, rng.high] + ([rng.step] if rng.step is not None else [])
     if kind is int and not all(float(v).is_integer() for v in ends):
-        raise suite_error(suite, text, loc, f"'{name}' is an integer: low, high and step must be whole numbers")
+        raise suite_error(suite, loc, f"'{name}' is an integer: low, high and step must be whole numbers")
     if rng.low >= rng.high:
-        raise suite_error(suite, text, loc, f"low ({rng.low}) must be below high ({rng.high})")
+        raise suite_error(suite, loc, f"low ({rng.low}) must be below high ({rng.high})")
     if rng.log and (rng.low <= 0 or rng.step is not None):
-        raise suite_error(suite, text, loc, "a log range needs low > 0 and no step")
+        raise suite_error(suite, loc, "a log range needs low > 0 and no step")
     if rng.step is not None and rng.step <= 0:
-        raise suite_error(suite, text, loc, f"step must be positive (got {rng.step})")
+        raise suite_error(suite, loc, f"step must be positive (got {rng.step})")
     check(kind(rng.low))
     check(kind(rng.high))
     return Param(name, low=rng.low, high=rng.high, log=rng.log, step=rng.step, integer=kind is int)

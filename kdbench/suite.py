@@ -168,10 +168,56 @@ class Job:
         return f"{self.spec.dataset.name:<14} {self.pair:<24} {self.label:<16} seed={self.spec.seed}"
 
 
+@dataclass(frozen=True)
+class SourceLines:
+    """Where each key and list item of a YAML file is, read once from its node tree, so that
+    every message about the file names the line of what it is about."""
+
+    keys: dict[tuple[str | int, ...], int]  # key path → the line of its key (a list item: its own line)
+    values: dict[tuple[str | int, ...], int]  # key path → the line its value starts on (): the document's
+
+    @classmethod
+    def of(cls, node: yaml.Node | None) -> SourceLines:
+        keys: dict[tuple[str | int, ...], int] = {}
+        values: dict[tuple[str | int, ...], int] = {}
+
+        def walk(node: yaml.Node, path: tuple[str | int, ...], above: frozenset[int]) -> None:
+            values[path] = node.start_mark.line + 1
+            if id(node) in above:  # an alias of a node it is inside
+                return
+            if isinstance(node, yaml.MappingNode):  # a key merged in with ``<<`` has its mapping's line
+                children = [(str(k.value), k, v) for k, v in node.value if k.tag != "tag:yaml.org,2002:merge"]
+            elif isinstance(node, yaml.SequenceNode):
+                children = [(i, v, v) for i, v in enumerate(node.value)]
+            else:
+                return
+            for part, key, value in children:
+                keys[(*path, part)] = key.start_mark.line + 1
+                walk(value, (*path, part), above | {id(node)})
+
+        if node is not None:
+            walk(node, (), frozenset())
+        return cls(keys, values)
+
+    def key(self, loc: list | tuple) -> str:
+        """' (line N)' of the deepest key of ``loc`` (mapping keys, list positions) in the file, or ''."""
+        line = None
+        for depth in range(1, len(loc) + 1):
+            if (found := self.keys.get(tuple(loc[:depth]))) is None:
+                break
+            line = found
+        return f" (line {line})" if line else ""
+
+    def value(self, loc: list | tuple) -> str:
+        """' (line N)' where the value at ``loc`` starts (the mapping a missing key belongs in), or ''."""
+        return f" (line {self.values[tuple(loc)]})" if tuple(loc) in self.values else ""
+
+
 @dataclass
 class Suite:
     path: Path
     file: SuiteFile
+    lines: SourceLines
     jobs: list[Job] = field(default_factory=list)
     recipe_overrides: dict[str, Any] = field(default_factory=dict)  # from the command line, applied last
 
@@ -206,27 +252,32 @@ def load_suite(path: str | Path, recipe_overrides: dict[str, Any] | None = None)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a suite is a YAML file such "
                           "as suites/quick.yaml") from None
-    try:
-        raw = yaml.load(text, Loader=UniqueKeyLoader)
+    loader = UniqueKeyLoader(text)
+    try:  # yaml.load's steps, keeping the node tree for the lines
+        node = loader.get_single_node()
+        raw = loader.construct_document(node) if node is not None else None
     except DuplicateKey as exc:
         raise ConfigError(f"{path} (line {exc.line}): key '{exc.key}' is given twice in one mapping (first on line "
                           f"{exc.first}); YAML would keep only the last, so remove or merge one of them") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    lines = SourceLines.of(node)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a suite is a YAML mapping with keys {', '.join(SuiteFile.model_fields)}")
     try:
         file = SuiteFile(**raw)
     except pydantic.ValidationError as exc:
         raise ConfigError(explain_validation(exc, SuiteFile,
-                                             line=lambda problem: f"{path}{_line_in(text, problem)}: {problem}")) from None
-    suite = Suite(path, file, recipe_overrides=dict(recipe_overrides or {}))
+                                             line=lambda problem: f"{path}{_line_in(lines, problem)}: {problem}")) from None
+    suite = Suite(path, file, lines, recipe_overrides=dict(recipe_overrides or {}))
     for index, (entry, resolved) in enumerate(zip(file.method_files, suite.method_files())):
         if not resolved.exists():
-            raise suite_error(suite, text, ["method_files", index],
+            raise suite_error(suite, ["method_files", index],
                               f"'{entry}' does not exist (looked for {resolved}); method files are found relative "
                               "to the suite file")
-    suite.jobs = _expand(suite, text)
+    suite.jobs = _expand(suite)
     return suite
 
 
@@ -253,62 +304,42 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _line_in(text: str, problem: ValidationProblem) -> str:
-    """' (line N)' of a problem in the suite's text: the mapping a missing key belongs in, else the key."""
-    return _node_line(text, list(problem.loc[:-1])) if problem.kind == "missing" else _line_of(text, list(problem.loc))
+def _line_in(lines: SourceLines, problem: ValidationProblem) -> str:
+    """' (line N)' of a problem in the suite: the mapping a missing key belongs in, else the key."""
+    return lines.value(problem.loc[:-1]) if problem.kind == "missing" else lines.key(problem.loc)
 
 
-def _line_of(text: str, loc: list) -> str:
-    """' (line N)' of the deepest string key of ``loc`` found in order in the text."""
-    position, line = 0, None
-    for part in loc:
-        if not isinstance(part, str):
-            continue
-        match = re.compile(rf"^\s*-?\s*['\"]?{re.escape(part)}['\"]?\s*:", re.M).search(text, position)
-        if match is None:
-            match = re.compile(rf"[{{,]\s*['\"]?{re.escape(part)}['\"]?\s*:").search(text, position)
-        if match is None:
-            break
-        position = match.start()
-        line = text.count("\n", 0, position) + 1
-    return f" (line {line})" if line else ""
+def suite_error(suite: Suite, loc: list, message: str, line_of: list | None = None) -> KDBenchError:
+    """A ConfigError naming the suite file, the line of ``loc`` (or of ``line_of``, where the
+    value at fault is set) where known, and the key path."""
+    return ConfigError(f"{suite.path}{suite.lines.key(loc if line_of is None else line_of)}: "
+                       f"'{'.'.join(map(str, loc))}': {message}")
 
 
-def _node_line(text: str, loc: list) -> str:
-    """' (line N)' of the YAML node at ``loc`` (mapping keys and list positions), or ''."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            node = next((value for key, value in node.value if key.value == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            node = None
-        if node is None:
-            return ""
-    return f" (line {node.start_mark.line + 1})" if node is not None else ""
-
-
-def suite_error(suite: Suite, text: str, loc: list, message: str) -> KDBenchError:
-    """A ConfigError naming the suite file, the line of ``loc`` where known, and the key path."""
-    return ConfigError(f"{suite.path}{_line_of(text, loc)}: '{'.'.join(map(str, loc))}': {message}")
-
-
-def _recipe(suite: Suite, text: str, loc: list, *layers: dict[str, Any]) -> Recipe:
+def _recipe(suite: Suite, loc: list, *layers: tuple[list, dict[str, Any]]) -> Recipe:
+    """The recipe of ``layers`` (each the key path it is written at, and its keys), later
+    ones winning, the command line's overrides last. An error names ``loc`` and the line of
+    the layer that set the key at fault."""
     merged: dict[str, Any] = {}
-    for layer in (*layers, suite.recipe_overrides):
+    for _, layer in layers:
         merged.update(layer)
+    merged.update(suite.recipe_overrides)
     try:
         return Recipe(**merged)
     except pydantic.ValidationError as exc:
+        def set_at(problem: ValidationProblem) -> list | None:
+            key = problem.loc[0] if problem.loc else None
+            return None if key in suite.recipe_overrides else next(
+                ([*at, *problem.loc] for at, layer in reversed(layers) if key in layer), None)
+
         def problem_at(problem: ValidationProblem) -> str:
             if problem.kind == "unknown":
-                return str(suite_error(suite, text, loc, f"unknown recipe key '{problem.key}'{problem.hint}"))
-            return str(suite_error(suite, text, [*loc, *problem.loc], problem.detail))
+                return str(suite_error(suite, loc, f"unknown recipe key '{problem.key}'{problem.hint}", set_at(problem)))
+            return str(suite_error(suite, [*loc, *problem.loc], problem.detail, set_at(problem)))
         raise ConfigError(explain_validation(exc, Recipe, line=problem_at)) from None
 
 
-def _expand(suite: Suite, text: str) -> list[Job]:
+def _expand(suite: Suite) -> list[Job]:
     from .data import DATASETS
     from .method import METHODS, create_method, load_method_files
     from .models import is_model
@@ -318,12 +349,12 @@ def _expand(suite: Suite, text: str) -> list[Job]:
         load_method_files(method_file)
     for name in file.datasets:
         if name not in DATASETS:
-            raise suite_error(suite, text, ["datasets", name], f"unknown dataset{did_you_mean(name, DATASETS.names()) or '; known: ' + ', '.join(DATASETS.names())}")
+            raise suite_error(suite, ["datasets", name], f"unknown dataset{did_you_mean(name, DATASETS.names()) or '; known: ' + ', '.join(DATASETS.names())}")
     for name, entry in file.datasets.items():
         if entry.val_fraction == 0:
             for key, value in (("selection", file.selection), ("teacher_weights", file.teacher_weights)):
                 if value == "best_val":
-                    raise suite_error(suite, text, ["datasets", name, "val_fraction"],
+                    raise suite_error(suite, ["datasets", name, "val_fraction"],
                                       f"is 0: no validation split to select an epoch on, but '{key}' is best_val; set "
                                       f"'{key}: last' (the whole training split and its last epoch, as the published "
                                       "protocols train) or hold out a validation split (val_fraction: 0.1)")
@@ -331,14 +362,14 @@ def _expand(suite: Suite, text: str) -> list[Job]:
     for label, hparams in file.methods.items():
         method = hparams.get(METHOD, label)
         if method not in METHODS:
-            raise suite_error(suite, text, ["methods", label],
+            raise suite_error(suite, ["methods", label],
                         f"unknown method '{method}'{did_you_mean(method, METHODS.names()) or '; known: ' + ', '.join(METHODS.names())}"
                         + ("" if METHOD in hparams else "; a label that is not a method needs 'method: <name>'"))
         if not isinstance(hparams.get(CONTROL, ""), str) or hparams.get(CONTROL) == "":
-            raise suite_error(suite, text, ["methods", label, CONTROL], "say in words what this control isolates, e.g. control: \"class order\"")
+            raise suite_error(suite, ["methods", label, CONTROL], "say in words what this control isolates, e.g. control: \"class order\"")
         method_of[label] = method
     if "reference" in file.model_fields_set and file.reference not in file.methods:
-        raise suite_error(suite, text, ["reference"], f"no method labelled '{file.reference}' in 'methods'{did_you_mean(file.reference, file.methods)}")
+        raise suite_error(suite, ["reference"], f"no method labelled '{file.reference}' in 'methods'{did_you_mean(file.reference, file.methods)}")
     jobs: dict[str, Job] = {}
     for i, pair in enumerate(file.pairs):
         for role in ("teacher", "student"):
@@ -346,23 +377,27 @@ def _expand(suite: Suite, text: str) -> list[Job]:
             if not is_model(model):
                 from .models import list_models
 
-                raise suite_error(suite, text, ["pairs", i, role], f"unknown model '{model}'{did_you_mean(model, list_models())}")
+                raise suite_error(suite, ["pairs", i, role], f"unknown model '{model}'{did_you_mean(model, list_models())}")
         for label in pair.hparams:
             if label not in file.methods:
-                raise suite_error(suite, text, ["pairs", i, "hparams", label], f"no method labelled '{label}' in 'methods'{did_you_mean(label, file.methods)}")
+                raise suite_error(suite, ["pairs", i, "hparams", label], f"no method labelled '{label}' in 'methods'{did_you_mean(label, file.methods)}")
         pair_name = f"{pair.teacher}→{pair.student}"
         for dataset_name in pair.datasets:
             entry = file.datasets.get(dataset_name)
             if entry is None:
-                raise suite_error(suite, text, ["pairs", i, "dataset"],
+                raise suite_error(suite, ["pairs", i, "dataset"],
                             f"dataset '{dataset_name}' is not in 'datasets'{did_you_mean(dataset_name, file.datasets)}")
             try:
                 data = DataSpec(name=dataset_name, val_fraction=entry.val_fraction, options=entry.options)
             except KDBenchError as exc:
-                raise suite_error(suite, text, ["datasets", dataset_name, "options"], str(exc)) from None
-            recipe = _recipe(suite, text, ["recipe"], file.recipe, entry.recipe, pair.recipe)
-            teacher_recipe = _recipe(suite, text, ["teacher_recipe"], file.teacher_recipe if file.teacher_recipe is not None else file.recipe,
-                                     entry.teacher_recipe)
+                raise suite_error(suite, ["datasets", dataset_name, "options"], str(exc)) from None
+            layers = ((["recipe"], file.recipe), (["datasets", dataset_name, RECIPE], entry.recipe),
+                      (["pairs", i, RECIPE], pair.recipe))
+            recipe = _recipe(suite, ["recipe"], *layers)
+            teacher_recipe = _recipe(suite, ["teacher_recipe"],
+                                     (["teacher_recipe"], file.teacher_recipe) if file.teacher_recipe is not None
+                                     else (["recipe"], file.recipe),
+                                     (["datasets", dataset_name, "teacher_recipe"], entry.teacher_recipe))
             if pair.teacher_checkpoint:
                 # $VARS let one suite serve machines that keep checkpoints in different places
                 checkpoint = (suite.path.parent / os.path.expandvars(pair.teacher_checkpoint)).expanduser().resolve()
@@ -378,16 +413,17 @@ def _expand(suite: Suite, text: str) -> list[Job]:
                 hparams = {k: v for k, v in {**base, **overrides}.items() if k not in META}
                 label_recipe = recipe
                 if RECIPE in base or RECIPE in overrides:
-                    loc = ["pairs", i, "hparams", label, RECIPE] if RECIPE in overrides else ["methods", label, RECIPE]
-                    label_recipe = _recipe(suite, text, loc, file.recipe, entry.recipe, pair.recipe,
-                                           base.get(RECIPE, {}), overrides.get(RECIPE, {}))
+                    own = (["methods", label, RECIPE], base.get(RECIPE, {}))
+                    overridden = (["pairs", i, "hparams", label, RECIPE], overrides.get(RECIPE, {}))
+                    loc = overridden[0] if RECIPE in overrides else own[0]
+                    label_recipe = _recipe(suite, loc, *layers, own, overridden)
                 try:
                     spec = RunSpec(dataset=data, student=pair.student, method=method_of[label], hparams=hparams,
                                    teacher=teacher_ref, recipe=label_recipe, seed=file.seeds[0])
                     needs_teacher = create_method(spec.method, **spec.hparams).needs.teacher
                 except KDBenchError as exc:
                     loc = ["pairs", i, "hparams", label] if label in pair.hparams else ["methods", label]
-                    raise suite_error(suite, text, loc, str(exc)) from None
+                    raise suite_error(suite, loc, str(exc)) from None
                 for seed in file.seeds:
                     run = spec.replace(seed=seed, teacher=teacher_ref if needs_teacher else None)
                     jobs.setdefault(run.run_id, Job(run, label, pair_name, teacher_deps if needs_teacher else ()))

@@ -88,6 +88,42 @@ def test_malformed_suite_is_refused_with_file_key_and_hint(tmp_path, suite, mess
     assert not (tmp_path / "results").exists()
 
 
+TWO_PAIRS = """\
+name: tiny
+seeds: [0]
+recipe: {epochs: 1, batch_size: 256}
+datasets:
+  digits:
+    options: {image_size: 8}
+    recipe: {lr: 0.1}
+pairs:
+  - {dataset: digits, teacher: resnet14, student: resnet8}
+  - dataset: digits
+    teacher: resnet20
+    student: resnet8
+methods:
+  kd: {temperature: 4}
+"""
+
+
+@pytest.mark.parametrize("change, line, key", [
+    (("teacher: resnet14", "teacher: resnet14x"), 9, "pairs.0.teacher"),  # not pair 1's teacher, below it
+    (("teacher: resnet20", "teacher: resnet20x"), 11, "pairs.1.teacher"),
+    (("{dataset: digits, teacher: resnet14", "{dataset: digitz, teacher: resnet14"), 9, "pairs.0.dataset"),
+    (("seeds: [0]", "seeds:\n  - 0\n  - -1"), 4, "seeds.1"),  # the list item, not its key
+    (("{lr: 0.1}", "{lr: -0.1}"), 7, "recipe.lr"),  # where the value at fault is set: the data set's recipe
+    (("{lr: 0.1}", "{lrr: 0.1}"), 7, "recipe"),
+    (("{epochs: 1, batch_size", "{epochs: 0, batch_size"), 3, "recipe.epochs"),
+    (("    student: resnet8\n", ""), 10, "pairs.1"),  # a missing key: the mapping it belongs in
+])
+def test_errors_give_the_line_of_the_key_at_fault(tmp_path, change, line, key):
+    """Lines read off the text above by eye: each error names the line its key (or the
+    value at fault) is written on, whichever pair or layer it is in."""
+    with pytest.raises(ConfigError) as info:
+        load_suite(write(tmp_path, TWO_PAIRS.replace(*change)))
+    assert f"suite.yaml (line {line}): " in str(info.value) and f"'{key}" in str(info.value)
+
+
 def test_errors_give_the_line(tmp_path):
     text = textwrap.dedent("""\
         name: tiny

@@ -181,7 +181,6 @@ def check_methods(jobs: Iterable[Job], classes: dict[str, int], suite: Suite) ->
     from ..suite import suite_error
 
     problems: dict[tuple[str, str], str] = {}
-    text = suite.path.read_text()
     for job in jobs:
         name, key = job.spec.dataset.name, (job.label, job.spec.dataset.name)
         if job.is_teacher or name not in classes or key in problems:
@@ -189,7 +188,7 @@ def check_methods(jobs: Iterable[Job], classes: dict[str, int], suite: Suite) ->
         try:
             create_method(job.spec.method, **job.spec.hparams).check_classes(classes[name])
         except ConfigError as exc:
-            problems[key] = str(suite_error(suite, text, ["methods", job.label], f"on {name} ({classes[name]} classes): {exc}"))
+            problems[key] = str(suite_error(suite, ["methods", job.label], f"on {name} ({classes[name]} classes): {exc}"))
     return list(problems.values())
 
 
@@ -215,7 +214,5 @@ def _pair_key(suite: Suite | None, model: str, checkpoint: str) -> str:
     for index, pair in enumerate(pairs):
         raw = pair.teacher_checkpoint
         if pair.teacher == model and raw and Path(os.path.expandvars(raw)).name == Path(checkpoint).name:
-            text = suite.path.read_text()
-            line = f" (line {text.count(chr(10), 0, text.find(raw)) + 1})" if raw in text else ""
-            return f"{suite.path}{line}: 'pairs.{index}.teacher_checkpoint': "
+            return f"{suite.path}{suite.lines.key(['pairs', index, 'teacher_checkpoint'])}: 'pairs.{index}.teacher_checkpoint': "
     return ""
