@@ -1,10 +1,11 @@
 """``report.html``: a suite's report as one page to open in a browser or send to a co-author.
 
-The page is rendered by Jinja2 (``templates/report.html.j2``) from the same data frames
-as ``table.md`` and ``table.tex`` (the summary, the runs, the runs left out) and holds
-everything itself: the figures are embedded as base64 PNG, the curves of each run as
-inline SVG, the table sorting as a few lines of inline JavaScript; it loads nothing from
-the network and needs no server. Sections:
+The page is rendered by Jinja2 (``templates/report.html.j2``) from the same ``Report`` as
+``table.md`` and ``table.tex`` (the summary, the runs, the runs left out), its cells read
+by ``analysis.cells`` as theirs are, and holds everything itself: the figures are
+embedded as base64 PNG, the curves of each run as inline SVG, the table sorting as a few
+lines of inline JavaScript; it loads nothing from the network and needs no server.
+Sections:
 
 - the main table (methods, then the controls block, each labelled by what it controls),
   sortable by any column (the controls sort within their block), with the same marks as
@@ -115,10 +116,8 @@ def _fidelity(summary: pd.DataFrame, columns: list[tuple[str, str]]) -> list[dic
              "blocks": _blocks(summary, columns, lambda row, m=m: cell(m, row))} for m in fidelity.METRICS]
 
 
-def _ranking(ranked: Ranking | None, reference: str, diagram: Path | None) -> dict[str, Any] | None:
-    """The ranking section: caption, table rows and diagram; None without a ranking object."""
-    if ranked is None:
-        return None
+def _ranking(ranked: Ranking, reference: str, diagram: Path | None) -> dict[str, Any]:
+    """The ranking section: caption, table rows and diagram."""
     header, body = ranking.rows(ranked, reference) if ranked.exists else ([], [])
     return {"caption": ranking.caption(ranked, reference), "header": header, "body": body,
             "figure": _figure(diagram) if diagram is not None else None}

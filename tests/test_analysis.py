@@ -19,6 +19,7 @@ import subprocess
 import zlib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from kdbench.analysis.report import write_report
@@ -328,7 +329,6 @@ def test_report_figures(report):
 
 def test_training_curves_fit_each_panel_to_its_own_epochs(monkeypatch, tmp_path):
     """A 15-epoch teacher beside 4-epoch students: each method's panels span its own epochs."""
-    import pandas as pd
     from kdbench.analysis import curves
 
     epochs = {"teacher": 15, "none": 4, "kd": 4, "figkd": 2, "dkd": 3}  # dkd's panels sit under the teacher's
@@ -534,9 +534,9 @@ def test_report_html_controls_block(results, tmp_path):
 
 # --- cells and the table writers --------------------------------------------------------------
 
-def _summary_row(**changes) -> "pd.Series":
-    import pandas as pd
-
+def _summary_row(**changes) -> pd.Series:
+    """A row of ``summary.csv`` with every mark set: best, ± std, †, one seed short, a paired
+    test, a published number outside our range."""
     row = {"role": "student", "n": 2, "mean": 97.404, "std": 0.8512, "rank": 1, "significant": True,
            "augment_note": "", "paired_n": 3, "diff_mean": -1.234, "diff_ci_low": -4.5678, "diff_ci_high": 2.1,
            "p_value": 0.0004, "paper": 97.0, "mean_best_test": 97.68, "std_best_test": 0.58, "delta_paper": 0.68,
