@@ -37,7 +37,6 @@ Errors name the file, the key path, the line where known, and a suggestion.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -145,6 +144,7 @@ METHOD = "method"
 CONTROL = "control"
 RECIPE = "recipe"  # recipe overrides of one label (in ``methods`` or in a pair's ``hparams``), applied last
 META = (METHOD, CONTROL, RECIPE)
+MERGE = "tag:yaml.org,2002:merge"  # YAML's ``<<`` key
 
 
 @dataclass(frozen=True)
@@ -178,26 +178,20 @@ class SourceLines:
 
     @classmethod
     def of(cls, node: yaml.Node | None) -> SourceLines:
-        keys: dict[tuple[str | int, ...], int] = {}
-        values: dict[tuple[str | int, ...], int] = {}
+        lines = cls({}, {})
 
         def walk(node: yaml.Node, path: tuple[str | int, ...], above: frozenset[int]) -> None:
-            values[path] = node.start_mark.line + 1
-            if id(node) in above:  # an alias of a node it is inside
-                return
-            if isinstance(node, yaml.MappingNode):  # a key merged in with ``<<`` has its mapping's line
-                children = [(str(k.value), k, v) for k, v in node.value if k.tag != "tag:yaml.org,2002:merge"]
-            elif isinstance(node, yaml.SequenceNode):
-                children = [(i, v, v) for i, v in enumerate(node.value)]
-            else:
-                return
-            for part, key, value in children:
-                keys[(*path, part)] = key.start_mark.line + 1
+            lines.values[path] = node.start_mark.line + 1
+            children = ([(str(k.value), k, v) for k, v in node.value if k.tag != MERGE]  # merged keys: the mapping's line
+                        if isinstance(node, yaml.MappingNode) else
+                        [(i, v, v) for i, v in enumerate(node.value)] if isinstance(node, yaml.SequenceNode) else [])
+            for part, key, value in children if id(node) not in above else ():  # not round an alias of an ancestor
+                lines.keys[(*path, part)] = key.start_mark.line + 1
                 walk(value, (*path, part), above | {id(node)})
 
         if node is not None:
             walk(node, (), frozenset())
-        return cls(keys, values)
+        return lines
 
     def key(self, loc: list | tuple) -> str:
         """' (line N)' of the deepest key of ``loc`` (mapping keys, list positions) in the file, or ''."""
@@ -208,9 +202,10 @@ class SourceLines:
             line = found
         return f" (line {line})" if line else ""
 
-    def value(self, loc: list | tuple) -> str:
-        """' (line N)' where the value at ``loc`` starts (the mapping a missing key belongs in), or ''."""
-        return f" (line {self.values[tuple(loc)]})" if tuple(loc) in self.values else ""
+    def problem(self, problem: ValidationProblem) -> str:
+        """' (line N)' of a pydantic problem: its key's, or a missing key's mapping's (where its value starts)."""
+        loc = problem.loc[:-1]
+        return (f" (line {self.values[loc]})" if loc in self.values else "") if problem.kind == "missing" else self.key(problem.loc)
 
 
 @dataclass
@@ -270,7 +265,7 @@ def load_suite(path: str | Path, recipe_overrides: dict[str, Any] | None = None)
         file = SuiteFile(**raw)
     except pydantic.ValidationError as exc:
         raise ConfigError(explain_validation(exc, SuiteFile,
-                                             line=lambda problem: f"{path}{_line_in(lines, problem)}: {problem}")) from None
+                                             line=lambda problem: f"{path}{lines.problem(problem)}: {problem}")) from None
     suite = Suite(path, file, lines, recipe_overrides=dict(recipe_overrides or {}))
     for index, (entry, resolved) in enumerate(zip(file.method_files, suite.method_files())):
         if not resolved.exists():
@@ -294,7 +289,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            if key_node.tag == MERGE or not isinstance(key_node, yaml.ScalarNode):
                 continue
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
@@ -302,11 +297,6 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 raise DuplicateKey(key, line, seen[key])
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
-
-
-def _line_in(lines: SourceLines, problem: ValidationProblem) -> str:
-    """' (line N)' of a problem in the suite: the mapping a missing key belongs in, else the key."""
-    return lines.value(problem.loc[:-1]) if problem.kind == "missing" else lines.key(problem.loc)
 
 
 def suite_error(suite: Suite, loc: list, message: str, line_of: list | None = None) -> KDBenchError:
@@ -394,9 +384,8 @@ def _expand(suite: Suite) -> list[Job]:
             layers = ((["recipe"], file.recipe), (["datasets", dataset_name, RECIPE], entry.recipe),
                       (["pairs", i, RECIPE], pair.recipe))
             recipe = _recipe(suite, ["recipe"], *layers)
-            teacher_recipe = _recipe(suite, ["teacher_recipe"],
-                                     (["teacher_recipe"], file.teacher_recipe) if file.teacher_recipe is not None
-                                     else (["recipe"], file.recipe),
+            base_layer = layers[0] if file.teacher_recipe is None else (["teacher_recipe"], file.teacher_recipe)
+            teacher_recipe = _recipe(suite, ["teacher_recipe"], base_layer,
                                      (["datasets", dataset_name, "teacher_recipe"], entry.teacher_recipe))
             if pair.teacher_checkpoint:
                 # $VARS let one suite serve machines that keep checkpoints in different places
