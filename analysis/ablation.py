@@ -38,7 +38,7 @@ from kdbench.store import RUNS, RunFolder, read_run_file
 
 from . import style
 from .runs import SELECTION_COLUMN
-from .tables import Grid, latex_escape, latex_table, markdown_table
+from .tables import LATEX, MARKDOWN, Grid, Markup, latex_table, markdown_table
 
 
 def write_ablation(ablation: Ablation, out: str | Path = "results", storage: str | None = None,
@@ -115,13 +115,16 @@ def _trial_tables(frame: pd.DataFrame, names: list[str], summary: str, notes: li
     best = frame["val_top1"].idxmax() if frame["val_top1"].notna().any() else None
     paths = [folder / "trials.csv", folder / "trials.md", folder / "trials.tex"]
     frame.to_csv(paths[0], index=False)
-    bold = [[f"**{c}**" if i == best and k == 2 else c for k, c in enumerate(row)] for i, row in enumerate(body)]
-    paths[1].write_text(f"# Ablation {study}\n\n{summary}\n\n" + markdown_table(Grid([header], bold))
+
+    def grid(markup: Markup) -> Grid:
+        return Grid([[markup.escape(h) for h in header]],
+                    [[markup.bold(markup.escape(c)) if i == best and k == 2 else markup.escape(c)
+                      for k, c in enumerate(row)] for i, row in enumerate(body)])
+
+    paths[1].write_text(f"# Ablation {study}\n\n{summary}\n\n" + markdown_table(grid(MARKDOWN))
                         + "".join(f"\nFigure left out: {note}\n" for note in notes))
-    tex = [[f"\\textbf{{{c}}}" if i == best and k == 2 else latex_escape(c) for k, c in enumerate(row)]
-           for i, row in enumerate(body)]
-    paths[2].write_text(latex_table(Grid([[latex_escape(h) for h in header]], tex), latex_escape(summary),
-                                    f"tab:{study}", "rlrr" + "c" * len(names) + "ll"))
+    paths[2].write_text(latex_table(grid(LATEX), LATEX.escape(summary), f"tab:{study}",
+                                    "rlrr" + "c" * len(names) + "ll"))
     return paths
 
 
