@@ -25,7 +25,7 @@ from pathlib import Path
 from unittest import mock
 
 from kdbench.progress import TimeLeft, duration
-from kdbench.runner import RunnerOptions, Scheduler, run_suite, scheduler as scheduling
+from kdbench.runner import RunnerOptions, Scheduler, planning, run_suite, scheduler as scheduling
 from kdbench.suite import load_suite
 from kdbench.engine import EngineOptions
 
@@ -77,7 +77,7 @@ def main() -> None:
             mock.patch.object(Scheduler, "_job_options", noting_threads), \
             mock.patch.object(Scheduler, "_finish", noting_end), \
             mock.patch.object(scheduling, "REPORT_SECONDS", args.report_seconds), \
-            mock.patch.object(scheduling, "core_plan", per_worker if args.rule == "per-worker" else scheduling.core_plan):
+            mock.patch.object(planning, "core_plan", per_worker if args.rule == "per-worker" else planning.core_plan):
         options = RunnerOptions(out=Path(args.out or tmp), engine=EngineOptions(progress=False),
                                 printer=lambda line: lines.append((time.time() - start, line)))
         outcome = run_suite(load_suite(args.suite), options)

@@ -106,8 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import RunnerOptions, run_suite
-    from .runner.planning import ONLY_KEYS, suite_dir
+    from .runner import RunnerOptions, plan_suite, run_plan
+    from .runner.planning import ONLY_KEYS
     from .suite import load_suite
     from .tracking import Tracking, require
     from .engine import EngineOptions
@@ -125,14 +125,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers, engine=EngineOptions(device=args.device, data_root=args.data_root, progress=False,
                                                    stack_students=args.stack_students, tracking=tracking),
     )
-    outcome = run_suite(suite, options)
+    plan = plan_suite(suite, options)
+    outcome = run_plan(plan)
     if args.dry_run:
         from .runner.cost import print_estimate
 
         if not args.no_estimate:
-            print_estimate(suite, options)
+            print_estimate(plan)
         return 0 if outcome.ok else 1  # a script checking a suite learns of missing inputs
-    directory = suite_dir(suite, options)
+    directory = plan.directory
     print(f"[{suite.name}] {len(outcome.finished)} trained, {len(outcome.skipped)} already done, "
           f"{len(outcome.failed)} failed; results in {directory}")
     for run_id, reason in outcome.failed.items():

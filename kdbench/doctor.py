@@ -586,12 +586,12 @@ def run_doctor(suite_path: str | None, out: str = "results", data_root: str | No
     if suite is not None and estimate:
         from .engine import EngineOptions
         from .runner.cost import describe, suite_estimate
-        from .runner.planning import RunnerOptions
+        from .runner.planning import RunnerOptions, plan_suite
 
         printer("")
         options = RunnerOptions(out=Path(out), engine=EngineOptions(device=str(device), data_root=data_root,
                                                                     progress=False), printer=printer)
-        cost = describe(suite_estimate(suite, options, printer), torch.get_num_threads())
+        cost = describe(suite_estimate(plan_suite(suite, options), printer), torch.get_num_threads())
         for line in cost:
             printer(line)
     if json_path is not None:

@@ -27,7 +27,7 @@ from kdbench.cli import main
 from kdbench.data import create_dataset
 from kdbench.errors import CheckpointError, ConfigError, MachineError
 from kdbench.method import load_method_files
-from kdbench.runner import RunnerOptions, Scheduler, execute_cohort, run_suite, select_jobs
+from kdbench.runner import RunnerOptions, Scheduler, execute_cohort, plan_suite, run_suite, select_jobs
 from kdbench.runner.planning import write_manifest
 from kdbench.runner.workers import CohortJob, WorkerAnswer, WorkerOutcome, ensure_run, ensure_runs
 from kdbench.spec import RunSpec
@@ -262,7 +262,7 @@ def test_a_full_disk_is_no_failure_of_the_run(teacher_out, tmp_path: Path, monke
         ensure_run(spec, tmp_path, EngineOptions(progress=False))
     monkeypatch.undo()
     assert not (tmp_path / spec.run_id / "failed.json").exists()  # so a plain rerun retries it
-    scheduler = Scheduler(load_suite(write_suite(tmp_path)), [], tmp_path, EngineOptions(), quiet())
+    scheduler = Scheduler(plan_suite(load_suite(write_suite(tmp_path)), quiet(out=tmp_path)))
     job = load_suite(write_suite(tmp_path)).jobs[0]
 
     class Answered:

@@ -1,8 +1,8 @@
 """Executes a suite's job graph: teachers before the students that need them, on every GPU
 of the machine (one job each), a bounded pool of CPU processes, or Slurm via submitit.
 
-- ``planning``: the jobs (``--only``, ``--smoke``), their cohorts and core shares, the
-  input checks, the manifest;
+- ``planning``: the ``Plan``, decided once: the jobs (``--only``, ``--smoke``), the slots
+  and each run's cores (from the cohorts); the input checks, the manifest;
 - ``scheduler``: the cohorts onto an executor's slots, and the book of what came of them;
 - ``executors``: the slots, a local process pool and Slurm (submitit);
 - ``workers``: what a worker process does with a cohort (locks, training, failures).
@@ -26,7 +26,6 @@ Safe to kill at any moment and to run twice at once on the same results folder:
 
 from __future__ import annotations
 
-from dataclasses import replace
 from itertools import groupby
 
 from .. import store
@@ -34,39 +33,40 @@ from ..engine import resolve_device
 from ..errors import ConfigError, DataError
 from ..spec import SELECTED_EPOCH
 from ..suite import Suite
-from .planning import (SMOKE_SAMPLES, RunnerOptions, check_data, check_methods, check_teachers, core_plan,
-                       form_cohorts, select_jobs, suite_dir, write_manifest)
+from .planning import (Plan, RunnerOptions, check_data, check_methods, check_teachers, core_plan, form_cohorts,
+                       plan_suite, select_jobs, write_manifest)
 from .scheduler import Outcome, Scheduler
 from .workers import execute_cohort
 
-__all__ = ["Outcome", "RunnerOptions", "Scheduler", "core_plan", "execute_cohort", "form_cohorts", "run_suite",
-           "select_jobs"]
+__all__ = ["Outcome", "Plan", "RunnerOptions", "Scheduler", "core_plan", "execute_cohort", "form_cohorts", "plan_suite",
+           "run_plan", "run_suite", "select_jobs"]
 
 
 def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
-    """Run the suite's selected jobs (or, with ``dry_run``, list where each stands);
-    nothing is trained when an input is missing or a method cannot use its data set."""
-    say = options.printer
-    directory = suite_dir(suite, options)
-    runs = directory / store.RUNS
-    legacy = store.legacy_runs(directory)
+    """``run_plan`` of the suite's plan (``plan_suite``)."""
+    return run_plan(plan_suite(suite, options))
+
+
+def run_plan(plan: Plan) -> Outcome:
+    """Run the plan's jobs (or, with ``dry_run``, list where each stands); nothing is
+    trained when an input is missing or a method cannot use its data set."""
+    suite, jobs, say = plan.suite, plan.jobs, plan.options.printer
+    legacy = store.legacy_runs(plan.directory)
     if legacy:
-        raise ConfigError(f"nothing was trained: {store.legacy_message(directory, legacy)}")
-    jobs = select_jobs(suite, options)
-    engine = replace(options.engine, data_root=options.engine.data_root or suite.file.data_root,
-                     subset=SMOKE_SAMPLES if options.smoke else options.engine.subset)
-    classes, problems = check_data(jobs, engine.data_root)
+        raise ConfigError(f"nothing was trained: {store.legacy_message(plan.directory, legacy)}")
+    classes, problems = check_data(jobs, plan.engine.data_root)
     problems += check_teachers(jobs, suite)
     invalid = check_methods(jobs, classes, suite)
     if invalid:
         raise ConfigError("nothing was trained:\n  " + "\n  ".join(invalid))
-    if options.dry_run:
+    if plan.options.dry_run:
         counts: dict[store.RunStatus, int] = {}
         for job in jobs:
-            status = store.status_of(runs, job.run_id)
+            status = store.status_of(plan.runs, job.run_id)
             counts[status] = counts.get(status, 0) + 1
             say(f"{status:<11} {job.run_id}  {job.describe()}")
-        say(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" (results in {directory})")
+        say(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            + f" (results in {plan.directory})")
         for dataset, specs in groupby(sorted((j.spec for j in jobs), key=lambda s: s.dataset.name),
                                       key=lambda s: s.dataset.name):
             specs = list(specs)
@@ -79,8 +79,8 @@ def run_suite(suite: Suite, options: RunnerOptions) -> Outcome:
     if problems:
         raise DataError("cannot run, inputs are missing:\n  " + "\n  ".join(problems))
     if suite.file.executor.kind != "slurm":  # the nodes' devices are not the login node's
-        resolve_device(engine.device)
-    runs.mkdir(parents=True, exist_ok=True)
+        resolve_device(plan.engine.device)
+    plan.runs.mkdir(parents=True, exist_ok=True)
     # the whole suite's jobs, merged with those listed before: --only never hides runs from a report
-    write_manifest(suite, select_jobs(suite, replace(options, only={})), directory)
-    return Scheduler(suite, jobs, runs, engine, options).run()
+    write_manifest(suite, plan.everything, plan.directory)
+    return Scheduler(plan).run()

@@ -57,8 +57,8 @@ from ..errors import DataError
 from ..method import Batch, Method, TrainContext, create_method
 from ..models import create_model
 from ..spec import DataSpec, Recipe
-from ..suite import Job, Suite
-from .planning import SMOKE_SAMPLES, RunnerOptions, form_cohorts, select_jobs, suite_dir
+from ..suite import Job
+from .planning import Plan, form_cohorts
 
 # (train, test) images and classes of the real sets, for costing one that is not on this machine
 OFFICIAL_TRAIN_TEST: dict[str, tuple[int, int]] = {**OFFICIAL_COUNTS, "cifar100": (50000, 10000),
@@ -363,20 +363,19 @@ def describe(estimate: Estimate, threads: int | None = None) -> list[str]:
     return lines
 
 
-def suite_estimate(suite: Suite, options: RunnerOptions, say: Callable[[str], None] = lambda line: None) -> Estimate:
-    """The estimate of the suite's selected jobs (``--only``, ``--smoke``) on the options'
-    device; runs already finished in its folder are not 'left'."""
-    jobs = select_jobs(suite, options)
-    runs = suite_dir(suite, options) / store.RUNS
-    finished = {j.run_id for j in jobs if store.status_of(runs, j.run_id) == store.RunStatus.FINISHED}
-    return estimate(jobs, suite.file.executor.cohort_size, options.engine.data_root or suite.file.data_root,
-                    options.engine, finished, SMOKE_SAMPLES if options.smoke else options.engine.subset, say)
+def suite_estimate(plan: Plan, say: Callable[[str], None] = lambda line: None) -> Estimate:
+    """The estimate of the plan's jobs (``--only``, ``--smoke``) on its device; runs already
+    finished in its folder are not 'left'."""
+    finished = {j.run_id for j in plan.jobs if store.status_of(plan.runs, j.run_id) == store.RunStatus.FINISHED}
+    return estimate(plan.jobs, plan.suite.file.executor.cohort_size, plan.engine.data_root, plan.engine, finished,
+                    plan.engine.subset, say)
 
 
-def print_estimate(suite: Suite, options: RunnerOptions) -> Estimate:
-    """``kdbench run --dry-run``'s cost lines, printed with ``options.printer``."""
-    options.printer("")
-    result = suite_estimate(suite, options, options.printer)
+def print_estimate(plan: Plan) -> Estimate:
+    """``kdbench run --dry-run``'s cost lines, printed with the plan's printer."""
+    say = plan.options.printer
+    say("")
+    result = suite_estimate(plan, say)
     for line in describe(result, torch.get_num_threads()):
-        options.printer(line)
+        say(line)
     return result

@@ -1,6 +1,7 @@
-"""Planning a suite's run: which jobs (``--only``, ``--smoke``), which train together
-(cohorts), how many cores each may use, whether their inputs exist (data sets, teacher
-checkpoints, hyperparameters that fit the class count), and the suite folder's manifest."""
+"""Planning a suite's run, once: the ``Plan`` of which jobs (``--only``, ``--smoke``), on
+which slots, with how many cores each (their cohorts); whether their inputs exist (data
+sets, teacher checkpoints, hyperparameters that fit the class count); the suite folder's
+manifest."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from ..method import METHODS
 from ..errors import ConfigError, DataError
 from ..spec import RunSpec
 from ..suite import Job, Suite
+from .executors import Slot, make_slots
 
 SMOKE_SAMPLES = 128  # per split: a smoke run checks that everything runs, not what it learns
 
@@ -84,26 +87,83 @@ def suite_dir(suite: Suite, options: RunnerOptions) -> Path:
     return Path(options.out) / (f"{suite.name}-smoke" if options.smoke else suite.name)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A suite's run as decided once, from the validated suite and the command line, and
+    read whole by the runner, the scheduler, the dry run and the cost estimate.
+
+    The slots and the cores are decided when first asked for, by a run: a dry run or an
+    estimate looks at no device."""
+
+    suite: Suite
+    options: RunnerOptions
+    directory: Path  # the suite's results folder
+    everything: list[Job]  # the whole suite's jobs (``--smoke`` applied): the manifest lists them
+    jobs: list[Job]  # those selected (``--only``), with the teachers they need
+    engine: EngineOptions  # what every job's options start from: the data root and the subset resolved
+
+    @property
+    def runs(self) -> Path:
+        return self.directory / store.RUNS
+
+    @cached_property
+    def slots(self) -> list[Slot]:
+        """Where jobs run side by side: the machine's devices, or on Slurm one per queued job."""
+        executor = self.suite.file.executor
+        workers = self.options.workers or executor.workers
+        if executor.kind == "slurm":  # devices are the nodes' business; Slurm queues the jobs
+            return [(self.engine.device,)] * (workers or len(self.jobs))
+        return make_slots(self.engine.device, workers, executor.processes_per_job)
+
+    @cached_property
+    def cores(self) -> dict[str, int]:
+        """Per run id, the cores its job may use (``core_plan``), planned on the whole suite
+        so that a rerun, a resume or --only gives a run the same share; on Slurm none (a job
+        has the cores it asks for)."""
+        executor = self.suite.file.executor
+        if executor.kind == "slurm":
+            return {}
+        return core_plan(self.everything, len(self.slots), os.cpu_count() or 1, executor.cohort_size,
+                         executor.processes_per_job)
+
+
+def plan_suite(suite: Suite, options: RunnerOptions) -> Plan:
+    """The plan of running ``suite`` with ``options``; raises ConfigError for an ``--only``
+    that selects nothing."""
+    everything = _smoke_jobs(suite.jobs) if options.smoke else suite.jobs
+    engine = replace(options.engine, data_root=options.engine.data_root or suite.file.data_root,
+                     subset=SMOKE_SAMPLES if options.smoke else options.engine.subset)
+    return Plan(suite, options, suite_dir(suite, options), everything, _only(suite, everything, options.only), engine)
+
+
 def select_jobs(suite: Suite, options: RunnerOptions) -> list[Job]:
     """The suite's jobs after ``--only`` filters and ``--smoke``, plus the teachers they need."""
-    jobs = suite.jobs
-    if options.smoke:
-        jobs = [replace(j, spec=_smoke(j.spec)) for j in jobs]
-        ids = {old.run_id: new.run_id for old, new in zip(suite.jobs, jobs)}
-        jobs = [replace(j, spec=_rebind_teacher(j.spec, ids), depends_on=tuple(ids[d] for d in j.depends_on)) for j in jobs]
-    if options.only:
-        for key, value in options.only.items():
-            values = sorted({_value(j, key) for j in jobs if not j.is_teacher})
-            if value not in values:
-                raise ConfigError(f"--only {key}={value} matches no run of suite {suite.path}; its {key} values are "
-                                  f"{', '.join(values)}")
-        wanted = [j for j in jobs if j.is_teacher or all(_value(j, k) == v for k, v in options.only.items())]
-        if all(j.is_teacher for j in wanted):
-            raise ConfigError(f"--only {' '.join(f'{k}={v}' for k, v in options.only.items())}: no run of suite "
-                              f"{suite.path} has all of these; drop one (kdbench run --dry-run lists the runs)")
-        needed = {d for j in wanted if not j.is_teacher for d in j.depends_on}
-        jobs = [j for j in wanted if not j.is_teacher or j.run_id in needed]
-    return jobs
+    return _only(suite, _smoke_jobs(suite.jobs) if options.smoke else suite.jobs, options.only)
+
+
+def _smoke_jobs(jobs: list[Job]) -> list[Job]:
+    """``jobs`` trained for an epoch, each student bound to its smoke teacher."""
+    smoke = [replace(j, spec=_smoke(j.spec)) for j in jobs]
+    ids = {old.run_id: new.run_id for old, new in zip(jobs, smoke)}
+    return [replace(j, spec=_rebind_teacher(j.spec, ids), depends_on=tuple(ids[d] for d in j.depends_on))
+            for j in smoke]
+
+
+def _only(suite: Suite, jobs: list[Job], only: dict[str, str]) -> list[Job]:
+    """The ``jobs`` that ``--only``'s filters keep, plus the teachers they need."""
+    if not only:
+        return jobs
+    for key, value in only.items():
+        values = sorted({_value(j, key) for j in jobs if not j.is_teacher})
+        if value not in values:
+            raise ConfigError(f"--only {key}={value} matches no run of suite {suite.path}; its {key} values are "
+                              f"{', '.join(values)}")
+    wanted = [j for j in jobs if j.is_teacher or all(_value(j, k) == v for k, v in only.items())]
+    if all(j.is_teacher for j in wanted):
+        raise ConfigError(f"--only {' '.join(f'{k}={v}' for k, v in only.items())}: no run of suite "
+                          f"{suite.path} has all of these; drop one (kdbench run --dry-run lists the runs)")
+    needed = {d for j in wanted if not j.is_teacher for d in j.depends_on}
+    return [j for j in wanted if not j.is_teacher or j.run_id in needed]
 
 
 def _smoke(spec: RunSpec) -> RunSpec:

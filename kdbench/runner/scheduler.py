@@ -12,10 +12,8 @@ on a failure of the machine. What it reports and its estimate of the time left c
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from .. import store
 from ..checkpoints import set_aside
@@ -23,9 +21,9 @@ from ..engine import EngineOptions
 from ..errors import ConfigError, MachineError
 from ..progress import SuiteProgress
 from ..store import RunFolder, RunStatus, status_of
-from ..suite import Job, Suite
-from .executors import Executor, Handle, JobEnded, LocalExecutor, Slot, SlurmExecutor, make_slots, slurm_cpus
-from .planning import MAX_LOADER_WORKERS, RunnerOptions, core_plan, form_cohorts, select_jobs
+from ..suite import Job
+from .executors import Executor, Handle, JobEnded, LocalExecutor, Slot, SlurmExecutor, slurm_cpus
+from .planning import MAX_LOADER_WORKERS, Plan, form_cohorts
 from .workers import CohortTask, WorkerAnswer, WorkerOutcome, as_machine_error
 
 POLL_SECONDS = 1.0
@@ -47,22 +45,11 @@ class Outcome:
 
 
 class Scheduler:
-    def __init__(self, suite: Suite, jobs: list[Job], runs: Path, engine: EngineOptions, options: RunnerOptions) -> None:
-        self.suite, self.jobs, self.runs, self.engine, self.options = suite, jobs, runs, engine, options
-        self.say = options.printer
+    def __init__(self, plan: Plan) -> None:
+        self.plan, self.suite, self.runs, self.say = plan, plan.suite, plan.runs, plan.options.printer
         self.outcome = Outcome()
-        executor = suite.file.executor
-        workers = options.workers or executor.workers
-        self.cores: dict[str, int] = {}  # per run id: the cores its job may use (``core_plan``)
-        if executor.kind == "slurm":  # devices are the nodes' business; Slurm queues the jobs
-            self.slots = [(engine.device,)] * (workers or len(jobs))
-        else:
-            self.slots = make_slots(engine.device, workers, executor.processes_per_job)
-            # planned on the whole suite, so that a rerun, a resume or --only gives a run the same share
-            everything = select_jobs(suite, replace(options, only={}))
-            self.cores = core_plan(everything, len(self.slots), os.cpu_count() or 1, executor.cohort_size,
-                                   executor.processes_per_job)
-        self.progress = SuiteProgress(suite.name, runs, total=len(jobs), slots=len(self.slots))
+        self.slots = plan.slots
+        self.progress = SuiteProgress(self.suite.name, self.runs, total=len(plan.jobs), slots=len(self.slots))
         self.elsewhere: set[str] = set()  # run ids another runner was training when this one's job came to them
 
     def run(self) -> Outcome:
@@ -127,8 +114,8 @@ class Scheduler:
         """The jobs to run: not finished (a corrupt record or failure set aside, a teacher
         whose weights are unsound trained again) and not failed unless --retry-failed."""
         pending: list[Job] = []
-        teachers = {d for job in self.jobs for d in job.depends_on}
-        for job in self.jobs:
+        teachers = {d for job in self.plan.jobs for d in job.depends_on}
+        for job in self.plan.jobs:
             status = status_of(self.runs, job.run_id)
             folder = RunFolder.of(self.runs, job.run_id)
             if status == RunStatus.CORRUPT:
@@ -139,7 +126,7 @@ class Scheduler:
                 status = status_of(self.runs, job.run_id)  # its students need its weights: it trains again
             if status == RunStatus.FINISHED:
                 self.outcome.skipped.append(job.run_id)
-            elif status == RunStatus.FAILED and not self.options.retry_failed:
+            elif status == RunStatus.FAILED and not self.plan.options.retry_failed:
                 self.outcome.failed[job.run_id] = store.read_run_file(folder.failure).error
             else:
                 if status == RunStatus.FAILED:
@@ -151,8 +138,8 @@ class Scheduler:
         """The engine options of a job: on CPUs its intra-op threads, on GPUs its data-loader
         processes (unless --workers names them), from the job's share of the cores; on
         Slurm, its threads are the cores it asks for (``slurm_cpus``)."""
-        options = replace(self.engine, progress=False)
-        share = min((self.cores[j.run_id] for j in unit if j.run_id in self.cores), default=None)
+        options, cores = replace(self.plan.engine, progress=False), self.plan.cores
+        share = min((cores[j.run_id] for j in unit if j.run_id in cores), default=None)
         if share is None:  # Slurm: the cores the job asks for, whatever the node has (the record's floats follow)
             return replace(options, threads=options.threads or slurm_cpus(self.suite.file.executor))
         if slot[0] == "cpu":
