@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from kdbench.cli import main
+from kdbench.engine import EngineOptions
 from kdbench.progress import Running, SuiteProgress, TimeLeft, Work
-from kdbench.runner import core_plan, form_cohorts
+from kdbench.runner import RunnerOptions, core_plan, cost, form_cohorts, plan_suite, planning
 from kdbench.suite import load_suite
 
 QUICK = Path(__file__).parents[1] / "suites" / "quick.yaml"
@@ -58,6 +60,49 @@ def test_quick_suite_plan_two_teachers_share_the_cores():
     # one teacher per data set; per data set and seed, the labels in cohorts of at most 8
     per_seed = math.ceil(len(suite.file.methods) / 8)
     assert len(form_cohorts(jobs, 8)) == len(suite.file.datasets) * (1 + len(suite.file.seeds) * per_seed)
+
+
+def test_a_plan_shares_the_cores_over_the_whole_suite_whatever_it_selects(tmp_path):
+    """--only kd trains the teacher and kd's runs, each with the share it has in the whole
+    suite: the teacher alone in its wave, the four student cohorts two at a time."""
+    path = tmp_path / "one_teacher.yaml"
+    path.write_text(ONE_TEACHER)
+    cpus = os.cpu_count() or 1
+    plan = plan_suite(load_suite(path), RunnerOptions(out=tmp_path, only={"method": "kd"}, workers=2,
+                                                      engine=EngineOptions(device="cpu")))
+    assert [j.label for j in plan.jobs] == ["teacher", "kd", "kd"] and len(plan.everything) == 5
+    assert plan.slots == [("cpu",)] * 2
+    assert {j.label: plan.cores[j.run_id] for j in plan.everything} == {"teacher": cpus, "kd": max(1, cpus // 2),
+                                                                         "dkd": max(1, cpus // 2)}
+
+
+def test_a_dry_run_and_its_estimate_read_one_plan_and_look_at_no_device(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "one_teacher.yaml"
+    path.write_text(ONE_TEACHER)
+    selections = []
+    only = planning._only
+    monkeypatch.setattr(planning, "_only", lambda *args: selections.append(args[2]) or only(*args))
+
+    def no_device(*args):
+        raise AssertionError("a dry run asked for the slots")
+
+    def measured(groups, device, options, say):  # one second per image for every call, no timing
+        rates = cost.Rates()
+        for group in groups:
+            rates.batch[group.key] = 10
+            rates.seconds.update({(group.key, "forward", t): 1.0 for t in group.teachers})
+            rates.seconds.update({(group.key, "step", *k): 1.0 for k in group.steps})
+            rates.seconds.update({(group.key, "eval", s): 1.0 for s in group.students})
+        return rates
+
+    monkeypatch.setattr(planning, "make_slots", no_device)
+    monkeypatch.setattr(cost, "measure", measured)
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--only", "method=kd"]) == 0
+    out = capsys.readouterr().out
+    assert selections == [{"method": "kd"}]  # selected once, for the listing and the estimate
+    assert sum(line.startswith("not started") for line in out.splitlines()) == 3 and "3 runs: 3 not started" in out
+    total = next(line for line in out.splitlines() if line.strip().startswith("total"))
+    assert total.split()[1] == "3"  # the estimate costs the same three runs
 
 
 @pytest.mark.parametrize("cores", [1, 3])
