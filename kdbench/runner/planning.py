@@ -83,10 +83,6 @@ class RunnerOptions:
     printer: Callable[[str], None] = print
 
 
-def suite_dir(suite: Suite, options: RunnerOptions) -> Path:
-    return Path(options.out) / (f"{suite.name}-smoke" if options.smoke else suite.name)
-
-
 @dataclass(frozen=True)
 class Plan:
     """A suite's run as decided once, from the validated suite and the command line, and
@@ -133,12 +129,13 @@ def plan_suite(suite: Suite, options: RunnerOptions) -> Plan:
     everything = _smoke_jobs(suite.jobs) if options.smoke else suite.jobs
     engine = replace(options.engine, data_root=options.engine.data_root or suite.file.data_root,
                      subset=SMOKE_SAMPLES if options.smoke else options.engine.subset)
-    return Plan(suite, options, suite_dir(suite, options), everything, _only(suite, everything, options.only), engine)
+    directory = Path(options.out) / (f"{suite.name}-smoke" if options.smoke else suite.name)
+    return Plan(suite, options, directory, everything, _only(suite, everything, options.only), engine)
 
 
 def select_jobs(suite: Suite, options: RunnerOptions) -> list[Job]:
-    """The suite's jobs after ``--only`` filters and ``--smoke``, plus the teachers they need."""
-    return _only(suite, _smoke_jobs(suite.jobs) if options.smoke else suite.jobs, options.only)
+    """The suite's jobs after ``--only`` filters and ``--smoke``, plus the teachers they need: the plan's."""
+    return plan_suite(suite, options).jobs
 
 
 def _smoke_jobs(jobs: list[Job]) -> list[Job]:
