@@ -1,5 +1,6 @@
-"""The scheduler: a suite's cohorts onto an executor's slots, teachers before the students
-that need them, and the book of what came of each run.
+"""The scheduler: a plan's cohorts onto its slots (``planning.Plan``), teachers before the
+students that need them, and the book of what came of each run. Its cohorts are those of
+the runs still to do, formed when it starts: which runs are finished is known only then.
 
 It polls the running cohorts every second, starts each waiting cohort once its teachers
 have finished and a slot is free, fails the runs whose teacher failed, halves a cohort
