@@ -10,7 +10,7 @@
 - ``spectra``: ``kdbench spectra RESULTS_DIR``: wavelet band energies of teacher and student
   test logits under FiGKD's class orders (``write_spectra``).
 - ``ablation``: the tables, ``best.json`` and figures of ``kdbench ablate SUITE`` (whose
-  study ``kdbench.tuning`` runs), from the study's storage and the runs' records
+  study ``kdbench.runner.tuning`` runs), from the study's storage and the runs' records
   (``write_ablation``).
 - ``curves``: the report's figures; ``style``: the one figure style (sizes, colour per
   method, PDF + PNG); ``tables``: LaTeX (pandas' Styler) and Markdown writers of a grid of

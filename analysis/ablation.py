@@ -1,4 +1,4 @@
-"""The outputs of an ablation (``kdbench ablate``, run by ``kdbench.tuning``), read from the
+"""The outputs of an ablation (``kdbench ablate``, run by ``kdbench.runner.tuning``), read from the
 study's storage and the runs' records; nothing here trains.
 
 In ``<out>/<suite>/ablation/``:
@@ -33,7 +33,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from kdbench.ablation import Ablation
+from kdbench.suite.ablation import Ablation
 from kdbench.store import RUNS, RunFolder, read_run_file
 
 from . import style

@@ -47,7 +47,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from kdbench import store
-from kdbench.checkpoints import safe_load
+from kdbench.store.checkpoints import safe_load
 from kdbench.errors import CheckpointError, ConfigError, KDBenchError
 from kdbench.store import runs_dir
 

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from kdbench import store
-from kdbench.checkpoints import safe_load
+from kdbench.store.checkpoints import safe_load
 from kdbench.errors import CheckpointError, ConfigError, KDBenchError
 from kdbench.spec import SELECTED_EPOCH
 from kdbench.store import ManifestJob, load_manifest, load_results, runs_dir

@@ -66,7 +66,7 @@ def steps(out: Path, cpu: bool) -> list[dict]:
         suite += ["--precision", "bf16", "--only", "seed=0"]
         bench_args["precision"] = "bf16"
         train += ["--epochs", "2"]
-    bench = [sys.executable, "-c", "import json, sys; from kdbench.bench import run_bench; "
+    bench = [sys.executable, "-c", "import json, sys; from kdbench.tools.bench import run_bench; "
              f"json.dump(run_bench(**{bench_args!r}), open(sys.argv[1], 'w'), default=str)", str(out / "bench.json")]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", *train]
     if cpu:

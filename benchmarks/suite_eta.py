@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from unittest import mock
 
-from kdbench.progress import TimeLeft, duration
+from kdbench.runner.progress import TimeLeft, duration
 from kdbench.runner import RunnerOptions, Scheduler, planning, run_suite, scheduler as scheduling
 from kdbench.suite import load_suite
 from kdbench.engine import EngineOptions

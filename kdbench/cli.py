@@ -64,9 +64,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     -m kdbench.cli train ...``) each run trains data-parallel over the N processes."""
     from .method import load_method_files
     from .spec import DataSpec, Recipe, RunSpec, TeacherRef
-    from .tracking import Tracking, require
+    from .engine.tracking import Tracking, require
     from .engine import EngineOptions
-    from .runner.workers import ensure_run
+    from .runner.runs import ensure_run
 
     out = output_folder(args.out)
     if args.method_file:
@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunnerOptions, plan_suite, run_plan
     from .runner.planning import ONLY_KEYS
     from .suite import load_suite
-    from .tracking import Tracking, require
+    from .engine.tracking import Tracking, require
     from .engine import EngineOptions
 
     only = {}
@@ -150,11 +150,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    """More trials of the suite's ablation, trained by the runner's worker (kdbench.tuning);
+    """More trials of the suite's ablation, trained by the runner's worker (kdbench.runner.tuning);
     then its tables and figures, read from the study and the records (kdbench.analysis)."""
     from .analysis.ablation import write_ablation
     from .analysis.commands import print_written
-    from .tuning import run_ablation
+    from .runner.tuning import run_ablation
 
     ablation = run_ablation(args.suite, out=args.out, trials=args.trials, workers=args.workers, storage=args.storage,
                             device=args.device)
@@ -163,7 +163,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .tools.bench import run_bench
 
     run_bench(args.teacher, args.student, args.batch_size, args.image_size, args.num_classes,
               args.methods or None, args.steps, args.rounds, args.device, args.dataset,
@@ -196,8 +196,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """What this machine has, whether the suite's inputs are there, its fast paths' smoke and
-    the suite's cost (kdbench.doctor); 1 on any FAIL."""
-    from .doctor import run_doctor
+    the suite's cost (kdbench.tools.doctor); 1 on any FAIL."""
+    from .tools.doctor import run_doctor
 
     checks = run_doctor(args.suite, out=args.out, data_root=args.data_root, device_name=args.device,
                         paths_on_cpu=args.paths_on_cpu, compile_backend=args.compile_backend, skip=tuple(args.skip),
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs more trials of the study defined by the suite's 'ablation:' block (scored on the "
                     "validation split, TPE sampler, median pruning per epoch, resumable storage), retrains the "
                     "best configuration over the suite's seeds and writes trials.{csv,md,tex}, best.json and "
-                    "figures to <out>/<suite>/ablation/. See kdbench.ablation for the block's keys.",
+                    "figures to <out>/<suite>/ablation/. See kdbench.suite.ablation for the block's keys.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("suite", metavar="SUITE", help="suite YAML file with an 'ablation:' block")
     p.add_argument("--trials", type=int, help="trials to add in this call (default: the block's 'trials'; 0: only rewrite the outputs)")
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # outside a run (the manifest, a report): a full disk is the machine's failure too
-        from .runner.workers import as_machine_error
+        from .runner.runs import as_machine_error
 
         if not isinstance(as_machine_error(exc), MachineError):
             raise

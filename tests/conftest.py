@@ -13,7 +13,7 @@ TINY_RECIPE = Recipe(epochs=2, batch_size=64, lr=0.05)
 @pytest.fixture(scope="session")
 def teacher_out(tmp_path_factory) -> tuple[Path, RunSpec]:
     """A results folder holding a finished resnet14 teacher on 16-px digits."""
-    from kdbench.runner.workers import ensure_run
+    from kdbench.runner.runs import ensure_run
     from kdbench.engine import EngineOptions
 
     out = tmp_path_factory.mktemp("teacher_results")

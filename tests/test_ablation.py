@@ -1,5 +1,5 @@
-"""Ablations: the ``ablation:`` block (kdbench.ablation), the study run through the suite
-runner's worker (kdbench.tuning) and its outputs (kdbench.analysis.ablation). The tests
+"""Ablations: the ``ablation:`` block (kdbench.suite.ablation), the study run through the suite
+runner's worker (kdbench.runner.tuning) and its outputs (kdbench.analysis.ablation). The tests
 train tiny runs on ``digits`` at 8 px."""
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import yaml
 from kdbench.analysis.ablation import write_ablation
 from test_analysis import _compile
 
-from kdbench.ablation import load_ablation
+from kdbench.suite.ablation import load_ablation
 from kdbench.cli import build_parser
 from kdbench.engine import EngineOptions
 from kdbench.errors import ConfigError
 from kdbench.store import RunFolder, run_lock
-from kdbench.tuning import objective, run_ablation, thread_shares, train
+from kdbench.runner.tuning import objective, run_ablation, thread_shares, train
 
 TINY_ABLATION = {
     "name": "tiny_ablation",
@@ -50,7 +50,7 @@ def write_suite(directory: Path, suite: dict) -> Path:
 
 
 def ablate(path: Path, out: Path, **options) -> list[Path]:
-    """``kdbench ablate``: the study's trials (kdbench.tuning), then its outputs (kdbench.analysis)."""
+    """``kdbench ablate``: the study's trials (kdbench.runner.tuning), then its outputs (kdbench.analysis)."""
     ablation = run_ablation(path, out=out, printer=lambda _: None, **options)
     return write_ablation(ablation, out=out, printer=lambda _: None)
 

@@ -3,7 +3,7 @@
 import pytest
 from scipy.stats import binom
 
-from kdbench.bench import RATIO_SPREAD, _median_interval, _settled
+from kdbench.tools.bench import RATIO_SPREAD, _median_interval, _settled
 
 
 @pytest.mark.parametrize(("n", "rank"), [(6, 1), (7, 1), (11, 2), (20, 6), (30, 10)])
@@ -30,7 +30,7 @@ def test_settled_when_the_interval_lies_within_half_the_spread_of_the_median():
 def test_step_ratios_from_too_few_rounds_carry_no_interval():
     import torch
 
-    from kdbench.bench import step_ratios
+    from kdbench.tools.bench import step_ratios
 
     ratios = step_ratios({"kd": lambda: None, "other": lambda: sum(range(100))}, "kd", steps=2, rounds=3,
                          device=torch.device("cpu"))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench.checkpoints import load_weights, read_state_dict
+from kdbench.store.checkpoints import load_weights, read_state_dict
 from kdbench.errors import CheckpointError
 
 

@@ -54,7 +54,7 @@ def test_overrides_are_typed():
 
 
 def test_bench_runs_on_tiny_models():
-    from kdbench.bench import run_bench
+    from kdbench.tools.bench import run_bench
 
     lines = []
     result = run_bench("resnet14", "resnet8", batch_size=8, image_size=8, num_classes=10, steps=1, rounds=1,

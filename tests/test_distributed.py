@@ -15,7 +15,8 @@ import textwrap
 import pytest
 import torch
 
-from kdbench import distributed, list_methods, store
+from kdbench.engine import distributed
+from kdbench import list_methods, store
 from kdbench.cli import main
 from kdbench.method import METHODS
 from kdbench.runner import RunnerOptions, run_suite
@@ -36,7 +37,7 @@ TEACHER = ["train", "--student", "resnet14", "--method", "none", *COMMON]
 LAUNCHED = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from kdbench import checkpoints
+    from kdbench.store import checkpoints
     from kdbench.store import run_folder
     from kdbench.cli import main
 
@@ -182,7 +183,7 @@ def test_all_gather_cat_concatenates_the_ranks_rows_in_rank_order():
 def _train_user_methods(out: str) -> dict:
     """On each rank: a cohort of two user methods trained over two processes. One keeps
     state across samples from what its context's ``gather`` gives it (it never imports
-    kdbench.distributed), and has a parameter it never uses and one it uses every other
+    kdbench.engine.distributed), and has a parameter it never uses and one it uses every other
     step; the other raises in its second step on rank 1 only."""
     from pathlib import Path
 
@@ -274,10 +275,10 @@ def test_a_user_method_gets_the_global_batch_from_its_context(tmp_path):
 @pytest.mark.parametrize("name", list_methods())
 def test_no_method_reaches_into_the_engine(name):
     """A method's cross-rank needs come through its TrainContext: its module imports neither
-    kdbench.distributed nor the engine (the contract is kdbench.method)."""
+    kdbench.engine.distributed nor the engine (the contract is kdbench.method)."""
     tree = ast.parse(inspect.getsource(inspect.getmodule(METHODS.get(name))))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                  and node.module for alias in node.names}
-    assert not {m for m in imported if m.startswith(("kdbench.distributed", "kdbench.engine"))}, imported
+    assert not {m for m in imported if m.startswith(("kdbench.engine.distributed", "kdbench.engine"))}, imported

@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from kdbench.cli import main
-from kdbench.doctor import fast_path_checks, probe_of, suite_checks
+from kdbench.tools.smoke import fast_path_checks, probe_of
+from kdbench.tools.doctor import suite_checks
 from kdbench.engine import EngineOptions
 from kdbench.models import create_model
 from kdbench.runner import cost

@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, log_loss
 
 from kdbench import store
 from kdbench.analysis import fidelity, ranking
-from kdbench.checkpoints import safe_load
+from kdbench.store.checkpoints import safe_load
 from kdbench.engine import EngineOptions, train_run
 
 from conftest import TINY_RECIPE, student_spec

@@ -22,14 +22,15 @@ from torch import nn
 
 from conftest import student_spec
 from kdbench.analysis.runs import read_test_logits
-from kdbench.checkpoints import atomic_write_bytes, load_weights, read_state_dict
+from kdbench.store.checkpoints import atomic_write_bytes, load_weights, read_state_dict
 from kdbench.cli import main
 from kdbench.data import create_dataset
 from kdbench.errors import CheckpointError, ConfigError, MachineError
 from kdbench.method import load_method_files
 from kdbench.runner import RunnerOptions, Scheduler, execute_cohort, plan_suite, run_suite, select_jobs
 from kdbench.runner.planning import write_manifest
-from kdbench.runner.workers import CohortJob, WorkerAnswer, WorkerOutcome, ensure_run, ensure_runs
+from kdbench.runner.workers import CohortJob, WorkerAnswer, WorkerOutcome
+from kdbench.runner.runs import ensure_run, ensure_runs
 from kdbench.spec import RunSpec
 from kdbench.store import CorruptResultsFile, ManifestJob, load_manifest, load_results, read_run_file, run_folder, status_of
 from kdbench.suite import UniqueKeyLoader, load_suite

@@ -249,7 +249,7 @@ def test_cli_prepare_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture) -
 
 
 def test_bench_times_the_folder_loader_against_the_store() -> None:
-    from kdbench.bench import large_image_data
+    from kdbench.tools.bench import large_image_data
 
     lines: list[str] = []
     engine = EngineOptions(device="cpu", progress=False)

@@ -15,7 +15,7 @@ from kdbench.analysis.report import write_report
 from kdbench.engine import EngineOptions, summarise
 from kdbench.engine.epoch import keep_best_weights
 from kdbench.errors import ConfigError
-from kdbench.runner.workers import ensure_run, teacher_weights
+from kdbench.runner.runs import ensure_run, teacher_weights
 from kdbench.spec import DataSpec, Recipe, RunSpec, TeacherRef
 from kdbench.suite import load_suite
 
@@ -143,7 +143,7 @@ def test_a_protocol_suites_dry_run_says_it_trains_on_the_whole_split_in_fp32(tmp
 
 
 def test_the_progress_line_shows_test_accuracy_where_there_is_no_validation_split():
-    from kdbench.progress import _accuracy
+    from kdbench.runner.progress import _accuracy
 
     assert _accuracy({"val_top1": math.nan, "test_top1": 85.14}) == "test 85.1"
     assert _accuracy({"val_top1": 80.0, "test_top1": 85.14}) == "val 80.0"

@@ -9,7 +9,7 @@ import pytest
 
 from kdbench.cli import main
 from kdbench.engine import EngineOptions
-from kdbench.progress import Running, SuiteProgress, TimeLeft, Work
+from kdbench.runner.progress import Running, SuiteProgress, TimeLeft, Work
 from kdbench.runner import RunnerOptions, core_plan, cost, form_cohorts, plan_suite, planning
 from kdbench.suite import load_suite
 

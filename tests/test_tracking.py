@@ -1,4 +1,4 @@
-"""kdbench.tracking: each epoch's metrics reach TensorBoard (read back with TensorBoard's own
+"""kdbench.engine.tracking: each epoch's metrics reach TensorBoard (read back with TensorBoard's own
 reader) and W&B (offline), a resumed run continues its curves, a missing package fails
 before training."""
 
@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import store, tracking
+from kdbench import store
+from kdbench.engine import tracking
 from kdbench.store import RunRecord
 from kdbench.errors import ConfigError
 from kdbench.spec import DataSpec, Recipe, RunSpec
-from kdbench.tracking import Tracking
+from kdbench.engine.tracking import Tracking
 from kdbench.engine import EngineOptions, train_run
 
 SPEC = RunSpec(dataset=DataSpec(name="digits", options={"image_size": 8}), student="resnet8", method="none",
@@ -98,10 +99,10 @@ def test_the_suite_and_the_command_line_name_the_sinks(tmp_path, monkeypatch):
     suite.write_text("name: tiny\nseeds: [0]\ndatasets: {digits: {}}\npairs: [{dataset: digits, teacher: resnet8, "
                      "student: resnet8}]\nmethods: {kd: {}}\ntrack: [wandb]\n")
 
-    def capture(suite, options):
-        raise Captured(options.engine.tracking)
+    def capture(plan):
+        raise Captured(plan.options.engine.tracking)
 
-    monkeypatch.setattr(kdbench.runner, "run_suite", capture)
+    monkeypatch.setattr(kdbench.runner, "run_plan", capture)
     monkeypatch.setattr(tracking, "require", lambda sinks: tuple(dict.fromkeys(sinks)))  # wandb need not be installed
     args = build_parser().parse_args(["run", str(suite), "--track", "tensorboard", "--out", str(tmp_path)])
     with pytest.raises(Captured) as captured:

@@ -9,7 +9,7 @@ import torch
 
 from kdbench import store
 from kdbench.errors import ConfigError
-from kdbench.runner.workers import ensure_run
+from kdbench.runner.runs import ensure_run
 from kdbench.store import FAILED
 from kdbench.spec import Recipe, RunSpec
 from kdbench.engine import EngineOptions, TrainingDiverged, learning_rate, train_run
@@ -48,7 +48,7 @@ def test_kd_student_trains_and_finished_runs_are_not_redone(teacher_out, monkeyp
     record = ensure_run(spec, out, QUIET)
     assert set(record.dump()["metrics"][0]) >= {"loss_ce", "loss_kd", "val_top1", "test_top5"}
     assert record.summary.teacher_test_top1 > 40
-    monkeypatch.setattr("kdbench.runner.workers.train_cohort", lambda *a, **k: pytest.fail("finished run trained again"))
+    monkeypatch.setattr("kdbench.runner.runs.train_cohort", lambda *a, **k: pytest.fail("finished run trained again"))
     assert ensure_run(spec, out, QUIET) == record
 
 
@@ -290,7 +290,7 @@ def test_students_that_cannot_be_stacked_step_one_by_one(teacher_out, tmp_path, 
 
 def test_out_of_memory_ends_a_lone_run_but_only_splits_a_cohort(teacher_out, tmp_path, monkeypatch):
     from kdbench.method import create_method
-    from kdbench.runner.workers import CohortOutOfMemory, ensure_runs
+    from kdbench.runner.runs import CohortOutOfMemory, ensure_runs
 
     def out_of_memory(self, student, teacher, batch, epoch):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")

@@ -31,7 +31,7 @@ uninterrupted one, and the same seed on the same CPU gives identical metrics (wi
 kernels are not bit-exact in general).
 
 Data-parallel: launched by ``torchrun`` (``WORLD_SIZE`` > 1), the same loop trains each run
-over all the ranks (see ``kdbench.distributed``): the epoch's permutation is cut into global
+over all the ranks (see ``kdbench.engine.distributed``): the epoch's permutation is cut into global
 batches of ``recipe.batch_size`` and rank r takes the r-th slice of each (``EpochBatches``),
 so the ranks together see exactly the single-process batches; each trainee's student and
 method are one DistributedDataParallel module, each rank's loss is scaled so that the

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from .. import distributed
+from . import distributed
 from ..data import DataSplits, create_dataset
 from ..data.batch_crops import BatchCrop, BatchResizedCrop, RaggedImages
 from ..data.datasets import ImageDataset

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed, store
-from ..checkpoints import atomic_torch_save, safe_load, set_aside
+from . import distributed
+from .. import store
+from ..store.checkpoints import atomic_torch_save, safe_load, set_aside
 from ..errors import CheckpointError
 from .trainee import Trainee
 

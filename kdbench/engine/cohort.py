@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed, store
+from . import distributed
+from .. import store
 from ..data import DataSplits
 from ..errors import ConfigError
 from ..method import Method, TrainContext, create_method

@@ -14,13 +14,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .. import distributed, store
+from . import distributed
+from .. import store
 from ..data import DataSplits
 from ..errors import KDBenchError
 from ..method import Batch
 from ..models import Backbone
 from ..spec import RunSpec
-from ..tracking import log_epoch
+from .tracking import log_epoch
 from .batches import EpochBatches, to_device
 from .checkpoint import save_checkpoint
 from .evaluation import evaluate

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .. import distributed
+from . import distributed
 from ..models import Backbone
 from .batches import to_device
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .. import distributed
+from . import distributed
 from ..errors import MachineError
 from ..spec import Precision
-from ..tracking import Tracking
+from .tracking import Tracking
 
 Autocast = Callable[[], contextlib.AbstractContextManager]  # a factory of autocast contexts
 
@@ -47,7 +47,7 @@ class EngineOptions:
     # Called after each epoch's checkpoint with (epoch, metrics row); Optuna's pruning
     # raises from here. Runs in the training process.
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None
-    tracking: Tracking | None = None  # TensorBoard / W&B sinks of each epoch's metrics (kdbench.tracking)
+    tracking: Tracking | None = None  # TensorBoard / W&B sinks of each epoch's metrics (kdbench.engine.tracking)
 
 
 def resolve_device(name: str) -> torch.device:

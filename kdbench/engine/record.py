@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .. import distributed, store
-from ..checkpoints import atomic_torch_save
+from . import distributed
+from .. import store
+from ..store.checkpoints import atomic_torch_save
 from ..models import Backbone
 from .evaluation import evaluate
 from .trainee import Trainee

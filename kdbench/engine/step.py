@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .. import distributed
+from . import distributed
 from ..errors import KDBenchError
 from ..method import Batch
 from ..models import Backbone, ModelOutput

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import distributed
-from ..checkpoints import load_weights
+from . import distributed
+from ..store.checkpoints import load_weights
 from ..errors import ConfigError
 from ..method import Batch, Method, TrainContext, ViewOutputs
 from ..models import Backbone, ModelOutput, create_model

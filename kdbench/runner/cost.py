@@ -156,7 +156,7 @@ def measure(groups: list[Group], device: torch.device, options: EngineOptions,
             say: Callable[[str], None] = lambda line: None) -> Rates:
     """Seconds per image of every teacher forward, student step and evaluation forward of
     ``groups``, timed on ``device`` (see the module docstring)."""
-    from ..bench import interleaved  # the bench's timer; imported here, as bench imports the engine whole
+    from ..engine.timing import interleaved
 
     rates = Rates()
     for group in groups:

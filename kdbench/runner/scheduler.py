@@ -17,15 +17,16 @@ import time
 from dataclasses import dataclass, field, replace
 
 from .. import store
-from ..checkpoints import set_aside
+from ..store.checkpoints import set_aside
 from ..engine import EngineOptions
 from ..errors import ConfigError, MachineError
-from ..progress import SuiteProgress
+from .progress import SuiteProgress
 from ..store import RunFolder, RunStatus, status_of
 from ..suite import Job
 from .executors import Executor, Handle, JobEnded, LocalExecutor, Slot, SlurmExecutor, slurm_cpus
 from .planning import MAX_LOADER_WORKERS, Plan, form_cohorts
-from .workers import CohortTask, WorkerAnswer, WorkerOutcome, as_machine_error
+from .workers import CohortTask, WorkerAnswer, WorkerOutcome
+from .runs import as_machine_error
 
 POLL_SECONDS = 1.0
 REPORT_SECONDS = 10.0  # between progress reports

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from ..checkpoints import atomic_write_bytes, safe_load, set_aside
+from .checkpoints import atomic_write_bytes, safe_load, set_aside
 from ..errors import CheckpointError, KDBenchError, explain_validation
 from ..locking import exclusive_lock
 from ..spec import RunSpec

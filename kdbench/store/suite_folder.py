@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
-from ..checkpoints import set_aside
+from .checkpoints import set_aside
 from .run_folder import CorruptResultsFile, RunFolder, read_run_file, write_json
 from .schema import Failure, Manifest, ManifestJob, RunRecord
 

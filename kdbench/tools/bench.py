@@ -54,50 +54,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from .data import DataSplits
-from .method import Batch, TrainContext, create_method, list_methods
-from .models import create_model
-from .spec import DataSpec, Recipe, RunSpec, TeacherRef
-from .engine import (EngineOptions, EpochBatches, Execution, Indexed, ResidentTrainSet, RngStream, TraineeSetup,
-                     make_trainee, open_data, resolve_device)
-from .engine.batches import loader_batches, to_device
-from .engine.step import cohort_step, student_stacks, trainee_step
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _seconds_per_call(fn: Callable[[], None], device: torch.device, steps: int) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / steps
-
-
-ROUND_SECONDS = 0.3  # a contender's calls per round fill at least this long, unless steps are given
-
-
-def interleaved(contenders: dict[str, Callable[[], None]], device: torch.device, steps: int | None,
-                rounds: int) -> dict[str, float]:
-    """Median seconds per call of each contender, measured in alternating rounds of
-    ``steps`` calls each (None: as many as fill ROUND_SECONDS, per contender)."""
-    calls = {name: _calls_per_round(fn, device, steps) for name, fn in contenders.items()}
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            samples[name].append(_seconds_per_call(fn, device, calls[name]))
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def _calls_per_round(fn: Callable[[], None], device: torch.device, steps: int | None) -> int:
-    """``steps``, else as many calls as fill ROUND_SECONDS, timed after a warm-up call
-    (allocator, cuDNN autotuning, lazy initialisation)."""
-    fn()
-    return steps or max(1, math.ceil(ROUND_SECONDS / _seconds_per_call(fn, device, 1)))
+from ..data import DataSplits
+from ..method import Batch, TrainContext, create_method, list_methods
+from ..models import create_model
+from ..spec import DataSpec, Recipe, RunSpec, TeacherRef
+from ..engine.timing import ROUND_SECONDS, calls_per_round, interleaved, seconds_per_call, sync
+from ..engine import (EngineOptions, EpochBatches, Execution, Indexed, ResidentTrainSet, RngStream, TraineeSetup,
+                      make_trainee, open_data, resolve_device)
+from ..engine.batches import loader_batches, to_device
+from ..engine.step import cohort_step, student_stacks, trainee_step
 
 
 RATIO_SPREAD = 0.05  # (a): two runs' ratios should agree within this (relative); see the module docstring
@@ -119,14 +84,14 @@ def step_ratios(contenders: dict[str, Callable[[], None]], reference: str, steps
                 device: torch.device) -> dict[str, StepRatio]:
     """(a): each contender's seconds per call and ratio to ``reference`` (see the module
     docstring). With ``steps`` given, exactly ``rounds`` rounds of that many calls each."""
-    calls = {name: _calls_per_round(fn, device, steps) for name, fn in contenders.items()}
+    calls = {name: calls_per_round(fn, device, steps) for name, fn in contenders.items()}
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     ratios: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     start = time.perf_counter()
     for round_ in range(rounds if steps else ROUNDS_AT_MOST):
         order = names[round_ % len(names):] + names[:round_ % len(names)]
-        this_round = {name: _seconds_per_call(contenders[name], device, calls[name]) for name in order}
+        this_round = {name: seconds_per_call(contenders[name], device, calls[name]) for name in order}
         for name, value in this_round.items():
             seconds[name].append(value)
             ratios[name].append(value / this_round[reference])
@@ -367,10 +332,10 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
             f"({'data' if data_rate < step_rate else 'the step'} limits)")
     resident = ResidentTrainSet.of(data, True, device)
     if resident is not None:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         seen = sum(len(labels) for _, labels, _ in resident.batches(sampler, RngStream(0, device)))
-        _sync(device)
+        sync(device)
         resident_rate = seen / (time.perf_counter() - start)
         printer(f"    held on {device} and augmented in batch: {resident_rate:,.0f} images/s")
     large = large_image_data(batch_size, large_images, device, options, steps, rounds, printer,

@@ -1,6 +1,6 @@
 """An ablation: the Optuna study a suite's ``ablation:`` block defines over one method's
 hyperparameters. This module reads and checks the block and says which run a configuration
-is; ``kdbench.tuning`` runs the study through the suite runner's worker, and
+is; ``kdbench.runner.tuning`` runs the study through the suite runner's worker, and
 ``kdbench.analysis.ablation`` writes its tables and figures.
 
 The block::
@@ -44,10 +44,10 @@ import optuna
 import pydantic
 from pydantic import Field, NonNegativeInt, PositiveInt
 
-from .errors import ConfigError, did_you_mean, explain_validation
-from .method import METHODS, Method, parse_hparams
-from .spec import RunSpec, Strict
-from .suite import Job, Suite, load_suite, suite_error
+from ..errors import ConfigError, did_you_mean, explain_validation
+from ..method import METHODS, Method, parse_hparams
+from ..spec import RunSpec, Strict
+from . import Job, Suite, load_suite, suite_error
 
 FOLDER = "ablation"  # <out>/<suite>/ablation/: the study's storage, tables and figures
 

@@ -43,8 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import store
-from .suite import Job
+from .. import store
+from ..suite import Job
 
 
 @dataclass(frozen=True)
@@ -311,6 +311,6 @@ class SuiteProgress:
 def _parameters(model: str) -> int:
     """A model's parameter count (at 10 classes: the head barely matters), the time
     estimate's proxy for what a sample costs it."""
-    from .models import create_model
+    from ..models import create_model
 
     return sum(p.numel() for p in create_model(model, num_classes=10).parameters())

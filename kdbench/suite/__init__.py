@@ -29,7 +29,7 @@ A suite file::
     protocol_notes: ["crops from a 256-px copy"]    # departures from the published protocol
     executor: {kind: local, workers: 2}  # processes_per_job: 4 trains each job on 4 GPUs
     method_files: [my_methods/]       # extra method files to load (paths relative to the suite)
-    track: [tensorboard]              # stream every epoch to TensorBoard and/or wandb (kdbench.tracking)
+    track: [tensorboard]              # stream every epoch to TensorBoard and/or wandb (kdbench.engine.tracking)
 
 Errors name the file, the key path, the line where known, and a suggestion.
 """
@@ -45,8 +45,8 @@ import pydantic
 import yaml
 from pydantic import Field, NonNegativeInt, PositiveInt
 
-from .errors import ConfigError, KDBenchError, ValidationProblem, did_you_mean, explain_validation
-from .spec import DataSpec, Recipe, RunSpec, Strict, TeacherRef, TeacherWeights
+from ..errors import ConfigError, KDBenchError, ValidationProblem, did_you_mean, explain_validation
+from ..spec import DataSpec, Recipe, RunSpec, Strict, TeacherRef, TeacherWeights
 
 
 class DatasetEntry(Strict):
@@ -113,8 +113,8 @@ class SuiteFile(Strict):
     protocol_notes: list[str] = Field(default_factory=list)
     executor: ExecutorEntry = Field(default_factory=ExecutorEntry)
     method_files: list[str] = Field(default_factory=list)
-    track: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)  # kdbench.tracking sinks
-    ablation: dict[str, Any] | None = None  # read by kdbench.ablation
+    track: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)  # kdbench.engine.tracking sinks
+    ablation: dict[str, Any] | None = None  # read by kdbench.suite.ablation
 
     @pydantic.field_validator("seeds")
     @classmethod
@@ -330,9 +330,9 @@ def _recipe(suite: Suite, loc: list, *layers: tuple[list, dict[str, Any]]) -> Re
 
 
 def _expand(suite: Suite) -> list[Job]:
-    from .data import DATASETS
-    from .method import METHODS, create_method, load_method_files
-    from .models import is_model
+    from ..data import DATASETS
+    from ..method import METHODS, create_method, load_method_files
+    from ..models import is_model
 
     file = suite.file
     for method_file in suite.method_files():
@@ -365,7 +365,7 @@ def _expand(suite: Suite) -> list[Job]:
         for role in ("teacher", "student"):
             model = getattr(pair, role)
             if not is_model(model):
-                from .models import list_models
+                from ..models import list_models
 
                 raise suite_error(suite, ["pairs", i, role], f"unknown model '{model}'{did_you_mean(model, list_models())}")
         for label in pair.hparams:

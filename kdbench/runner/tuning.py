@@ -1,5 +1,5 @@
 """``kdbench ablate``: run the Optuna study of a suite's ``ablation:`` block
-(``kdbench.ablation``) as a client of the suite runner.
+(``kdbench.suite.ablation``) as a client of the suite runner.
 
 - Every run (the teacher, each trial, the best configuration's retraining) is a RunSpec
   trained by the runner's worker, ``kdbench.runner.execute_cohort``, into the suite's
@@ -49,15 +49,15 @@ from typing import Any
 import numpy as np
 import optuna
 
-from .ablation import Ablation, load_ablation
-from .engine import EngineOptions, resolve_device
-from .errors import KDBenchError, MachineError, RunStopped
-from .locking import exclusive_lock
-from .runner import core_plan, execute_cohort
-from .runner.executors import WorkerPool
-from .runner.workers import WorkerAnswer, WorkerOutcome
-from .spec import RunSpec
-from .store import RUNS, RunFolder, RunRecord, finished_record, read_metrics
+from ..suite.ablation import Ablation, load_ablation
+from ..engine import EngineOptions, resolve_device
+from ..errors import KDBenchError, MachineError, RunStopped
+from ..locking import exclusive_lock
+from . import core_plan, execute_cohort
+from .executors import WorkerPool
+from .workers import WorkerAnswer, WorkerOutcome
+from ..spec import RunSpec
+from ..store import RUNS, RunFolder, RunRecord, finished_record, read_metrics
 
 HEARTBEAT_SECONDS = 60
 DONE = (WorkerOutcome.FINISHED, WorkerOutcome.SKIPPED)  # the run has its record

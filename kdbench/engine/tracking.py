@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import store
-from .errors import ConfigError
-from .spec import RunSpec
+from .. import store
+from ..errors import ConfigError
+from ..spec import RunSpec
 
 Sink = Literal["tensorboard", "wandb"]
 SINKS: dict[str, tuple[str, str]] = {  # sink → (module to import, install command)
