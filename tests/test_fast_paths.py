@@ -18,7 +18,7 @@ batch from the data stream, other images than the loader's, so only the epoch's 
 are comparable, loosely.
 
 CUDA-only parts these cannot reach: pinned host memory, non-blocking copies, loader
-processes feeding a GPU, cuDNN's kernels, NCCL (README: "Not yet run").
+processes feeding a GPU, cuDNN's kernels, NCCL (docs/speed.md: "Not yet run").
 """
 
 import math

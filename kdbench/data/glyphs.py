@@ -18,7 +18,7 @@ from .transforms import HALF, padded_crop_transforms
 
 
 class GlyphsOptions(DatasetOptions):
-    """The defaults are the regime measured for an offline suite (see ``glyphs``)."""
+    """The defaults are a regime measured for an offline suite (see ``glyphs``)."""
 
     num_groups: PositiveInt = 10  # a group: ink and paper colours and a glyph
     classes_per_group: PositiveInt = 5  # its variants, each with its own cells flipped
@@ -51,9 +51,9 @@ def glyphs(root: Path, splitter: Splitter, options: GlyphsOptions) -> DataSplits
     changing ``test_per_class`` leaves the training images as they were. Augmentation:
     RandomCrop(image_size, padding 1), no flip (a mirrored glyph is another glyph).
 
-    The defaults are the regime measured for an offline suite (the README's paragraph "A
-    generated set: glyphs"): resnet20 reaches 97.5–98.1% in 40 epochs, and so does resnet8
-    in 30, so at convergence this set has no teacher-student gap to distil across."""
+    The defaults are a regime measured for an offline suite, which at convergence left no
+    teacher-student gap to distil across (docs/suites-and-protocols.md, "A generated set:
+    glyphs")."""
     num_groups, classes_per_group, glyph_size = options.num_groups, options.classes_per_group, options.glyph_size
     detail_pixels, image_size, data_seed = options.detail_pixels, options.image_size, options.data_seed
     cells = glyph_size * glyph_size

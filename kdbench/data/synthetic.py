@@ -66,9 +66,8 @@ def synthetic_fg(root: Path, splitter: Splitter, options: SyntheticFGOptions) ->
     neighbouring class indices look most alike and mistakes fall within a group and next
     door. Every image has its own position, size, rotation of the shape, stripe phase,
     brightness and pixel noise; the stripes keep one orientation in the image so that the
-    detail is learnable in a few epochs at 16 px. Measured at 16 px with 100 training images
-    per class (SGD, cosine, batch 32): resnet20 for 15 epochs reaches about 81% test
-    accuracy, resnet8 for 4 epochs about 57%.
+    detail is learnable at 16 px (the offline suites' regime and what it measured:
+    docs/suites-and-protocols.md, "The offline regime").
 
     The images depend only on ``data_seed`` and the options, never on the training seed, so
     runs with different seeds see the same data (and only a different validation split).
