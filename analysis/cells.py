@@ -50,7 +50,7 @@ class Accuracy:
         notes = [self.note] if self.note else []
         if self.n is not None and self.n < n_seeds:
             notes.append(f"[n={self.n}]")
-        return text + (markup.small(" ".join(notes)) if notes else "")
+        return text + (markup.small(markup.escape(" ".join(notes))) if notes else "")
 
 
 def accuracy_cell(row: pd.Series | None) -> Accuracy:

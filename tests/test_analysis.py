@@ -547,7 +547,7 @@ def _summary_row(**changes) -> pd.Series:
 def test_a_cell_is_written_alike_in_markdown_and_latex():
     """One cell formatter, two markups: the same marks in each language."""
     from kdbench.analysis.cells import accuracy_cell, paired_cell, published_cell
-    from kdbench.analysis.tables import LATEX, MARKDOWN
+    from kdbench.analysis.tables import LATEX, MARKDOWN, latex_escape
 
     best = accuracy_cell(_summary_row())
     assert best.written(MARKDOWN, 3) == "**97.40** ± 0.85† [n=2]"
@@ -557,6 +557,9 @@ def test_a_cell_is_written_alike_in_markdown_and_latex():
     assert second.written(MARKDOWN, 3) == "<u>97.40</u>" and second.written(LATEX, 3) == "\\underline{97.40}"
     unfinished = accuracy_cell(_summary_row(n=0, augment_note="[aug: strong]"))
     assert unfinished.written(MARKDOWN, 3) == "– [aug: strong] [n=0]"
+    mixed = accuracy_cell(_summary_row(n=0, augment_note="[aug: strong_mixup α=0.2]"))
+    assert mixed.written(LATEX, 3) == "-- {\\scriptsize [aug: strong\\_mixup $\\alpha$=0.2] [n=0]}"  # escaped: it compiles
+    assert latex_escape("outside our seeds' range ‡") == "outside our seeds' range $^\\ddagger$"
     assert accuracy_cell(None).written(LATEX, 3) == "--"
 
     paired = paired_cell(_summary_row())
