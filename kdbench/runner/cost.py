@@ -2,7 +2,7 @@
 
 The figures are measured on this machine, not guessed from parameter counts: for each
 (data set, batch, precision) the suite trains at, a short timed run on this machine's device
-(``bench.interleaved``: a warm-up call, then rounds of calls filling ``bench.ROUND_SECONDS``,
+(``engine.timing.interleaved``: a warm-up call, then rounds of calls filling ``ROUND_SECONDS``,
 the median kept) of
 
 - each teacher's forward pass without gradients (once per batch for a whole cohort:
@@ -53,6 +53,7 @@ from ..data.prepared import OFFICIAL_COUNTS
 from ..engine import EngineOptions, Execution, RngStream, TraineeSetup, make_trainee, resolve_device
 from ..engine.batches import to_device
 from ..engine.step import Autocast, trainee_step
+from ..engine.timing import interleaved
 from ..errors import DataError
 from ..method import Batch, Method, TrainContext, create_method
 from ..models import create_model
@@ -156,8 +157,6 @@ def measure(groups: list[Group], device: torch.device, options: EngineOptions,
             say: Callable[[str], None] = lambda line: None) -> Rates:
     """Seconds per image of every teacher forward, student step and evaluation forward of
     ``groups``, timed on ``device`` (see the module docstring)."""
-    from ..engine.timing import interleaved
-
     rates = Rates()
     for group in groups:
         shape, n = group.shape, measured_batch(group.recipe.batch_size, group.shape.image_size, device)

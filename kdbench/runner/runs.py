@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import store
-from ..engine import EngineOptions, train_cohort
-from ..engine import distributed
+from ..engine import EngineOptions, distributed, train_cohort
 from ..errors import ConfigError, KDBenchError, MachineError, RunStopped
 from ..spec import RunSpec
 

@@ -20,11 +20,10 @@ from unittest.mock import patch
 
 import torch
 
-from ..engine import distributed
 from .. import store
 from ..errors import MachineError, RunStopped
 from ..spec import RunSpec
-from ..engine import EngineOptions, resolve_device
+from ..engine import EngineOptions, distributed, resolve_device
 from .runs import CohortOutOfMemory, ensure_runs
 
 

@@ -23,6 +23,8 @@ from unittest import mock
 
 import torch
 
+from ..engine.timing import interleaved
+
 
 
 STEPS = 3  # timed steps of each fast path, after one untimed (warm-up, compilation)
@@ -130,10 +132,8 @@ class KDStep:
 
 
 def timed(fn: Callable[[], None], device: torch.device, steps: int = STEPS) -> float:
-    """Seconds per call of ``fn`` over ``steps`` calls after an untimed one (bench's
+    """Seconds per call of ``fn`` over ``steps`` calls after an untimed one (the engine's
     synchronised timer)."""
-    from ..engine.timing import interleaved
-
     return interleaved({"fn": fn}, device, steps, 1)["fn"]
 
 
