@@ -56,8 +56,11 @@ def test_quick_suite_plan_its_teacher_gets_the_cores():
     teacher = next(j for j in jobs if j.is_teacher)
     plan = core_plan(jobs, slots=2, cores=2, cohort_size=8)
     assert set(plan) == {j.run_id for j in jobs}
-    # one teacher, alone in its wave, gets both cores; then a cohort per seed, two side by side
-    assert plan[teacher.run_id] == 2 and {plan[j.run_id] for j in jobs if not j.is_teacher} == {1}
+    # one teacher, alone in its wave, gets both cores; then a cohort per seed, two side by
+    # side, and the third seed's, which trains after them, both cores again
+    assert plan[teacher.run_id] == 2
+    shares = {seed: {plan[j.run_id] for j in jobs if not j.is_teacher and j.spec.seed == seed} for seed in suite.file.seeds}
+    assert shares == {0: {1}, 1: {1}, 2: {2}}
     assert set(core_plan(jobs, slots=1, cores=2, cohort_size=8).values()) == {2}
     # one teacher per data set; per data set and seed, the labels in cohorts of at most 8
     per_seed = math.ceil(len(suite.file.methods) / 8)
@@ -105,6 +108,19 @@ def test_a_dry_run_and_its_estimate_read_one_plan_and_look_at_no_device(tmp_path
     assert sum(line.startswith("not started") for line in out.splitlines()) == 3 and "3 runs: 3 not started" in out
     total = next(line for line in out.splitlines() if line.strip().startswith("total"))
     assert total.split()[1] == "3"  # the estimate costs the same three runs
+
+
+def test_a_waves_last_round_shares_the_cores_among_its_own_cohorts(tmp_path):
+    """Five student cohorts of one on two slots and 12 cores: two rounds of two at 6
+    cores each, then the fifth alone with all 12; on three slots, one round of three at 4,
+    then two at 6."""
+    path = tmp_path / "one_teacher.yaml"
+    path.write_text(ONE_TEACHER.replace("seeds: [0, 1]", "seeds: [0, 1, 2, 3, 4]").replace("  dkd: {}\n", ""))
+    jobs = load_suite(path).jobs
+    students = [j.run_id for unit in form_cohorts(jobs, 1) for j in unit if not j.is_teacher]
+    assert len(students) == 5
+    assert [core_plan(jobs, slots=2, cores=12, cohort_size=1)[s] for s in students] == [6, 6, 6, 6, 12]
+    assert [core_plan(jobs, slots=3, cores=12, cohort_size=1)[s] for s in students] == [4, 4, 4, 6, 6]
 
 
 @pytest.mark.parametrize("cores", [1, 3])

@@ -48,14 +48,17 @@ def core_plan(jobs: list[Job], slots: int, cores: int, cohort_size: int, process
     gets them all, and students that run side by side share them.
 
     The jobs are the suite's cohorts (``form_cohorts``), each in the wave of its deepest
-    dependency chain (teachers 0, their students 1, ...); a job of a wave of n cohorts
-    shares the cores with min(n, slots) jobs, and with its own processes. Dividing by the
-    jobs running at the moment would use the cores at every instant, but the threads a
-    job computes with change its float sums (oneDNN and ATen split reductions by thread),
-    so a rerun, a resume or a run on a busier moment would give another record; the
-    suite's graph gives every run the same share each time (on this machine and with
-    these workers). The price: while a wave's last cohorts finish, the cores of the others
-    idle."""
+    dependency chain (teachers 0, their students 1, ...). The scheduler starts a wave's
+    cohorts in this order, ``slots`` at a time: the cohorts of its full rounds share the
+    cores ``slots`` ways, the last ``n mod slots`` cohorts of a wave of n (which start as the
+    last round) share them among themselves, so three seeds' cohorts on two slots do not
+    leave a core idle while the third trains; and every job splits its share among its own
+    processes. Dividing by the jobs running at the moment would use the cores at every
+    instant, but the threads a job computes with change its float sums (oneDNN and ATen
+    split reductions by thread), so a rerun, a resume or a run on a busier moment would
+    give another record; the suite's graph gives every run the same share each time (on
+    this machine and with these workers). The price: while a round's cohorts of unequal
+    length finish, the cores of the shorter ones idle."""
     by_id = {j.run_id: j for j in jobs}
     depths: dict[str, int] = {}
 
@@ -67,8 +70,13 @@ def core_plan(jobs: list[Job], slots: int, cores: int, cohort_size: int, process
     units = form_cohorts(jobs, cohort_size)
     waves = [max(depth(job) for job in unit) for unit in units]
     width = {wave: waves.count(wave) for wave in waves}
-    return {job.run_id: max(1, cores // (min(width[wave], slots) * processes_per_job))
-            for unit, wave in zip(units, waves) for job in unit}
+    cores_of: dict[str, int] = {}
+    for index, (unit, wave) in enumerate(zip(units, waves)):
+        place = waves[:index].count(wave)  # the unit's place within its wave
+        in_full_rounds = width[wave] - width[wave] % slots
+        beside = slots if place < in_full_rounds else width[wave] - in_full_rounds
+        cores_of.update({job.run_id: max(1, cores // (beside * processes_per_job)) for job in unit})
+    return cores_of
 
 
 @dataclass
