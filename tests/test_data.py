@@ -355,7 +355,7 @@ def labelled_items(split) -> dict[str, int]:
 
 
 def test_every_registered_set_has_a_test() -> None:
-    assert set(list_datasets()) == {*LAYOUTS, "digits", "synthetic-fg", "glyphs"}
+    assert set(list_datasets()) == {*LAYOUTS, "digits", "synthetic-fg", "glyphs", "accents"}
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
@@ -711,3 +711,71 @@ def test_glyphs_options_are_checked() -> None:
         create_dataset("glyphs", **{**GLYPHS, "classes_per_group": 9})
     with pytest.raises(ConfigError, match="exceeds image_size"):
         create_dataset("glyphs", **{**GLYPHS, "glyph_size": 9})
+
+
+ACCENTS = {"letters": "ae", "variants_per_letter": 4, "train_per_class": 10, "test_per_class": 5, "image_size": 8}
+
+
+def test_accents_classes_are_a_letter_and_its_accented_forms() -> None:
+    splits = create_dataset("accents", seed=0, val_fraction=0.2, **ACCENTS)
+    assert splits.classes == ["a", "à", "á", "â", "e", "è", "é", "ê"]  # by code point, the letter first
+    assert (splits.num_classes, splits.input_size) == (8, 8)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (64, 16, 40)
+    assert splits.train[0][0].shape == (3, 8, 8)
+    every_e = create_dataset("accents", **{**ACCENTS, "letters": "e", "variants_per_letter": 99}).classes
+    assert "".join(every_e) == "eèéêëēĕėęě"
+
+
+def test_accents_are_deterministic_from_data_seed() -> None:
+    splits = create_dataset("accents", seed=0, **ACCENTS)
+    same_data = create_dataset("accents", seed=1, **ACCENTS)  # another training seed: same images
+    assert torch.equal(splits.train.official().images, same_data.train.official().images)
+    assert torch.equal(splits.test.images, same_data.test.images)
+    more_test = create_dataset("accents", **{**ACCENTS, "test_per_class": 7})
+    assert torch.equal(splits.train.official().images, more_test.train.official().images)
+    assert not torch.equal(splits.test.images, create_dataset("accents", data_seed=1, **ACCENTS).test.images)
+
+
+def test_accents_bytes_are_pinned() -> None:
+    """The images' bytes, as this file's hash, for the FreeType that matplotlib bundles: the
+    sampling uses no transcendental function, so every machine must make these bytes."""
+    from matplotlib import ft2font
+
+    if ft2font.__freetype_version__ != "2.14.3":
+        pytest.skip(f"the hash was taken with matplotlib's FreeType 2.14.3, not {ft2font.__freetype_version__}")
+    splits = create_dataset("accents", **ACCENTS)
+    pixels = splits.train.official().images.numpy().tobytes() + splits.test.images.numpy().tobytes()
+    assert hashlib.sha256(pixels).hexdigest() == "554d0d7fb9dd10d5ecafbc34b79b4efea0d7c1c15ec06c9f2cb45007c56c0450"
+
+
+def test_accents_sampling_is_bilinear_with_a_zero_border() -> None:
+    """Against torch's grid_sample (align_corners False: pixel centres at half-integers)."""
+    from kdbench.data.accents import _bilinear
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 10, 12, generator=generator, dtype=torch.float64)
+    x = torch.rand(3, 7, 9, generator=generator, dtype=torch.float64) * 18 - 3  # some beyond every edge
+    y = torch.rand(3, 7, 9, generator=generator, dtype=torch.float64) * 16 - 3
+    grid = torch.stack([(x + 0.5) / 12 * 2 - 1, (y + 0.5) / 10 * 2 - 1], -1)
+    expected = torch.nn.functional.grid_sample(images[:, None], grid, align_corners=False)[:, 0]
+    torch.testing.assert_close(_bilinear(images, x, y), expected, rtol=0, atol=1e-12)
+
+
+def test_accented_forms_look_like_their_letter() -> None:
+    """Over the faces, a letter's accented forms are nearer its bare form than any other
+    letter's forms are (the groups look alike, the diacritic is the detail)."""
+    from kdbench.data.accents import _classes, _templates
+
+    classes = _classes("aeo", 3)
+    templates = torch.from_numpy(_templates(tuple(classes)))  # classes × faces × 48 × 48
+    distance = (templates[:, None] - templates[None]).abs().sum((-1, -2)).mean(-1)  # mean L1 over the faces
+    for c in range(len(classes)):
+        own, others = distance[c, c // 3 * 3], [distance[c, g * 3] for g in range(3) if g != c // 3]
+        assert own < min(others), classes[c]
+
+
+def test_accents_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="option 'letters': 'b' is not a base letter with accented forms"):
+        create_dataset("accents", **{**ACCENTS, "letters": "ab"})
+    with pytest.raises(ConfigError, match="'a' .* or is repeated"):
+        create_dataset("accents", **{**ACCENTS, "letters": "aa"})

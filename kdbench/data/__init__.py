@@ -111,7 +111,7 @@ class RegisteredDataset:
 
 
 def _import_loaders() -> None:
-    from . import fine_grained, folders, glyphs, low_resolution, synthetic  # noqa: F401  (their decorators register the sets)
+    from . import accents, fine_grained, folders, glyphs, low_resolution, synthetic  # noqa: F401  (their decorators register the sets)
 
 
 DATASETS: Registry[RegisteredDataset] = Registry("dataset", discover=_import_loaders)
