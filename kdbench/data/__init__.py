@@ -22,6 +22,10 @@ Built in, no files needed:
 - ``glyphs``: generated look-alike classes (a group's colours and glyph; its variants differ
   in a few cells), 12 px by default; see ``kdbench.data.glyphs.GlyphsOptions``. The same bytes on
   every machine, from ``data_seed`` alone.
+- ``accents``: letters and their accented forms (a, à, á, …: a group's classes differ in a
+  diacritic), drawn in the 16 text faces matplotlib ships, rotated, tinted, 16 px by
+  default; see ``kdbench.data.accents.AccentsOptions``. The same bytes on every machine
+  for one version of matplotlib's FreeType, from ``data_seed`` alone.
 
 Real sets are read from the data root: the ``root`` argument (``--data-root``), else the
 environment variable ``KDBENCH_DATA``, else ``~/.cache/kdbench/data``. Nothing is ever
