@@ -35,7 +35,7 @@ _ACCENTED = range(0xC0, 0x180)  # Latin-1 Supplement and Latin Extended-A
 
 class AccentsOptions(DatasetOptions):
     """The defaults are the offline suites' regime (docs/suites-and-protocols.md, "The
-    offline regime")."""
+    offline regime", gives what harder variants measured)."""
 
     letters: str = Field("aeiou", min_length=1)  # base letters; each gives a group of classes
     variants_per_letter: PositiveInt = 10  # the letter and its first accented forms, by code point
@@ -56,12 +56,10 @@ def accents(root: Path, splitter: Splitter, options: AccentsOptions) -> DataSpli
     its probabilities over the other classes fall within a group.
 
     Every image draws its letter in one of the 16 faces of ``FONT_FILES`` (matplotlib's own
-    fonts, rendered by its FreeType: nothing is downloaded), rotated by up to
-    ``max_rotation`` degrees, scaled by 0.85-1.15 and shifted by up to 6% of the side, ink
-    and paper of random tints with a random polarity (dark on light or light on dark,
-    luminance apart by at least 0.2 per channel), plus pixel noise. Recognising a letter
-    through 16 faces, both polarities and a rotation is what makes the set need capacity;
-    its rendering (bilinear sampling at twice the resolution, then a 2×2 mean) uses
+    fonts, rendered by its FreeType: nothing is downloaded), rotated by an angle drawn
+    uniformly within ±``max_rotation`` degrees, scaled by 0.85-1.15 and shifted by up to 6%
+    of the side, ink and paper of random tints with a random polarity (dark on light or
+    light on dark, at least 0.2 apart in every channel), plus pixel noise. Its rendering (bilinear sampling at twice the resolution, then a 2×2 mean) uses
     additions, multiplications, divisions and rounding only, and the rotation's cosine and
     sine are rounded to 9 decimals, so for one version of matplotlib's FreeType the bytes
     are the same on every machine.
