@@ -16,6 +16,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from . import register_dataset
 from .datasets import DataSplits, TensorImageDataset
+from .generated import portable_noise, stream_generator
 from .options import DatasetOptions
 from .splitting import Splitter
 from .transforms import HALF, padded_crop_transforms
@@ -59,10 +60,11 @@ def accents(root: Path, splitter: Splitter, options: AccentsOptions) -> DataSpli
     fonts, rendered by its FreeType: nothing is downloaded), rotated by an angle drawn
     uniformly within ±``max_rotation`` degrees, scaled by 0.85-1.15 and shifted by up to 6%
     of the side, ink and paper of random tints with a random polarity (dark on light or
-    light on dark, at least 0.2 apart in every channel), plus pixel noise. Its rendering (bilinear sampling at twice the resolution, then a 2×2 mean) uses
-    additions, multiplications, divisions and rounding only, and the rotation's cosine and
-    sine are rounded to 9 decimals, so for one version of matplotlib's FreeType the bytes
-    are the same on every machine.
+    light on dark, at least 0.2 apart in every channel), plus pixel noise. Its rendering
+    (bilinear sampling at twice the resolution, then a 2×2 mean) uses additions,
+    multiplications, divisions and rounding only, and the rotation's cosine and sine are
+    rounded to 9 decimals, so for one version of matplotlib's FreeType the bytes are the
+    same on every machine.
 
     The images depend only on ``data_seed`` and the options, never on the training seed;
     changing ``test_per_class`` leaves the training images as they were. Augmentation:
@@ -72,8 +74,8 @@ def accents(root: Path, splitter: Splitter, options: AccentsOptions) -> DataSpli
 
     def generate(per_class: int, stream: int) -> TensorImageDataset:
         labels = torch.arange(len(classes)).repeat_interleave(per_class)
-        generator = torch.Generator().manual_seed(options.data_seed * 3 + stream)
-        return TensorImageDataset(_render(templates, labels, options, generator), labels)
+        return TensorImageDataset(_render(templates, labels, options, stream_generator(options.data_seed, stream)),
+                                  labels)
 
     transforms = padded_crop_transforms(options.image_size, options.image_size // 8, flip=False, mean=HALF, std=HALF)
     return splitter.make(generate(options.train_per_class, 1), generate(options.test_per_class, 2), classes,
@@ -152,17 +154,14 @@ def _render(templates: Tensor, labels: Tensor, options: AccentsOptions, generato
     light_ink = torch.rand(n, generator=generator) < 0.5
     ink = torch.where(light_ink[:, None], light, dark)
     paper = torch.where(light_ink[:, None], dark, light)
-    # Zero-mean noise from three uniforms (their sum has variance 1/4): torch.randn's
-    # transcendental functions may round differently on other CPUs, sums of uniforms do not.
-    spread = torch.rand(3, n, 3, size, size, generator=generator, dtype=torch.float64).sum(0) - 1.5
-    noise = 2 * options.noise * spread
+    noise = portable_noise((n, 3, size, size), options.noise, generator, torch.float64)
 
     fine = 2 * size  # sampled at twice the resolution, then averaged 2×2
     grid = (torch.arange(fine, dtype=torch.float64) * 2 + 1) / fine - 1  # pixel centres in [-1, 1]
+    across, down = grid[None, None, :], grid[None, :, None]
     out = torch.empty(n, 3, size, size, dtype=torch.uint8)
     for start in range(0, n, _CHUNK):
         part = slice(start, start + _CHUNK)
-        across, down = grid[None, None, :], grid[None, :, None]
         c, s = cos[part, None, None], sin[part, None, None]
         # Template coordinates (pixels) of each output sample: the inverse of the image's
         # rotation, magnification and shift.

@@ -12,6 +12,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from . import register_dataset
 from .datasets import DataSplits, TensorImageDataset
+from .generated import portable_noise, stream_generator
 from .options import DatasetOptions
 from .splitting import Splitter
 from .transforms import HALF, padded_crop_transforms
@@ -66,11 +67,11 @@ def glyphs(root: Path, splitter: Splitter, options: GlyphsOptions) -> DataSplits
     if glyph_size > image_size:
         raise ConfigError(f"dataset 'glyphs': glyph_size {glyph_size} exceeds image_size {image_size}")
     num_classes = num_groups * classes_per_group
-    style = _Style(_generator(data_seed, 0), num_groups, classes_per_group, glyph_size, detail_pixels)
+    style = _Style(stream_generator(data_seed, 0), num_groups, classes_per_group, glyph_size, detail_pixels)
 
     def generate(per_class: int, stream: int) -> TensorImageDataset:
         labels = torch.arange(num_classes).repeat_interleave(per_class)
-        images = _render(style, labels, image_size, options.clutter_pixels, options.noise, _generator(data_seed, stream))
+        images = _render(style, labels, image_size, options.clutter_pixels, options.noise, stream_generator(data_seed, stream))
         return TensorImageDataset(images, labels)
 
     classes = [f"group{g}-variant{k}" for g in range(num_groups) for k in range(classes_per_group)]
@@ -78,12 +79,6 @@ def glyphs(root: Path, splitter: Splitter, options: GlyphsOptions) -> DataSplits
     return splitter.make(
         generate(options.train_per_class, 1), generate(options.test_per_class, 2), classes, image_size, transforms
     )
-
-
-def _generator(data_seed: int, stream: int) -> torch.Generator:
-    """Independent random streams: 0 for the groups and variants, 1 for the training
-    images, 2 for the test images."""
-    return torch.Generator().manual_seed(data_seed * 3 + stream)
 
 
 class _Style:
@@ -134,10 +129,6 @@ def _render(style: _Style, labels: Tensor, size: int, clutter: int, noise: float
         paper = style.paper[group[part]][:, :, None, None] * gain[part, None, None, None]
         ink_rgb = style.ink[group[part]][:, :, None, None]
         image = paper + (ink_rgb - paper) * coverage
-        # Zero-mean noise of standard deviation ``noise`` from three uniforms (their sum has
-        # variance 1/4): torch.randn's transcendental functions may round differently on
-        # other CPUs, sums of uniforms do not.
-        spread = torch.rand(3, m, 3, size, size, generator=generator).sum(0) - 1.5
-        image = image + 2 * noise * spread
+        image = image + portable_noise((m, 3, size, size), noise, generator)
         out[part] = (image.clamp(0, 1) * 255).round().to(torch.uint8)
     return out

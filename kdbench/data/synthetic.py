@@ -12,6 +12,7 @@ from torch import Tensor
 
 from . import register_dataset
 from .datasets import DataSplits, TensorImageDataset
+from .generated import stream_generator
 from .options import DatasetOptions
 from .splitting import Splitter, stratified_split
 from .transforms import HALF, padded_crop_transforms
@@ -75,12 +76,12 @@ def synthetic_fg(root: Path, splitter: Splitter, options: SyntheticFGOptions) ->
     counts are mirror-invariant)."""
     o = options
     num_classes = o.num_groups * o.classes_per_group
-    style = _GroupStyle(_generator(o.data_seed, 0), o.num_groups)
+    style = _GroupStyle(stream_generator(o.data_seed, 0), o.num_groups)
 
     def generate(per_class: int, stream: int) -> TensorImageDataset:
         labels = torch.arange(num_classes).repeat_interleave(per_class)
         images = _render(
-            style, labels, o.classes_per_group, o.image_size, _generator(o.data_seed, stream)
+            style, labels, o.classes_per_group, o.image_size, stream_generator(o.data_seed, stream)
         )
         return TensorImageDataset(images, labels)
 
@@ -89,12 +90,6 @@ def synthetic_fg(root: Path, splitter: Splitter, options: SyntheticFGOptions) ->
     return splitter.make(
         generate(o.train_per_class, 1), generate(o.test_per_class, 2), classes, o.image_size, transforms
     )
-
-
-def _generator(data_seed: int, stream: int) -> torch.Generator:
-    """Independent random streams: 0 for the group styles, 1 for train, 2 for test images, so
-    changing the number of test images leaves the train images as they were."""
-    return torch.Generator().manual_seed(data_seed * 3 + stream)
 
 
 # Distance-like functions of object-local coordinates (u, v, r = |(u, v)|), 1 on the edge.
