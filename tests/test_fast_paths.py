@@ -34,7 +34,7 @@ from kdbench.engine import EngineOptions, train_cohort
 
 from conftest import TINY_RECIPE, student_spec
 
-PLAIN = EngineOptions(progress=False, device="cpu")
+PLAIN = EngineOptions(progress=False, device="cpu", channels_last=False)  # NCHW, every fast path off
 TWO_STEPS = replace(PLAIN, subset=128)
 ONE_EPOCH = Recipe(**{**TINY_RECIPE.model_dump(), "epochs": 1})
 METHODS = ("kd", "crd")

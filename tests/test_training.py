@@ -170,7 +170,7 @@ def test_execution_resolves_each_default_by_device():
     from kdbench.engine import Execution
 
     cpu = Execution.of(QUIET, torch.device("cpu"))
-    assert (cpu.channels_last, cpu.device_data, cpu.workers, cpu.pin_memory) == (False, False, 0, False)
+    assert (cpu.channels_last, cpu.device_data, cpu.workers, cpu.pin_memory) == (True, False, 0, False)
     cuda = Execution.of(QUIET, torch.device("cuda"))
     assert (cuda.channels_last, cuda.device_data, cuda.pin_memory) == (True, True, True)
     assert cuda.workers == min(8, os.cpu_count())

@@ -69,11 +69,10 @@ def eval_loader(dataset: Dataset, batch_size: int, execution: Execution) -> Data
     return DataLoader(dataset, batch_size=batch_size, num_workers=execution.workers, pin_memory=execution.pin_memory)
 
 
-def to_device(images: Tensor, device: torch.device, channels_last: bool | None = None) -> Tensor:
-    """``images`` on ``device``, NHWC when ``channels_last`` (None: on CUDA only)."""
+def to_device(images: Tensor, device: torch.device, channels_last: bool = True) -> Tensor:
+    """``images`` on ``device``, NHWC when ``channels_last``."""
     images = images.to(device, non_blocking=True)
-    nhwc = device.type == "cuda" if channels_last is None else channels_last
-    return images.contiguous(memory_format=torch.channels_last) if nhwc else images
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 class Indexed(Dataset):

@@ -16,8 +16,9 @@ at the job:
   ``torch.compile``, stacked students, and a two-process data-parallel step: each PASS,
   FAIL or SKIP with its reason, and its step time.
 
-The engine turns the first four on for CUDA only, and compile and stacked students pay on
-GPUs only, so on a machine without one they are SKIPped, saying so; ``paths_on_cpu`` runs
+Channels-last is the engine's default on every device, so it runs everywhere; autocast,
+the device-held set and the prepared-store crop are for CUDA, and compile and stacked
+students pay on GPUs only, so on a machine without one those are SKIPped, saying so; ``paths_on_cpu`` runs
 them on the CPU anyway (the tests and the acceptance script's CPU form check the code
 that way). The data-parallel step runs two processes on the device, as ``torchrun
 --nproc_per_node 2`` would (gloo on the CPU, and where the two share one GPU).

@@ -1,9 +1,10 @@
 """The doctor's smoke of each fast path (``kdbench doctor``): autocast at the suite's
 precision, channels-last, the device-held training set augmented in batches, a prepared
 store's batch crop, ``torch.compile``, stacked students and a two-process data-parallel step,
-each a ``Check`` (PASS, FAIL or SKIP with its reason, and its step time). The engine turns
-the first four on for CUDA only, and compile and stacked students pay on GPUs only, so
-without a GPU they are SKIPped unless ``paths_on_cpu`` asks for them."""
+each a ``Check`` (PASS, FAIL or SKIP with its reason, and its step time). Channels-last is
+the engine's default on every device, so it runs everywhere; autocast, the device-held set
+and the prepared-store crop are for CUDA, and compile and stacked students pay on GPUs
+only, so without a GPU those are SKIPped unless ``paths_on_cpu`` asks for them."""
 
 from __future__ import annotations
 
@@ -295,11 +296,11 @@ def _data_parallel_rank(rank: int, world: int, port: int, probe: Probe, device_n
 
 
 GPU_PATHS: dict[str, Callable[..., list[Check]]] = {
-    "autocast": smoke_autocast, "channels-last": smoke_channels_last, "device-held set": smoke_device_data,
+    "autocast": smoke_autocast, "device-held set": smoke_device_data,
     "prepared-store crop": smoke_prepared_crop, "torch.compile": smoke_compile, "stacked students": smoke_stacked,
 }
 WHY_GPU = {
-    "autocast": "bf16 and fp16 autocast are for GPUs", "channels-last": "on by default on CUDA only",
+    "autocast": "bf16 and fp16 autocast are for GPUs",
     "device-held set": "on by default on CUDA only", "prepared-store crop": "crops on the GPU",
     "torch.compile": "pays on GPUs only", "stacked students": "pays on GPUs only",
 }
@@ -313,7 +314,8 @@ def fast_path_checks(probe: Probe, device: torch.device, paths_on_cpu: bool = Fa
 
     options = EngineOptions(device=str(device), progress=False)
     checks = []
-    for name, smoke in [*GPU_PATHS.items(), ("two-process step", smoke_data_parallel)]:
+    for name, smoke in [("channels-last", smoke_channels_last), *GPU_PATHS.items(),
+                        ("two-process step", smoke_data_parallel)]:
         if name in skip:
             checks.append(Check(name, "SKIP", "left out (--skip)"))
             continue
