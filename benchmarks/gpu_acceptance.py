@@ -62,7 +62,7 @@ def steps(out: Path, cpu: bool) -> list[dict]:
                           image_size=16, num_classes=10, methods=["kd", "fitnet"], steps=1, rounds=1,
                           large_images=0)  # the 224-px store's batch crop is the doctor's here
         train += ["--epochs", "1", "--batch-size", "64"]
-    else:  # its first seed (the teacher, then three students, 30 epochs each): all three would not fit the 8 minutes
+    else:  # its first seed (the teacher, 30 epochs, then three students, 15 epochs): all three would not fit the 8 minutes
         suite += ["--precision", "bf16", "--only", "seed=0"]
         bench_args["precision"] = "bf16"
         train += ["--epochs", "2"]

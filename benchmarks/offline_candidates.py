@@ -2,14 +2,17 @@
 on a variant of the ``accents`` set in a given number of epochs.
 
     python benchmarks/offline_candidates.py MODEL EPOCHS [OPTION=VALUE ...]
-    python benchmarks/offline_candidates.py resnet8 30 max_rotation=45
+    python benchmarks/offline_candidates.py resnet8 15 train_per_class=160   # the suites' set
+    python benchmarks/offline_candidates.py resnet20 30 train_per_class=160 seed=1 threads=2
 
 A plain loop with the offline suites' recipe (SGD 0.05, momentum 0.9, weight decay 5e-4,
-batch 64, cosine to zero per step, the set's padded random crop), one thread, seed 0,
-trained on the suites' training split (the official one less its 10% validation split). Prints one JSON line:
-the options, test top-1 at every fifth and the last four epochs, the last batch's loss
-and the seconds. docs/suites-and-protocols.md ("The offline regime") gives what it
-measured: it is how the offline regime was chosen, quicker than a suite per candidate.
+batch 64, cosine to zero per step, the set's padded random crop), NCHW, one thread and
+seed 0 unless ``threads=`` and ``seed=`` say otherwise; the other options are the set's
+(its defaults unless given), trained on the official training split less its 10%
+validation split. Prints one JSON line: the options, test top-1 at every fifth and the
+last four epochs, the last batch's loss and the seconds. docs/suites-and-protocols.md
+("The offline regime") gives what it measured: it is how the offline regime was chosen,
+quicker than a suite per candidate.
 """
 
 from __future__ import annotations
@@ -27,18 +30,19 @@ from kdbench.models import create_model
 
 
 def main(model_name: str, epochs: int, options: dict[str, str]) -> dict:
-    torch.set_num_threads(1)
     typed = {key: json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value for key, value in options.items()}
+    seed, threads = typed.pop("seed", 0), typed.pop("threads", 1)
+    torch.set_num_threads(threads)
     splits = create_dataset("accents", seed=0, val_fraction=0.1, **typed)
     train_x = (splits.train.official().images[splits.train.indices].float() / 255 - 0.5) / 0.5
     test_x, train_y, test_y = (splits.test.images.float() / 255 - 0.5) / 0.5, splits.train.labels, splits.test.labels
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = create_model(model_name, num_classes=splits.num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     steps_per_epoch = math.ceil(len(train_x) / 64)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
     pad, size = splits.input_size // 8, splits.input_size
-    generator, start, accuracy = torch.Generator().manual_seed(0), time.time(), {}
+    generator, start, accuracy = torch.Generator().manual_seed(seed), time.time(), {}
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(train_x), generator=generator)
         for first in range(0, len(order), 64):
@@ -59,7 +63,7 @@ def main(model_name: str, epochs: int, options: dict[str, str]) -> dict:
                               for i in range(0, len(test_x), 500))
             model.train()
             accuracy[epoch] = round(100 * correct / len(test_x), 2)
-    return {"model": model_name, "epochs": epochs, "options": typed, "test_top1": accuracy,
+    return {"model": model_name, "epochs": epochs, "seed": seed, "threads": threads, "options": typed, "test_top1": accuracy,
             "last_loss": round(loss.item(), 3), "seconds": round(time.time() - start)}
 
 

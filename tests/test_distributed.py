@@ -4,6 +4,7 @@ job two processes, locally and as a Slurm job of two tasks. A method gets the gl
 from its context, never by importing the engine."""
 
 import ast
+import functools
 import inspect
 import json
 import math
@@ -27,16 +28,22 @@ from kdbench.engine import EngineOptions, EpochBatches, open_data
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
 
-# lr 0.01, no augmentation: a trajectory that float rounding (summation order across two
-# processes, as across thread counts) moves by far less than a sample's worth of accuracy
+# lr 0.01, no augmentation, NCHW: a trajectory that float rounding (summation order across
+# two processes, as across thread counts) moves by far less than a sample's worth of
+# accuracy. Channels-last, the engine's default, would move it by more from its kernels
+# alone: one process, NHWC against NCHW, 2 epochs of the runs below, differed by up to 4
+# test samples and 0.7% in the KD loss (2026-12-07), which a tolerance wide enough for it
+# would let a real fault through.
+NCHW = functools.partial(EngineOptions, channels_last=False)
 COMMON = ["--dataset", "digits", "--data-option", "image_size=8", "--epochs", "2", "--batch-size", "64",
           "--lr", "0.01", "--no-augment", "--device", "cpu", "--quiet"]
 TEACHER = ["train", "--student", "resnet14", "--method", "none", *COMMON]
 
 # Run under torchrun: log which rank writes which file, then train like `kdbench train`.
 LAUNCHED = textwrap.dedent("""
-    import os, sys
+    import functools, os, sys
     from pathlib import Path
+    import kdbench.engine
     from kdbench.store import checkpoints
     from kdbench.store import run_folder
     from kdbench.cli import main
@@ -50,6 +57,7 @@ LAUNCHED = textwrap.dedent("""
         real(path, data)
 
     checkpoints.atomic_write_bytes = run_folder.atomic_write_bytes = logged
+    kdbench.engine.EngineOptions = functools.partial(kdbench.engine.EngineOptions, channels_last=False)  # NCHW (COMMON)
     for argv in sys.argv[2:]:
         assert main(argv.split("\\x1f")) == 0
 """)
@@ -84,7 +92,8 @@ def test_epoch_batches_split_each_global_batch_among_ranks():
     assert all(len(batches) == 2 for batches in three)
 
 
-def test_two_processes_train_like_one(tmp_path):
+def test_two_processes_train_like_one(tmp_path, monkeypatch):
+    monkeypatch.setattr("kdbench.engine.EngineOptions", NCHW)  # what the CLI builds its options from
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     assert main([*TEACHER, "--out", str(single)]) == 0
     (teacher_id,) = [p.name for p in single.iterdir()]
@@ -131,7 +140,7 @@ def run_tiny_suite(directory, executor, only=None):
     path = directory / "suite.yaml"
     path.write_text(SUITE + f"executor: {json.dumps(executor)}\n")
     options = RunnerOptions(out=directory, workers=1, only=only or {}, printer=lambda line: None,
-                            engine=EngineOptions(progress=False))
+                            engine=NCHW(progress=False))
     assert run_suite(load_suite(path), options).ok
     return {p.parent.name: store.read_json(p) for p in directory.glob("tiny/runs/*/record.json")}
 

@@ -18,6 +18,7 @@ from kdbench.store import load_results
 from kdbench.runner import RunnerOptions, run_suite
 from kdbench.suite import load_suite
 from kdbench.engine import EngineOptions
+from kdbench.method import list_methods
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,6 +189,20 @@ def test_missing_data_and_checkpoints_fail_before_training(tmp_path):
 def test_shipped_suites_validate():
     for path in sorted((REPO / "suites").glob("*.yaml")):
         assert load_suite(path).jobs, path
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_the_offline_suite_trains_every_registered_method(method):
+    """suites/offline.yaml is the CPU table of every method: a new method joins it."""
+    jobs = load_suite(REPO / "suites" / "offline.yaml").jobs
+    assert method in {j.spec.method for j in jobs if not j.is_teacher}
+
+
+def test_the_quick_suite_is_part_of_the_offline_suite():
+    """One regime: every run of suites/quick.yaml, its teacher included, is a run of
+    suites/offline.yaml with the same id."""
+    quick, offline = (load_suite(REPO / "suites" / f"{name}.yaml") for name in ("quick", "offline"))
+    assert {j.run_id for j in quick.jobs} <= {j.run_id for j in offline.jobs}
 
 
 def quiet(**kw):
