@@ -18,10 +18,11 @@ at the job:
 
 Channels-last is the engine's default on every device, so it runs everywhere; autocast,
 the device-held set and the prepared-store crop are for CUDA, and compile and stacked
-students pay on GPUs only, so on a machine without one those are SKIPped, saying so; ``paths_on_cpu`` runs
-them on the CPU anyway (the tests and the acceptance script's CPU form check the code
-that way). The data-parallel step runs two processes on the device, as ``torchrun
---nproc_per_node 2`` would (gloo on the CPU, and where the two share one GPU).
+students pay on GPUs only, so on a machine without one those are SKIPped, saying so;
+``paths_on_cpu`` runs them on the CPU anyway (the tests and the acceptance script's CPU
+form check the code that way). The data-parallel step runs two processes on the device,
+as ``torchrun --nproc_per_node 2`` would (gloo on the CPU, and where the two share one
+GPU).
 
 Any FAIL makes the command exit 1.
 """
