@@ -160,3 +160,23 @@ def test_device_held_data_with_batch_augmentation(teacher_out, tmp_path, monkeyp
     held = cohort(teacher_out, tmp_path / "held", replace(PLAIN, device_data=True))
     assert augmented == [True]  # the epoch's batches were cropped and flipped on the device
     assert_close(loader, held, loss_rel=0.1, points=20)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_evaluation_sees_the_layout_training_does(channels_last) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from kdbench.engine.evaluation import evaluate, predict
+    from kdbench.engine.options import Execution
+    from kdbench.models import create_model
+
+    execution = Execution.of(replace(PLAIN, channels_last=channels_last), torch.device("cpu"))
+    model = execution.laid_out(create_model("resnet8", num_classes=3))
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    seen = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous(
+        memory_format=torch.channels_last)))
+    loader = DataLoader(TensorDataset(torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2] * 2)), batch_size=4)
+    evaluate(model, loader, execution)
+    predict(model, loader, execution)
+    assert seen == [channels_last] * 4

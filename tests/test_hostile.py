@@ -237,6 +237,32 @@ def test_only_never_shrinks_what_a_report_sees(finished_suite, tmp_path: Path) -
     assert stale in jobs and {j.run_id for j in jobs} >= {j.run_id for j in suite.jobs}
 
 
+def test_a_slurm_job_requeued_after_its_run_finished_answers_it_finished(finished_suite, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    # a time limit's signal between a run's record and its job's answer requeues the job: the
+    # run is the job's own, not finished by another kdbench process (seen in CI: the runner
+    # booked it as skipped and never as finished)
+    path, results = copy_results(finished_suite, tmp_path)
+    kd = next(j for j in load_suite(path).jobs if j.label == "kd")
+    runs = results / "tiny" / "runs"
+    record = json.loads((runs / kd.run_id / "record.json").read_text())
+    assert "slurm_job" not in record["environment"]  # trained outside Slurm: not written as null
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert run_folder.environment(torch.device("cpu")).slurm_job == "4242"
+    record["environment"]["slurm_job"] = "4242"
+    (runs / kd.run_id / "record.json").write_text(json.dumps(record))
+    monkeypatch.setattr("kdbench.runner.workers._join_slurm_tasks", lambda: None)  # one task, no submitit job
+
+    def answer() -> WorkerAnswer:
+        return execute_cohort([kd.spec.model_dump(mode="json")], str(runs), EngineOptions(progress=False), [])[kd.run_id]
+
+    assert answer() == WorkerAnswer(WorkerOutcome.FINISHED)
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")  # another job: another runner's
+    assert answer() == WorkerAnswer(WorkerOutcome.SKIPPED, "finished by another kdbench process")
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert answer().status == WorkerOutcome.SKIPPED
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_device_the_machine_lacks_stops_before_anything_is_written(tmp_path: Path) -> None:
     suite = load_suite(write_suite(tmp_path))

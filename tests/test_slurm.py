@@ -243,12 +243,13 @@ def test_a_requeued_job_and_one_out_of_time_resume_from_their_last_epochs(cluste
     assert cluster.run("scontrol", "requeue", job).returncode == 0
     thread.join(timeout=600)
     stop.set()
-    assert not thread.is_alive() and sorted(outcome[0].finished) == sorted(ids(suite, "paced", "paced_t2"))
+    assert not thread.is_alive()
+    logs = {path.name: path.read_text() for path in (tmp_path / "out" / "tiny" / "slurm").glob("*_log.*")}
+    assert sorted(outcome[0].finished) == sorted(ids(suite, "paced", "paced_t2")), (outcome[0], cluster.jobs(), logs)
     assert_same_records(runs, local_records, ids(suite, "teacher", "paced", "paced_t2"))
     for run_id, versions in seen.items():  # no epoch trained twice: each version of the file extends the last
         final = json.loads(store.RunFolder.of(runs, run_id).record.read_text())["metrics"]
         assert all(final[: len(rows)] == rows for rows in versions), run_id
-    logs = {path.name: path.read_text() for path in (tmp_path / "out" / "tiny" / "slurm").glob("*_log.out")}
     assert logs[f"{job}_0_log.out"].count("Starting with JobEnvironment") >= 2  # ran again after the requeue
     assert any("this job is timed-out" in log and "Requeued job" in log for log in logs.values())
 

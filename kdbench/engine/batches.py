@@ -69,7 +69,7 @@ def eval_loader(dataset: Dataset, batch_size: int, execution: Execution) -> Data
     return DataLoader(dataset, batch_size=batch_size, num_workers=execution.workers, pin_memory=execution.pin_memory)
 
 
-def to_device(images: Tensor, device: torch.device, channels_last: bool = True) -> Tensor:
+def to_device(images: Tensor, device: torch.device, channels_last: bool) -> Tensor:
     """``images`` on ``device``, NHWC when ``channels_last``."""
     images = images.to(device, non_blocking=True)
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images

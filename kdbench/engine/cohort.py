@@ -100,7 +100,7 @@ def _set_up(specs: Sequence[RunSpec], run_dirs: list[Path], lead: RunSpec, devic
     trainees = _trainees(specs, run_dirs, methods, TraineeSetup(data.num_classes, teacher, probe, context, execution),
                          failures)
     stacks = student_stacks(list(trainees.values()), data.num_classes, options)
-    teacher_test = evaluate(teacher, test_loader, device, reduce=True)["top1"] if teacher is not None else None
+    teacher_test = evaluate(teacher, test_loader, execution, reduce=True)["top1"] if teacher is not None else None
     return Cohort(lead, execution, data, teacher, teacher_test, trainees, failures, eval_batch, val_loader,
                   test_loader, stacks)
 
@@ -123,8 +123,7 @@ def _teacher(lead: RunSpec, num_classes: int, methods: dict[int, Method], weight
     teacher = build_teacher(lead, num_classes, weights, execution.device)
     if teacher is not None:
         teacher.tap(sorted({stage for m in methods.values() if m.needs.teacher for stage in m.needs.teacher_stages}))
-        if execution.channels_last:
-            teacher.to(memory_format=torch.channels_last)
+        execution.laid_out(teacher)
     return teacher
 
 
@@ -136,7 +135,7 @@ def _context(lead: RunSpec, data: DataSplits, teacher: Backbone | None, methods:
     teacher_train_logits = None
     if teacher is not None and any(m.needs.teacher_train_logits for m in methods.values()):
         plain = eval_loader(open_data(lead, execution.options, augment=False).train, eval_batch, execution)
-        teacher_train_logits = predict(teacher, plain, execution.device)
+        teacher_train_logits = predict(teacher, plain, execution)
     return partial(TrainContext, data.num_classes, torch.as_tensor(data.train_labels, dtype=torch.long),
                    recipe.epochs, lead.seed, teacher_train_logits=teacher_train_logits,
                    gather=distributed.all_gather_cat)
@@ -193,7 +192,7 @@ def _records(cohort: Cohort, count: int, started: float) -> list[RunRecord | Bas
         splits = {"test": final_loader}
         if len(cohort.data.val):
             splits["val"] = eval_loader(cohort.data.val, cohort.eval_batch, execution)
-        teacher_logits = teacher_outputs(cohort.teacher, splits, execution.device)
+        teacher_logits = teacher_outputs(cohort.teacher, splits, execution)
     results: list[RunRecord | BaseException] = []
     for i in range(count):
         trainee = cohort.trainees.get(i)
@@ -204,6 +203,6 @@ def _records(cohort: Cohort, count: int, started: float) -> list[RunRecord | Bas
         else:
             teacher, teacher_test = ((cohort.teacher, cohort.teacher_test) if trainee.method.needs.teacher
                                      else (None, None))
-            results.append(finish_run(trainee, teacher, teacher_test, final_loader, execution.device, started,
+            results.append(finish_run(trainee, teacher, teacher_test, final_loader, execution, started,
                                       teacher_logits))
     return results

@@ -89,10 +89,10 @@ def train_epoch(cohort: Cohort, trainees: list[Trainee], epoch: int,
 
 def end_epoch(cohort: Cohort, trainee: Trainee, epoch: int, seconds: float) -> None:
     """Evaluate the trainee, append the epoch's metrics row, checkpoint, and call ``on_epoch``."""
-    device, options = cohort.execution.device, cohort.execution.options
-    val = (evaluate(trainee.model, cohort.val_loader, device, reduce=True) if cohort.val_loader is not None
+    execution, options = cohort.execution, cohort.execution.options
+    val = (evaluate(trainee.model, cohort.val_loader, execution, reduce=True) if cohort.val_loader is not None
            else {"top1": math.nan, "top5": math.nan})
-    test = evaluate(trainee.model, cohort.test_loader, device, reduce=True)
+    test = evaluate(trainee.model, cohort.test_loader, execution, reduce=True)
     sums, seen = epoch_sums(trainee)
     trainee.history.append({
         "epoch": epoch,

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from . import distributed
 from ..models import Backbone
 from .batches import to_device
+from .options import Execution
 
 
 def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
@@ -20,15 +21,17 @@ def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -
 
 
 @torch.no_grad()
-def evaluate(model: Backbone, loader: DataLoader, device: torch.device, keep_logits: bool = False,
+def evaluate(model: Backbone, loader: DataLoader, execution: Execution, keep_logits: bool = False,
              reduce: bool = False) -> dict[str, Any]:
-    """Top-1 and top-5 accuracy in %; ``reduce``: counted over the shards of all ranks."""
+    """Top-1 and top-5 accuracy in %, with the batches in the layout the model trained in;
+    ``reduce``: counted over the shards of all ranks."""
+    device = execution.device
     model.eval()
     correct1 = correct5 = total = 0
     kept: list[Tensor] = []
     labels_kept: list[Tensor] = []
     for images, labels in loader:
-        images, labels = to_device(images, device), labels.to(device, non_blocking=True)
+        images, labels = to_device(images, device, execution.channels_last), labels.to(device, non_blocking=True)
         logits = model(images).logits.float()
         c1, c5 = topk_correct(logits, labels)
         correct1, correct5, total = correct1 + c1, correct5 + c5, total + len(labels)
@@ -45,6 +48,7 @@ def evaluate(model: Backbone, loader: DataLoader, device: torch.device, keep_log
 
 
 @torch.no_grad()
-def predict(model: Backbone, loader: DataLoader, device: torch.device) -> Tensor:
+def predict(model: Backbone, loader: DataLoader, execution: Execution) -> Tensor:
     """The model's float logits on every sample of ``loader``, in order, on the CPU."""
-    return torch.cat([model(to_device(images, device)).logits.float().cpu() for images, _ in loader])
+    return torch.cat([model(to_device(images, execution.device, execution.channels_last)).logits.float().cpu()
+                      for images, _ in loader])

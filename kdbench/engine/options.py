@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -20,6 +20,8 @@ from . import distributed
 from ..errors import MachineError
 from ..spec import Precision
 from .tracking import Tracking
+
+Module = TypeVar("Module", bound=torch.nn.Module)
 
 Autocast = Callable[[], contextlib.AbstractContextManager]  # a factory of autocast contexts
 
@@ -88,6 +90,11 @@ class Execution:
             device_data=cuda if options.device_data is None else options.device_data,
             workers=(min(8, os.cpu_count() or 1) if cuda else 0) if options.workers is None else options.workers,
         )
+
+    def laid_out(self, model: Module) -> Module:
+        """``model``, in place, in the memory layout of the batches it will see (NHWC when
+        ``channels_last``)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     @property
     def pin_memory(self) -> bool:

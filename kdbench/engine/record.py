@@ -18,17 +18,18 @@ from .. import store
 from ..store.checkpoints import atomic_torch_save
 from ..models import Backbone
 from .evaluation import evaluate
+from .options import Execution
 from .trainee import Trainee
 
 
 def finish_run(trainee: Trainee, teacher: Backbone | None, teacher_test: float | None,
-               test_loader: DataLoader | None, device: torch.device, started: float,
+               test_loader: DataLoader | None, execution: Execution, started: float,
                teacher_logits: dict[str, dict[str, torch.Tensor]] | None = None) -> store.RunRecord:
     """The run's record; rank 0 (``test_loader`` the whole test set) also writes its files,
     with ``teacher_logits`` (``teacher_outputs``) for a run that learned from the teacher."""
     folder = store.RunFolder(trainee.run_dir)
     if test_loader is not None:
-        final = evaluate(trainee.model, test_loader, device, keep_logits=True)
+        final = evaluate(trainee.model, test_loader, execution, keep_logits=True)
         atomic_torch_save({"logits": final["logits"], "labels": final["labels"]}, folder.test_logits)
         if teacher is not None and teacher_logits is not None:
             atomic_torch_save(teacher_logits, folder.teacher_logits)
@@ -36,7 +37,7 @@ def finish_run(trainee: Trainee, teacher: Backbone | None, teacher_test: float |
         for selection, state in trainee.best_weights.items():
             atomic_torch_save({"model": state}, folder.weights_at(selection))
     history = trainee.history
-    environment = store.environment(device)
+    environment = store.environment(execution.device)
     if distributed.active():
         environment.world_size = distributed.world()
     record = store.RunRecord(
@@ -62,14 +63,14 @@ def finish_run(trainee: Trainee, teacher: Backbone | None, teacher_test: float |
     return record
 
 
-def teacher_outputs(teacher: Backbone, splits: dict[str, DataLoader], device: torch.device
+def teacher_outputs(teacher: Backbone, splits: dict[str, DataLoader], execution: Execution
                     ) -> dict[str, dict[str, torch.Tensor]]:
     """The teacher's float16 logits and labels on each split (``test``, ``val``), as its
     students' ``teacher_logits.pt`` keeps them: the report compares each student with
     them, and a teacher loaded from a checkpoint has no run folder of its own to hold them."""
     outputs = {}
     for name, loader in splits.items():
-        result = evaluate(teacher, loader, device, keep_logits=True)
+        result = evaluate(teacher, loader, execution, keep_logits=True)
         outputs[name] = {"logits": result["logits"], "labels": result["labels"]}
     return outputs
 

@@ -104,10 +104,9 @@ def make_trainee(spec: RunSpec, run_dir: Path, method: Method, setup: TraineeSet
                           f"set the recipe's mixup_alpha and cutmix_alpha to 0 for run '{spec.describe()}'")
     seed_everything(spec.seed)  # each run's initialisation as if it were trained alone
     model = distributed.sync_batchnorm(create_model(spec.student, num_classes=setup.num_classes), device).to(device)
-    if execution.channels_last:
-        model.to(memory_format=torch.channels_last)
+    execution.laid_out(model)
     model.tap(method.needs.stages)
-    probe = to_device(setup.probe, device)
+    probe = to_device(setup.probe, device, execution.channels_last)
     with torch.no_grad():
         student_probe = model.eval()(probe).detach()
         teacher_probe = teacher(probe).detach() if teacher is not None and method.needs.teacher else None

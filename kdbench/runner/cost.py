@@ -164,9 +164,9 @@ def measure(groups: list[Group], device: torch.device, options: EngineOptions,
         say(f"  timing {len(group.steps)} step(s) at {shape.image_size} px ({', '.join(group.datasets)}), {n} images "
             "per call …")
         execution = Execution.of(options, device, group.recipe.precision)
-        channels_last, autocast = execution.channels_last, execution.autocast
+        autocast = execution.autocast
         torch.manual_seed(0)
-        images = to_device(torch.randn(n, 3, shape.image_size, shape.image_size), device, channels_last)
+        images = to_device(torch.randn(n, 3, shape.image_size, shape.image_size), device, execution.channels_last)
         labels = torch.randint(shape.num_classes, (n,), device=device)
         batch = Batch(images, labels, torch.randint(max(shape.train, 1), (n,), device=device))
         two_views = replace(batch, weak_images=images.clone())
@@ -174,7 +174,7 @@ def measure(groups: list[Group], device: torch.device, options: EngineOptions,
         for name, stages in group.teachers.items():
             teacher = create_model(name, num_classes=shape.num_classes).to(device).eval().requires_grad_(False)
             teacher.tap(sorted(stages))
-            teachers[name] = teacher.to(memory_format=torch.channels_last) if channels_last else teacher
+            teachers[name] = execution.laid_out(teacher)
         context = partial(TrainContext, shape.num_classes, torch.randint(shape.num_classes, (max(shape.train, 1),)),
                           group.recipe.epochs, 0,
                           teacher_train_logits=torch.randn(max(shape.train, 1), shape.num_classes))
@@ -196,8 +196,7 @@ def measure(groups: list[Group], device: torch.device, options: EngineOptions,
             contenders[(group.key, "step", *key)] = partial(
                 _step, trainee, step_batch, teacher_out, teacher_weak if method.needs.weak_view else None, autocast)
         for student in group.students:
-            model = create_model(student, num_classes=shape.num_classes).to(device).eval()
-            model = model.to(memory_format=torch.channels_last) if channels_last else model
+            model = execution.laid_out(create_model(student, num_classes=shape.num_classes).to(device).eval())
             contenders[(group.key, "eval", student)] = partial(_forward, model, batch.images, autocast)
         threads = torch.get_num_threads()
         if device.type == "cpu":  # one thread per call, the cores' share of the work (see the module docstring)

@@ -86,7 +86,10 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
                 outcome[spec.run_id] = WorkerAnswer(WorkerOutcome.BUSY, "running in another kdbench process")
                 continue
             failure = store.RunFolder.of(runs, spec.run_id).failure
-            if store.finished_record(runs, spec.run_id) is not None:  # a corrupt one is set aside
+            record = store.finished_record(runs, spec.run_id)  # a corrupt one is set aside
+            if record is not None and _finished_by_this_job(record):
+                outcome[spec.run_id] = WorkerAnswer(WorkerOutcome.FINISHED)
+            elif record is not None:
                 outcome[spec.run_id] = WorkerAnswer(WorkerOutcome.SKIPPED, "finished by another kdbench process")
             elif failure.exists():  # the scheduler cleared it before starting
                 error = store.read_run_file(failure).error
@@ -105,6 +108,14 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
         gc.collect()  # a failed run's error holds its frames, and through them its tensors
         torch.cuda.empty_cache()  # the next job on this GPU may run in another worker process
     return outcome
+
+
+def _finished_by_this_job(record: store.RunRecord) -> bool:
+    """Whether this Slurm job trained the run before Slurm requeued it: a time limit's
+    signal that comes after the run's record is written but before the job answers
+    requeues a job whose run is finished, and its run is this job's, not another's."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return job is not None and record.environment.slurm_job == job
 
 
 def launch_cohort(devices: tuple[str, ...], spec_jsons: list[dict[str, Any]], runs_dir: str, options: EngineOptions,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -128,9 +129,10 @@ def write_record(run_dir: Path, record: RunRecord) -> None:
 
 
 def environment(device: torch.device) -> Environment:
-    """Where the run trained: versions, device, host and the kdbench commit."""
+    """Where the run trained: versions, device, host, the kdbench commit and the Slurm job."""
     from .. import __version__
 
+    job = os.environ.get("SLURM_JOB_ID")
     return Environment(
         python=platform.python_version(),
         torch=torch.__version__,
@@ -141,6 +143,7 @@ def environment(device: torch.device) -> Environment:
         host=socket.gethostname(),
         git_commit=_git_commit(),
         kdbench=__version__,
+        **({"slurm_job": job} if job else {}),
     )
 
 

@@ -111,6 +111,7 @@ class Environment(Stored):
     git_commit: str | None = None
     kdbench: str | None = None
     world_size: int | None = None  # set only under torchrun
+    slurm_job: str | None = None  # SLURM_JOB_ID, set only in a Slurm job (a requeued job keeps its id)
 
 
 class RunRecord(Stored):

@@ -189,16 +189,17 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
         finally:
             torch.set_num_threads(threads)
         rates = {name: len(folder.train) / seconds for name, seconds in epoch.items()}
-        teacher = create_model(teacher_name, num_classes=len(folder.classes)).to(device).eval().requires_grad_(False)
         kd = RunSpec(dataset=spec(options=folder_options), student=student_name, method="kd",
                      teacher=TeacherRef(model=teacher_name, checkpoint="random"), recipe=Recipe(precision=precision))
+        execution = Execution.of(options, device, kd.recipe.precision)
+        teacher = execution.laid_out(create_model(teacher_name, num_classes=len(folder.classes)).to(device))
+        teacher.eval().requires_grad_(False)
         batch_images, labels, index = next(resident.batches(sampler, RngStream(0, device)))
         context = partial(TrainContext, len(folder.classes), folder.train_labels, 200, 0)
-        execution = Execution.of(options, device, kd.recipe.precision)
         trainee = make_trainee(kd, Path("."), create_method("kd"),
                                TraineeSetup(len(folder.classes), teacher, batch_images[:2].cpu(), context, execution))
         trainee.rng = RngStream(0, device)
-        batch = Batch(to_device(batch_images, device), labels.to(device), index.to(device))
+        batch = Batch(to_device(batch_images, device, execution.channels_last), labels.to(device), index.to(device))
         step = interleaved({"kd": lambda: cohort_step(batch, teacher, [trainee], 1, 0.0, execution.autocast)}, device,
                            steps or 1, rounds)["kd"]
     step_rate = len(batch.labels) / step
@@ -229,17 +230,19 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     execution = Execution.of(options, device, precision)
     autocast = execution.autocast
     torch.manual_seed(0)
-    teacher = create_model(teacher_name, num_classes=num_classes).to(device).eval().requires_grad_(False)
+    teacher = execution.laid_out(create_model(teacher_name, num_classes=num_classes).to(device))
+    teacher.eval().requires_grad_(False)
     images = torch.randn(batch_size, 3, image_size, image_size)
     labels = torch.randint(num_classes, (batch_size,))
     num_samples = 50_000  # a CIFAR-sized training set for CRD's memory
-    batch = Batch(to_device(images, device), labels.to(device), torch.randint(num_samples, (batch_size,), device=device))
+    batch = Batch(to_device(images, device, execution.channels_last), labels.to(device),
+                  torch.randint(num_samples, (batch_size,), device=device))
     train_labels = torch.randint(num_classes, (num_samples,))
     teacher_ref = TeacherRef(model=teacher_name, checkpoint="random")
 
     created = {name: create_method(name) for name in methods}
     if any(m.needs.weak_view for m in created.values()):  # MLKD: a second view of the batch
-        batch = replace(batch, weak_images=to_device(torch.randn_like(images), device))
+        batch = replace(batch, weak_images=to_device(torch.randn_like(images), device, execution.channels_last))
     teacher.tap(sorted({stage for m in created.values() if m.needs.teacher for stage in m.needs.teacher_stages}))
     context = partial(TrainContext, num_classes, train_labels, 240, 0,
                       teacher_train_logits=torch.randn(num_samples, num_classes))

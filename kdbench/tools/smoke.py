@@ -102,13 +102,10 @@ class KDStep:
         n, size = probe.batch_size, probe.image_size
         images = torch.randn(n, 3, size, size) if images is None else images
         labels = torch.randint(probe.num_classes, (len(images),)) if labels is None else labels
-        channels_last = self.execution.channels_last
-        self.batch = Batch(to_device(images, device, channels_last), labels.to(device),
+        self.batch = Batch(to_device(images, device, self.execution.channels_last), labels.to(device),
                            torch.arange(len(labels), device=device))
-        self.teacher = create_model(probe.teacher, num_classes=probe.num_classes).to(device).eval()
-        self.teacher.requires_grad_(False)
-        if channels_last:
-            self.teacher.to(memory_format=torch.channels_last)
+        self.teacher = self.execution.laid_out(create_model(probe.teacher, num_classes=probe.num_classes).to(device))
+        self.teacher.eval().requires_grad_(False)
         context = partial(TrainContext, probe.num_classes, labels, 1, 0)
         spec = RunSpec(dataset=DataSpec(name="synthetic-fg", options={"image_size": 16}), student=probe.student,
                        method="kd", teacher=TeacherRef(model=probe.teacher, checkpoint="random"), recipe=recipe)
