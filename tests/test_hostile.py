@@ -237,6 +237,29 @@ def test_only_never_shrinks_what_a_report_sees(finished_suite, tmp_path: Path) -
     assert stale in jobs and {j.run_id for j in jobs} >= {j.run_id for j in suite.jobs}
 
 
+def test_a_suite_takes_the_runs_another_suite_finished_and_trains_only_the_rest(finished_suite, tmp_path: Path) -> None:
+    path, results = copy_results(finished_suite, tmp_path)
+    tiny = {j.label: j.run_id for j in load_suite(path).jobs}
+    (tmp_path / "wider").mkdir()
+    wider = load_suite(write_suite(tmp_path / "wider", name="wider", methods={
+        "none": {}, "kd": {}, "kd_t2": {"method": "kd", "temperature": 2}}))
+    assert {j.label: j.run_id for j in wider.jobs if j.label in tiny} == tiny  # the suite's name is not in a run id
+    lines: list[str] = []
+    assert run_suite(wider, quiet(lines, out=results, dry_run=True)).ok
+    assert sum(line.startswith("finished in tiny ") for line in lines) == 3
+    assert not (results / "wider" / "runs").exists()  # a dry run takes nothing
+    lines.clear()
+    outcome = run_suite(wider, quiet(lines, out=results))
+    assert sorted(outcome.skipped) == sorted(tiny.values())
+    assert outcome.finished == [j.run_id for j in wider.jobs if j.label == "kd_t2"]
+    assert any("3 runs already finished in " in line and "taken as they are" in line for line in lines)
+    for run_id in tiny.values():  # the same files, not copies
+        for name in ("record.json", "weights.pt"):
+            assert (results / "wider" / "runs" / run_id / name).samefile(results / "tiny" / "runs" / run_id / name)
+    assert sorted(load_results(results / "wider").label) == ["kd", "kd_t2", "none", "teacher"]
+    assert sorted(load_results(results / "tiny").label) == ["kd", "none", "teacher"]
+
+
 def test_a_slurm_job_requeued_after_its_run_finished_answers_it_finished(finished_suite, tmp_path: Path,
                                                                          monkeypatch) -> None:
     # a time limit's signal between a run's record and its job's answer requeues the job: the

@@ -59,14 +59,16 @@ def run_plan(plan: Plan) -> Outcome:
     invalid = check_methods(jobs, classes, suite)
     if invalid:
         raise ConfigError("nothing was trained:\n  " + "\n  ".join(invalid))
+    elsewhere = store.finished_in_other_suites(plan.directory, [job.run_id for job in jobs])
     if plan.options.dry_run:
-        counts: dict[store.RunStatus, int] = {}
+        counts: dict[str, int] = {}
         for job in jobs:
-            status = store.status_of(plan.runs, job.run_id)
+            status = f"finished in {elsewhere[job.run_id].parent.parent.name}" if job.run_id in elsewhere else str(
+                store.status_of(plan.runs, job.run_id))
             counts[status] = counts.get(status, 0) + 1
             say(f"{status:<11} {job.run_id}  {job.describe()}")
         say(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            + f" (results in {plan.directory})")
+            + f" (results in {plan.directory}; runs another suite finished are taken, not trained again)")
         for dataset, specs in groupby(sorted((j.spec for j in jobs), key=lambda s: s.dataset.name),
                                       key=lambda s: s.dataset.name):
             specs = list(specs)
@@ -81,6 +83,11 @@ def run_plan(plan: Plan) -> Outcome:
     if suite.file.executor.kind != "slurm":  # the nodes' devices are not the login node's
         resolve_device(plan.engine.device)
     plan.runs.mkdir(parents=True, exist_ok=True)
+    if elsewhere:
+        store.take_finished_runs(plan.directory, elsewhere)
+        say(f"[{suite.name}] {len(elsewhere)} runs already finished in "
+            f"{', '.join(sorted({str(p.parent.parent) for p in elsewhere.values()}))} (the same run ids): taken as "
+            "they are, not trained again")
     # the whole suite's jobs, merged with those listed before: --only never hides runs from a report
     write_manifest(suite, plan.everything, plan.directory)
     return Scheduler(plan).run()

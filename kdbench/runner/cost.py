@@ -363,8 +363,9 @@ def describe(estimate: Estimate, threads: int | None = None) -> list[str]:
 
 def suite_estimate(plan: Plan, say: Callable[[str], None] = lambda line: None) -> Estimate:
     """The estimate of the plan's jobs (``--only``, ``--smoke``) on its device; runs already
-    finished in its folder are not 'left'."""
+    finished in its folder, or in another suite's that it will take them from, are not 'left'."""
     finished = {j.run_id for j in plan.jobs if store.status_of(plan.runs, j.run_id) == store.RunStatus.FINISHED}
+    finished |= set(store.finished_in_other_suites(plan.directory, [j.run_id for j in plan.jobs]))
     return estimate(plan.jobs, plan.suite.file.executor.cohort_size, plan.engine.data_root, plan.engine, finished,
                     plan.engine.subset, say)
 

@@ -1,6 +1,7 @@
 """A suite's results folder, ``<out>/<suite>/``: its ``manifest.json`` (the suite's runs by
-label and pair), its ``runs/`` (one folder per run, ``run_folder``), and every run record
-in it as one pandas DataFrame.
+label and pair), its ``runs/`` (one folder per run, ``run_folder``), the finished runs it
+takes from the other suites under ``<out>``, and every run record in it as one pandas
+DataFrame.
 
 Records are the source of truth; the frame only reads them, and checks what it reads: a
 corrupt record is left out with a warning naming it, a corrupt manifest is an error. Each
@@ -13,7 +14,11 @@ Failed runs are rows too, with their ``error``.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +26,8 @@ import pandas as pd
 from pydantic import ValidationError
 
 from .checkpoints import set_aside
-from .run_folder import CorruptResultsFile, RunFolder, read_run_file, write_json
-from .schema import Failure, Manifest, ManifestJob, RunRecord
+from .run_folder import CorruptResultsFile, RunFolder, read_run_file, status_of, write_json
+from .schema import Failure, Manifest, ManifestJob, RunRecord, RunStatus
 
 RUNS = "runs"
 MANIFEST = "manifest.json"
@@ -84,7 +89,7 @@ def legacy_runs(suite_dir: str | Path) -> list[str]:
     if not runs.is_dir():
         return []
     found = []
-    for run_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+    for run_dir in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")):  # not staging
         folder = RunFolder(run_dir)
         for path in (folder.spec, folder.record, folder.failure):
             try:
@@ -104,6 +109,48 @@ def legacy_message(suite_dir: str | Path, names: list[str]) -> str:
             "report them with the kdbench commit named in their records")
 
 
+def finished_in_other_suites(suite_dir: Path, run_ids: Iterable[str]) -> dict[str, Path]:
+    """The runs among ``run_ids`` that ``suite_dir`` has not started and another suite under
+    the same results root has finished: run id → that run's folder. A run id is the hash of
+    everything that ran (data, models, method, recipe, seed, teacher), so the other suite's
+    run is this suite's, e.g. every run of the quick suite is one of the offline suite's."""
+    suite_dir = Path(suite_dir)
+    others = sorted(p / RUNS for p in suite_dir.parent.glob("*") if p != suite_dir and (p / RUNS).is_dir())
+    found = {}
+    for run_id in run_ids:
+        if RunFolder.of(suite_dir / RUNS, run_id).path.exists():
+            continue
+        source = next((other for other in others if status_of(other, run_id) == RunStatus.FINISHED), None)
+        if source is not None:
+            found[run_id] = RunFolder.of(source, run_id).path
+    return found
+
+
+def take_finished_runs(suite_dir: Path, found: dict[str, Path]) -> None:
+    """The runs ``finished_in_other_suites`` found, in ``suite_dir``'s runs/ as hard links
+    to their files (copies across file systems): a finished run's files are only ever
+    replaced, never written in place, so the two folders cannot drift apart."""
+    runs = Path(suite_dir) / RUNS
+    runs.mkdir(parents=True, exist_ok=True)
+    for run_id, source in found.items():
+        staging = Path(tempfile.mkdtemp(prefix=f".{run_id}-", dir=runs))  # whole or not at all
+        try:
+            shutil.copytree(source, staging, copy_function=_link_or_copy, dirs_exist_ok=True)
+            staging.rename(RunFolder.of(runs, run_id).path)
+        except OSError:
+            if not RunFolder.of(runs, run_id).path.exists():
+                raise
+        finally:  # another runner that took the same run first
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def load_results(suite_dir: str | Path) -> pd.DataFrame:
     """One row per run under ``suite_dir/runs`` (or ``suite_dir`` itself for loose runs).
     Runs written before content ids (``legacy_runs``) are left out, never mixed in."""
@@ -111,7 +158,7 @@ def load_results(suite_dir: str | Path) -> pd.DataFrame:
     runs = runs_dir(suite_dir)
     jobs = {job.run_id: job for job in load_manifest(suite_dir).jobs}
     rows = []
-    for run_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+    for run_dir in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")):  # not staging
         record = _read_run(run_dir)
         if record is None or is_legacy(record.spec):
             continue
