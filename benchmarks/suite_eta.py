@@ -27,7 +27,7 @@ from unittest import mock
 from kdbench.runner.progress import TimeLeft, duration
 from kdbench.runner import RunnerOptions, Scheduler, planning, run_suite, scheduler as scheduling
 from kdbench.suite import load_suite
-from kdbench.engine import EngineOptions
+from kdbench.engine import EngineOptions, usable_cores
 
 QUICK = Path(__file__).parents[1] / "suites" / "quick.yaml"
 
@@ -83,7 +83,7 @@ def main() -> None:
         outcome = run_suite(load_suite(args.suite), options)
         wall = time.time() - start  # the suite's end, not the temporary folder's removal
         cpu = _cpu_seconds() - cpu_before
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     scheduler = schedulers[0]
     total = wall - (scheduler.progress.started - start)  # the scheduler's clock starts after the data checks
     print(f"{args.suite}: {len(outcome.finished)} runs finished, {len(outcome.failed)} failed, "

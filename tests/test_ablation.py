@@ -201,7 +201,7 @@ def test_a_trial_is_trained_by_the_runners_worker_under_its_lock(tmp_path):
 
 def test_threads_follow_the_runners_core_plan(monkeypatch, tmp_path):
     """On the CPU the teacher trains alone on every core; two workers' trials share them."""
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
     ablation = load_ablation(write_suite(tmp_path, TINY_ABLATION))
     for workers, trial_threads in [(1, 8), (2, 4), (3, 2)]:
         shares = thread_shares(ablation, workers, EngineOptions(device="cpu"))

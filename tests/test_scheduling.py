@@ -3,12 +3,14 @@
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from kdbench.cli import main
-from kdbench.engine import EngineOptions
+from kdbench.engine import EngineOptions, usable_cores
 from kdbench.runner.progress import Running, SuiteProgress, TimeLeft, Work
 from kdbench.runner import RunnerOptions, core_plan, cost, form_cohorts, plan_suite, planning
 from kdbench.suite import load_suite
@@ -72,7 +74,7 @@ def test_a_plan_shares_the_cores_over_the_whole_suite_whatever_it_selects(tmp_pa
     suite: the teacher alone in its wave, the four student cohorts two at a time."""
     path = tmp_path / "one_teacher.yaml"
     path.write_text(ONE_TEACHER)
-    cpus = os.cpu_count() or 1
+    cpus = usable_cores()
     plan = plan_suite(load_suite(path), RunnerOptions(out=tmp_path, only={"method": "kd"}, workers=2,
                                                       engine=EngineOptions(device="cpu")))
     assert [j.label for j in plan.jobs] == ["teacher", "kd", "kd"] and len(plan.everything) == 5
@@ -270,3 +272,12 @@ def test_a_cohort_s_epoch_ends_with_its_slowest_run_s_row(tmp_path):
     progress.begun[id(unit)] = (100.0, 0)
     job = progress.running(unit)
     assert job.epochs_done == 1 and job.last_epoch_at == pytest.approx(12) and job.train_seconds == pytest.approx(6)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux's CPU affinity")
+def test_the_cores_counted_are_those_the_process_may_run_on() -> None:
+    # as in a Slurm job given one core of a larger node: the planner must not count the node's
+    script = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " \
+             "from kdbench.engine import usable_cores; print(usable_cores())"
+    answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert answer.stdout.strip() == "1"

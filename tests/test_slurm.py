@@ -133,7 +133,7 @@ def local_runs(tmp_path_factory, method_file) -> Path:
     (one core: cpus_per_task's default), so planned for a machine of one core."""
     folder = tmp_path_factory.mktemp("local")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(os, "cpu_count", lambda: 1)
+        patch.setattr(os, "sched_getaffinity", lambda pid: {0})
         outcome = run(make_suite(folder / "suite", method_file, kind="local"), folder / "out")
     assert len(outcome.finished) == 4 and len(outcome.failed) == 1
     return folder / "out" / "tiny" / "runs"

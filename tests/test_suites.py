@@ -340,7 +340,8 @@ def test_a_job_of_several_processes_gets_disjoint_gpus(monkeypatch):
     with pytest.raises(ConfigError, match=r"processes_per_job is 8, but this machine has 5 GPU\(s\)"):
         make_slots("auto", None, 8)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))  # the cores this process may use
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # of a shared node, which are not all its to use
     assert make_slots("auto", None, 2) == [("cpu", "cpu")] * 4
     with pytest.raises(ConfigError, match="--device cuda:1 names one device"):
         make_slots("cuda:1", None, 2)

@@ -1,6 +1,5 @@
 import json
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -167,13 +166,13 @@ def test_device_resident_data_path_trains_reproducibly(teacher_out, tmp_path):
 def test_execution_resolves_each_default_by_device():
     """What "None: on CUDA only" comes to on each device (a CUDA device needs no GPU to be
     named), and options that say otherwise win."""
-    from kdbench.engine import Execution
+    from kdbench.engine import Execution, usable_cores
 
     cpu = Execution.of(QUIET, torch.device("cpu"))
     assert (cpu.channels_last, cpu.device_data, cpu.workers, cpu.pin_memory) == (True, False, 0, False)
     cuda = Execution.of(QUIET, torch.device("cuda"))
     assert (cuda.channels_last, cuda.device_data, cuda.pin_memory) == (True, True, True)
-    assert cuda.workers == min(8, os.cpu_count())
+    assert cuda.workers == min(8, usable_cores())
     forced = Execution.of(replace(QUIET, channels_last=False, device_data=False, workers=3), torch.device("cuda"))
     assert (forced.channels_last, forced.device_data, forced.workers) == (False, False, 3)
     forced = Execution.of(replace(QUIET, channels_last=True, device_data=True, workers=2), torch.device("cpu"))

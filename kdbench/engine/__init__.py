@@ -50,7 +50,7 @@ from .batches import EpochBatches, Indexed, ResidentTrainSet, TrainBatches, open
 from .cohort import cohort_key, train_cohort, train_run
 from .epoch import TrainingDiverged
 from .evaluation import evaluate, topk_correct
-from .options import EngineOptions, Execution, resolve_device
+from .options import EngineOptions, Execution, resolve_device, usable_cores
 from .record import count_parameters, summarise
 from .schedule import learning_rate
 from .streams import RngStream, epoch_seed, seed_everything
@@ -60,5 +60,5 @@ __all__ = [
     "EngineOptions", "EpochBatches", "Execution", "Indexed", "ResidentTrainSet", "RngStream", "TrainBatches",
     "Trainee", "TraineeSetup", "TrainingDiverged", "build_teacher", "cohort_key", "count_parameters", "epoch_seed", "evaluate",
     "learning_rate", "make_trainee", "open_data", "resolve_device", "seed_everything", "summarise",
-    "topk_correct", "train_cohort", "train_run",
+    "topk_correct", "train_cohort", "train_run", "usable_cores",
 ]

@@ -54,6 +54,13 @@ class EngineOptions:
     tracking: Tracking | None = None  # TensorBoard / W&B sinks of each epoch's metrics (kdbench.engine.tracking)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a Slurm allocation, ``taskset``,
+    a container's cpuset), not the machine's count, which on a shared node is the whole
+    node's and would oversubscribe the allocation."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -88,7 +95,7 @@ class Execution:
             options, device, precision, autocast, scales,
             channels_last=options.channels_last,
             device_data=cuda if options.device_data is None else options.device_data,
-            workers=(min(8, os.cpu_count() or 1) if cuda else 0) if options.workers is None else options.workers,
+            workers=(min(8, usable_cores()) if cuda else 0) if options.workers is None else options.workers,
         )
 
     def laid_out(self, model: Module) -> Module:

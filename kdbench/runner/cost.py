@@ -50,7 +50,7 @@ import torch
 from .. import store
 from ..data import create_dataset
 from ..data.prepared import OFFICIAL_COUNTS
-from ..engine import EngineOptions, Execution, RngStream, TraineeSetup, make_trainee, resolve_device
+from ..engine import EngineOptions, Execution, RngStream, TraineeSetup, make_trainee, resolve_device, usable_cores
 from ..engine.batches import to_device
 from ..engine.step import Autocast, trainee_step
 from ..engine.timing import interleaved
@@ -350,7 +350,7 @@ def describe(estimate: Estimate, threads: int | None = None) -> list[str]:
         lines.append(f"  one by one (no cohorts) {hours(estimate.alone)} h: cohorts save {saved:.0%}")
         lines.append("  families timed with: " + ", ".join(f"{f} ({m})" for f, m in estimate.families.items()))
     if estimate.device == "cpu":
-        lines.append(f"  timed on one thread at load average {estimate.load:.1f} on {os.cpu_count()} cores, for the "
+        lines.append(f"  timed on one thread at load average {estimate.load:.1f} on {usable_cores()} cores, for the "
                      "machine to itself: others' work adds to the hours")
     if estimate.device == "cpu" and estimate.batch:
         lines.append("  on the CPU each call held " + ", ".join(f"{n} images ({name})" for name, n in estimate.batch.items())

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from unittest.mock import patch
 
+from ..engine import usable_cores
 from ..errors import ConfigError, KDBenchError
 from ..suite import ExecutorEntry
 from .workers import CohortJob, CohortTask, launch_cohort
@@ -254,7 +255,7 @@ def make_slots(device: str, workers: int | None, processes: int) -> list[Slot]:
             raise ConfigError(f"executor.processes_per_job is {processes}, but --device {device} names one device; "
                               "use --device cuda (every GPU of the machine) or cpu")
         return [(device,)] * (workers or 1)
-    return [("cpu",) * processes] * (workers or max(1, min(os.cpu_count() or 1, 8) // processes))
+    return [("cpu",) * processes] * (workers or max(1, min(usable_cores(), 8) // processes))
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import store
-from ..engine import EngineOptions, cohort_key
+from ..engine import EngineOptions, cohort_key, usable_cores
 from ..method import METHODS
 from ..errors import ConfigError, DataError
 from ..spec import RunSpec
@@ -127,7 +127,7 @@ class Plan:
         executor = self.suite.file.executor
         if executor.kind == "slurm":
             return {}
-        return core_plan(self.everything, len(self.slots), os.cpu_count() or 1, executor.cohort_size,
+        return core_plan(self.everything, len(self.slots), usable_cores(), executor.cohort_size,
                          executor.processes_per_job)
 
 

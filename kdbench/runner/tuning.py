@@ -39,7 +39,6 @@ from the study's storage and the runs' records.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -50,7 +49,7 @@ import numpy as np
 import optuna
 
 from ..suite.ablation import Ablation, load_ablation
-from ..engine import EngineOptions, resolve_device
+from ..engine import EngineOptions, resolve_device, usable_cores
 from ..errors import KDBenchError, MachineError, RunStopped
 from ..locking import exclusive_lock
 from . import core_plan, execute_cohort
@@ -115,7 +114,7 @@ def thread_shares(ablation: Ablation, workers: int, engine: EngineOptions) -> di
     process trains with: on the CPU the runner's ``core_plan`` of the ablation's graph, the
     teachers a wave before ``workers`` trials side by side; None (the engine's default) on a GPU."""
     plan = core_plan([*ablation.teachers, *[ablation.template] * workers], slots=workers,
-                     cores=os.cpu_count() or 1, cohort_size=1)
+                     cores=usable_cores(), cohort_size=1)
     on_cpu = resolve_device(engine.device).type == "cpu"
     return {run_id: threads if on_cpu else None for run_id, threads in plan.items()}
 

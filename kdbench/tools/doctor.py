@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine import usable_cores
 from ..errors import KDBenchError
 from .smoke import Check, fast_path_checks, probe_of
 
@@ -70,8 +71,8 @@ def machine_facts(places: dict[str, Path]) -> list[str]:
                      f"{' (tensor cores)' if capability >= (7, 0) else ''}")
     if not cuda:
         lines.append("  no CUDA device: runs train on the CPU")
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    lines.append(f"  CPU: {os.cpu_count()} cores, {usable} usable by this process, torch uses "
+    lines.append(f"  CPU: {os.cpu_count()} cores, {usable_cores()} usable by this process (what kdbench plans "
+                 f"with), torch uses "
                  f"{torch.get_num_threads()} threads")
     versions = []
     for package in PACKAGES:
