@@ -277,7 +277,7 @@ def test_a_slurm_job_requeued_after_its_run_finished_answers_it_finished(finishe
     monkeypatch.setattr("kdbench.runner.workers._join_slurm_tasks", lambda: None)  # one task, no submitit job
 
     def answer() -> WorkerAnswer:
-        return execute_cohort([kd.spec.model_dump(mode="json")], str(runs), EngineOptions(progress=False), [])[kd.run_id]
+        return CohortJob()([kd.spec.model_dump(mode="json")], str(runs), EngineOptions(progress=False), [])[kd.run_id]
 
     assert answer() == WorkerAnswer(WorkerOutcome.FINISHED)
     monkeypatch.setenv("SLURM_JOB_ID", "4243")  # another job: another runner's

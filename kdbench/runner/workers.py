@@ -86,10 +86,7 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
                 outcome[spec.run_id] = WorkerAnswer(WorkerOutcome.BUSY, "running in another kdbench process")
                 continue
             failure = store.RunFolder.of(runs, spec.run_id).failure
-            record = store.finished_record(runs, spec.run_id)  # a corrupt one is set aside
-            if record is not None and _finished_by_this_job(record):
-                outcome[spec.run_id] = WorkerAnswer(WorkerOutcome.FINISHED)
-            elif record is not None:
+            if store.finished_record(runs, spec.run_id) is not None:  # a corrupt one is set aside
                 outcome[spec.run_id] = WorkerAnswer(WorkerOutcome.SKIPPED, "finished by another kdbench process")
             elif failure.exists():  # the scheduler cleared it before starting
                 error = store.read_run_file(failure).error
@@ -108,14 +105,6 @@ def execute_cohort(spec_jsons: list[dict[str, Any]], runs_dir: str, options: Eng
         gc.collect()  # a failed run's error holds its frames, and through them its tensors
         torch.cuda.empty_cache()  # the next job on this GPU may run in another worker process
     return outcome
-
-
-def _finished_by_this_job(record: store.RunRecord) -> bool:
-    """Whether this Slurm job trained the run before Slurm requeued it: a time limit's
-    signal that comes after the run's record is written but before the job answers
-    requeues a job whose run is finished, and its run is this job's, not another's."""
-    job = os.environ.get("SLURM_JOB_ID")
-    return job is not None and record.environment.slurm_job == job
 
 
 def launch_cohort(devices: tuple[str, ...], spec_jsons: list[dict[str, Any]], runs_dir: str, options: EngineOptions,
@@ -173,6 +162,17 @@ def _train_on_past_the_last_requeue() -> None:
     signal.signal(number, handle)
 
 
+def _as_this_jobs(runs: Path, run_id: str, answer: WorkerAnswer) -> WorkerAnswer:
+    """FINISHED for a run this Slurm job finished before Slurm requeued it: a time limit's
+    signal that comes between a run's record and the job's answer requeues a job whose run
+    is finished, and that run is the job's own, not another runner's (its record names the
+    job, which keeps its id when requeued)."""
+    if answer.status != WorkerOutcome.SKIPPED:
+        return answer
+    record, job = store.finished_record(runs, run_id), os.environ.get("SLURM_JOB_ID")
+    return WorkerAnswer(WorkerOutcome.FINISHED) if record and job and record.environment.slurm_job == job else answer
+
+
 def _join_slurm_tasks() -> None:
     """In a submitit job of several tasks, export what torch.distributed reads (rank, world
     size, address of the first task), so that the tasks train as one data-parallel job."""
@@ -195,9 +195,11 @@ class CohortJob:
     needs saving). This is ``submitit.helpers.Checkpointable``'s behaviour, without
     importing submitit where it is not used."""
 
-    def __call__(self, *args: Any) -> dict[str, WorkerAnswer]:
+    def __call__(self, spec_jsons: list[dict[str, Any]], runs_dir: str, options: EngineOptions,
+                 method_files: list[str]) -> dict[str, WorkerAnswer]:
         _train_on_past_the_last_requeue()
-        return execute_cohort(*args)
+        answers = execute_cohort(spec_jsons, runs_dir, options, method_files)
+        return {run_id: _as_this_jobs(Path(runs_dir), run_id, answer) for run_id, answer in answers.items()}
 
     def checkpoint(self, *args: Any) -> Any:
         from submitit.helpers import DelayedSubmission
