@@ -61,12 +61,14 @@ def run_plan(plan: Plan) -> Outcome:
         raise ConfigError("nothing was trained:\n  " + "\n  ".join(invalid))
     elsewhere = store.finished_in_other_suites(plan.directory, [job.run_id for job in jobs])
     if plan.options.dry_run:
+        statuses = {job.run_id: f"finished in {elsewhere[job.run_id].parent.parent.name}" if job.run_id in elsewhere
+                    else str(store.status_of(plan.runs, job.run_id)) for job in jobs}
+        width = max(map(len, statuses.values()), default=0)
         counts: dict[str, int] = {}
         for job in jobs:
-            status = f"finished in {elsewhere[job.run_id].parent.parent.name}" if job.run_id in elsewhere else str(
-                store.status_of(plan.runs, job.run_id))
+            status = statuses[job.run_id]
             counts[status] = counts.get(status, 0) + 1
-            say(f"{status:<11} {job.run_id}  {job.describe()}")
+            say(f"{status:<{width}} {job.run_id}  {job.describe()}")
         say(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             + f" (results in {plan.directory}; runs another suite finished are taken, not trained again)")
         for dataset, specs in groupby(sorted((j.spec for j in jobs), key=lambda s: s.dataset.name),
