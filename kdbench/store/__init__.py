@@ -16,11 +16,11 @@ from .suite_folder import (MANIFEST, RUNS, finished_in_other_suites, is_legacy, 
                            load_manifest, load_results, runs_dir, take_finished_runs, write_manifest)
 
 __all__ = [
-    "CHECKPOINT", "FAILED", "MANIFEST", "METRICS", "RECORD", "RUNS", "SPEC", "TEACHER_LOGITS", "TEST_LOGITS", "WEIGHTS",
-    "CorruptResultsFile", "Environment", "Failure", "Manifest", "ManifestJob", "MetricsRow", "Parameters",
-    "RunFolder", "RunRecord", "RunStatus", "Summary", "Timing",
-    "corrupt_run_files", "environment", "finished_in_other_suites", "finished_record", "is_legacy", "legacy_message", "legacy_runs",
-    "load_manifest", "load_results", "read_json", "read_metrics", "read_run_file", "run_lock", "runs_dir",
-    "set_aside_unsound_weights", "status_of", "take_finished_runs", "write_failure", "write_json", "write_manifest", "write_metrics",
+    "CHECKPOINT", "FAILED", "MANIFEST", "METRICS", "RECORD", "RUNS", "SPEC", "TEACHER_LOGITS", "TEST_LOGITS",
+    "WEIGHTS", "CorruptResultsFile", "Environment", "Failure", "Manifest", "ManifestJob", "MetricsRow", "Parameters",
+    "RunFolder", "RunRecord", "RunStatus", "Summary", "Timing", "corrupt_run_files", "environment",
+    "finished_in_other_suites", "finished_record", "is_legacy", "legacy_message", "legacy_runs", "load_manifest",
+    "load_results", "read_json", "read_metrics", "read_run_file", "run_lock", "runs_dir", "set_aside_unsound_weights",
+    "status_of", "take_finished_runs", "write_failure", "write_json", "write_manifest", "write_metrics",
     "write_record", "write_spec",
 ]
