@@ -69,10 +69,10 @@ def eval_loader(dataset: Dataset, batch_size: int, execution: Execution) -> Data
     return DataLoader(dataset, batch_size=batch_size, num_workers=execution.workers, pin_memory=execution.pin_memory)
 
 
-def to_device(images: Tensor, device: torch.device, channels_last: bool) -> Tensor:
-    """``images`` on ``device``, NHWC when ``channels_last``."""
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+def to_device(images: Tensor, execution: Execution) -> Tensor:
+    """``images`` on the execution's device, in its layout (NHWC when ``channels_last``)."""
+    images = images.to(execution.device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if execution.channels_last else images
 
 
 class Indexed(Dataset):

@@ -63,15 +63,15 @@ def train_epoch(cohort: Cohort, trainees: list[Trainee], epoch: int,
         trainee.model.train()
         trainee.method.train()
     execution = cohort.execution
-    device, channels_last = execution.device, execution.channels_last
+    device = execution.device
     steps = len(sampler)
     bar = _progress(batches, steps, f"{trainees[0].spec.describe()} epoch {epoch}", execution.show_progress)
     for step, (images, labels, index, mixed_targets) in enumerate(bar):
         images, weak_images = images if isinstance(images, (tuple, list)) else (images, None)
-        batch = Batch(to_device(images, device, channels_last), labels.to(device, non_blocking=True),
+        batch = Batch(to_device(images, execution), labels.to(device, non_blocking=True),
                       index.to(device, non_blocking=True),
                       mixed_targets=None if mixed_targets is None else mixed_targets.to(device, non_blocking=True),
-                      weak_images=None if weak_images is None else to_device(weak_images, device, channels_last))
+                      weak_images=None if weak_images is None else to_device(weak_images, execution))
         check = (step + 1) % CHECK_EVERY == 0 or step + 1 == steps
         share = len(labels) / sampler.global_size(step) if distributed.active() else 1.0
         cohort_step(batch, cohort.teacher, trainees, epoch, step / steps, execution.autocast, share, cohort.stacks)

@@ -31,7 +31,7 @@ def evaluate(model: Backbone, loader: DataLoader, execution: Execution, keep_log
     kept: list[Tensor] = []
     labels_kept: list[Tensor] = []
     for images, labels in loader:
-        images, labels = to_device(images, device, execution.channels_last), labels.to(device, non_blocking=True)
+        images, labels = to_device(images, execution), labels.to(device, non_blocking=True)
         logits = model(images).logits.float()
         c1, c5 = topk_correct(logits, labels)
         correct1, correct5, total = correct1 + c1, correct5 + c5, total + len(labels)
@@ -50,5 +50,4 @@ def evaluate(model: Backbone, loader: DataLoader, execution: Execution, keep_log
 @torch.no_grad()
 def predict(model: Backbone, loader: DataLoader, execution: Execution) -> Tensor:
     """The model's float logits on every sample of ``loader``, in order, on the CPU."""
-    return torch.cat([model(to_device(images, execution.device, execution.channels_last)).logits.float().cpu()
-                      for images, _ in loader])
+    return torch.cat([model(to_device(images, execution)).logits.float().cpu() for images, _ in loader])

@@ -106,7 +106,7 @@ def make_trainee(spec: RunSpec, run_dir: Path, method: Method, setup: TraineeSet
     model = distributed.sync_batchnorm(create_model(spec.student, num_classes=setup.num_classes), device).to(device)
     execution.laid_out(model)
     model.tap(method.needs.stages)
-    probe = to_device(setup.probe, device, execution.channels_last)
+    probe = to_device(setup.probe, execution)
     with torch.no_grad():
         student_probe = model.eval()(probe).detach()
         teacher_probe = teacher(probe).detach() if teacher is not None and method.needs.teacher else None

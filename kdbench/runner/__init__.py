@@ -59,7 +59,7 @@ def run_plan(plan: Plan) -> Outcome:
     invalid = check_methods(jobs, classes, suite)
     if invalid:
         raise ConfigError("nothing was trained:\n  " + "\n  ".join(invalid))
-    elsewhere = store.finished_in_other_suites(plan.directory, [job.run_id for job in jobs])
+    elsewhere = plan.finished_elsewhere
     if plan.options.dry_run:
         statuses = {job.run_id: f"finished in {elsewhere[job.run_id].parent.parent.name}" if job.run_id in elsewhere
                     else str(store.status_of(plan.runs, job.run_id)) for job in jobs}

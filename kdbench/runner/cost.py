@@ -166,7 +166,7 @@ def measure(groups: list[Group], device: torch.device, options: EngineOptions,
         execution = Execution.of(options, device, group.recipe.precision)
         autocast = execution.autocast
         torch.manual_seed(0)
-        images = to_device(torch.randn(n, 3, shape.image_size, shape.image_size), device, execution.channels_last)
+        images = to_device(torch.randn(n, 3, shape.image_size, shape.image_size), execution)
         labels = torch.randint(shape.num_classes, (n,), device=device)
         batch = Batch(images, labels, torch.randint(max(shape.train, 1), (n,), device=device))
         two_views = replace(batch, weak_images=images.clone())
@@ -365,7 +365,7 @@ def suite_estimate(plan: Plan, say: Callable[[str], None] = lambda line: None) -
     """The estimate of the plan's jobs (``--only``, ``--smoke``) on its device; runs already
     finished in its folder, or in another suite's that it will take them from, are not 'left'."""
     finished = {j.run_id for j in plan.jobs if store.status_of(plan.runs, j.run_id) == store.RunStatus.FINISHED}
-    finished |= set(store.finished_in_other_suites(plan.directory, [j.run_id for j in plan.jobs]))
+    finished |= set(plan.finished_elsewhere)
     return estimate(plan.jobs, plan.suite.file.executor.cohort_size, plan.engine.data_root, plan.engine, finished,
                     plan.engine.subset, say)
 

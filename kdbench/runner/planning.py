@@ -111,6 +111,13 @@ class Plan:
         return self.directory / store.RUNS
 
     @cached_property
+    def finished_elsewhere(self) -> dict[str, Path]:
+        """The selected runs that another suite under the same results root has finished and
+        this one has not started: run id → that run's folder (``store.finished_in_other_suites``),
+        which a run takes instead of training them."""
+        return store.finished_in_other_suites(self.directory, [job.run_id for job in self.jobs])
+
+    @cached_property
     def slots(self) -> list[Slot]:
         """Where jobs run side by side: the machine's devices, or on Slurm one per queued job."""
         executor = self.suite.file.executor

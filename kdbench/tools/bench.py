@@ -199,7 +199,7 @@ def large_image_data(batch_size: int, images: int, device: torch.device, options
         trainee = make_trainee(kd, Path("."), create_method("kd"),
                                TraineeSetup(len(folder.classes), teacher, batch_images[:2].cpu(), context, execution))
         trainee.rng = RngStream(0, device)
-        batch = Batch(to_device(batch_images, device, execution.channels_last), labels.to(device), index.to(device))
+        batch = Batch(to_device(batch_images, execution), labels.to(device), index.to(device))
         step = interleaved({"kd": lambda: cohort_step(batch, teacher, [trainee], 1, 0.0, execution.autocast)}, device,
                            steps or 1, rounds)["kd"]
     step_rate = len(batch.labels) / step
@@ -235,14 +235,14 @@ def run_bench(teacher_name: str = "resnet32x4", student_name: str = "resnet8x4",
     images = torch.randn(batch_size, 3, image_size, image_size)
     labels = torch.randint(num_classes, (batch_size,))
     num_samples = 50_000  # a CIFAR-sized training set for CRD's memory
-    batch = Batch(to_device(images, device, execution.channels_last), labels.to(device),
+    batch = Batch(to_device(images, execution), labels.to(device),
                   torch.randint(num_samples, (batch_size,), device=device))
     train_labels = torch.randint(num_classes, (num_samples,))
     teacher_ref = TeacherRef(model=teacher_name, checkpoint="random")
 
     created = {name: create_method(name) for name in methods}
     if any(m.needs.weak_view for m in created.values()):  # MLKD: a second view of the batch
-        batch = replace(batch, weak_images=to_device(torch.randn_like(images), device, execution.channels_last))
+        batch = replace(batch, weak_images=to_device(torch.randn_like(images), execution))
     teacher.tap(sorted({stage for m in created.values() if m.needs.teacher for stage in m.needs.teacher_stages}))
     context = partial(TrainContext, num_classes, train_labels, 240, 0,
                       teacher_train_logits=torch.randn(num_samples, num_classes))

@@ -72,8 +72,7 @@ def machine_facts(places: dict[str, Path]) -> list[str]:
     if not cuda:
         lines.append("  no CUDA device: runs train on the CPU")
     lines.append(f"  CPU: {os.cpu_count()} cores, {usable_cores()} usable by this process (what kdbench plans "
-                 f"with), torch uses "
-                 f"{torch.get_num_threads()} threads")
+                 f"with), torch uses {torch.get_num_threads()} threads")
     versions = []
     for package in PACKAGES:
         try:

@@ -102,7 +102,7 @@ class KDStep:
         n, size = probe.batch_size, probe.image_size
         images = torch.randn(n, 3, size, size) if images is None else images
         labels = torch.randint(probe.num_classes, (len(images),)) if labels is None else labels
-        self.batch = Batch(to_device(images, device, self.execution.channels_last), labels.to(device),
+        self.batch = Batch(to_device(images, self.execution), labels.to(device),
                            torch.arange(len(labels), device=device))
         self.teacher = self.execution.laid_out(create_model(probe.teacher, num_classes=probe.num_classes).to(device))
         self.teacher.eval().requires_grad_(False)
@@ -181,7 +181,7 @@ def smoke_device_data(probe: Probe, device: torch.device, options) -> list[Check
 
     def augment_and_step() -> None:
         batch_images, _, _ = next(resident.batches(sampler, stream))
-        step.batch.images = to_device(batch_images, device, step.execution.channels_last)
+        step.batch.images = to_device(batch_images, step.execution)
         step()
 
     seconds = timed(augment_and_step, device)
